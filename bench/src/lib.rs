@@ -1,0 +1,3 @@
+//! Shared pieces of the benchmarks: a realistic beacon generator.
+
+pub mod traffic;

@@ -1,0 +1,287 @@
+//! Beacon parsing: one pass of serde_json over the body, borrowing strings from it.
+//!
+//! Every field is read leniently (any JSON value), so that a wrongly typed field rejects
+//! only its own event with a reason, while malformed JSON rejects the whole batch.
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+use tally_delta::{Device, Source};
+
+/// The kinds of event a player sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// Playback started.
+    Play,
+    /// Periodic while the player is open.
+    Heartbeat,
+    /// Playback paused (the viewer stays connected).
+    Pause,
+    /// Playback resumed.
+    Resume,
+    /// Reached the end.
+    Complete,
+    /// Player closed.
+    Leave,
+    /// Liked the video.
+    Like,
+    /// Took a like back.
+    Unlike,
+    /// Shared.
+    Share,
+    /// Commented.
+    Comment,
+}
+
+impl EventType {
+    fn parse(s: &str) -> Option<EventType> {
+        Some(match s {
+            "play" => EventType::Play,
+            "heartbeat" => EventType::Heartbeat,
+            "pause" => EventType::Pause,
+            "resume" => EventType::Resume,
+            "complete" => EventType::Complete,
+            "leave" => EventType::Leave,
+            "like" => EventType::Like,
+            "unlike" => EventType::Unlike,
+            "share" => EventType::Share,
+            "comment" => EventType::Comment,
+            _ => return None,
+        })
+    }
+
+    /// Whether the event is part of playback (and so can start a view).
+    pub fn is_playback(self) -> bool {
+        matches!(self, EventType::Play | EventType::Heartbeat | EventType::Pause | EventType::Resume | EventType::Complete | EventType::Leave)
+    }
+}
+
+/// A JSON value as far as beacon validation needs to know it.
+#[derive(Debug)]
+pub(crate) enum Val<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool,
+    Null,
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Val<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Val<'de>, E> {
+                Ok(Val::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Val<'de>, E> {
+                Ok(Val::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Val<'de>, E> {
+                Ok(Val::Str(Cow::Owned(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Val<'de>, E> {
+                Ok(Val::Num(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Val<'de>, E> {
+                Ok(Val::Num(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Val<'de>, E> {
+                Ok(Val::Num(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Val<'de>, E> {
+                let _ = v;
+                Ok(Val::Bool)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Val<'de>, E> {
+                Ok(Val::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Val<'de>, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Val::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Val<'de>, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Val::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An event as it arrived, every field still unchecked.
+#[derive(Deserialize, Default)]
+pub(crate) struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    session_id: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    user_id: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    video_id: Option<Val<'a>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    ts: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    position_s: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    device: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    source: Option<Val<'a>>,
+    #[serde(borrow, default)]
+    token: Option<Val<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    events: Vec<RawEvent<'a>>,
+}
+
+/// A syntactically valid event with every field checked.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// Client-made id, stable across retries.
+    pub event_id: Cow<'a, str>,
+    /// Player session.
+    pub session_id: Cow<'a, str>,
+    /// Signed-in user, when there is one.
+    pub user_id: Option<Cow<'a, str>>,
+    /// Video id.
+    pub video_id: Cow<'a, str>,
+    /// What happened.
+    pub kind: EventType,
+    /// Client event time, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Playback position in ms, when sent.
+    pub position_ms: Option<u64>,
+    /// Device, when sent.
+    pub device: Option<Device>,
+    /// Traffic source (`other` when not sent).
+    pub source: Source,
+    /// Playback token.
+    pub token: Cow<'a, str>,
+}
+
+/// The longest id (event, session, user, video) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// The longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// Parses the body into raw events; fails only when the body is not a beacon at all.
+pub(crate) fn parse_batch(body: &[u8]) -> Result<Vec<RawEvent<'_>>, String> {
+    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let res = match first {
+        Some(b'[') => serde_json::from_slice::<Vec<RawEvent>>(body),
+        Some(b'{') => serde_json::from_slice::<Envelope>(body).map(|e| e.events),
+        None => return Err("empty body".into()),
+        Some(_) => return Err("expected a JSON array of events or an object with an \"events\" array".into()),
+    };
+    res.map_err(|e| e.to_string())
+}
+
+fn string<'a>(v: Option<Val<'a>>, field: &'static str, max: usize) -> Result<Cow<'a, str>, String> {
+    match v {
+        Some(Val::Str(s)) if s.is_empty() => Err(format!("{field} is empty")),
+        Some(Val::Str(s)) if s.len() > max => Err(format!("{field} is longer than {max} bytes")),
+        Some(Val::Str(s)) => Ok(s),
+        None | Some(Val::Null) => Err(format!("{field} is missing")),
+        Some(_) => Err(format!("{field} must be a string")),
+    }
+}
+
+fn optional_str<'a>(v: Option<Val<'a>>, field: &'static str) -> Result<Option<Cow<'a, str>>, String> {
+    match v {
+        None | Some(Val::Null) => Ok(None),
+        other => string(other, field, MAX_ID_LEN).map(Some),
+    }
+}
+
+fn non_negative(v: Option<Val<'_>>, field: &'static str, scale: f64) -> Result<Option<u64>, String> {
+    match v {
+        None | Some(Val::Null) => Ok(None),
+        Some(Val::Num(n)) if n.is_finite() && n >= 0.0 && n * scale < 9.0e15 => Ok(Some((n * scale).round() as u64)),
+        Some(Val::Num(_)) => Err(format!("{field} is out of range")),
+        Some(_) => Err(format!("{field} must be a number")),
+    }
+}
+
+impl<'a> RawEvent<'a> {
+    /// Checks every field, returning the first problem.
+    pub(crate) fn validate(self) -> Result<Event<'a>, String> {
+        let kind = match self.kind {
+            Some(Val::Str(s)) => EventType::parse(&s).ok_or_else(|| format!("unknown type \"{s}\""))?,
+            None | Some(Val::Null) => return Err("type is missing".into()),
+            Some(_) => return Err("type must be a string".into()),
+        };
+        let device = match self.device {
+            None | Some(Val::Null) => None,
+            Some(Val::Str(s)) => Some(Device::parse(&s).ok_or_else(|| format!("unknown device \"{s}\""))?),
+            Some(_) => return Err("device must be a string".into()),
+        };
+        let source = match self.source {
+            None | Some(Val::Null) => Source::Other,
+            Some(Val::Str(s)) => Source::parse(&s).ok_or_else(|| format!("unknown source \"{s}\""))?,
+            Some(_) => return Err("source must be a string".into()),
+        };
+        Ok(Event {
+            event_id: string(self.event_id, "event_id", MAX_ID_LEN)?,
+            session_id: string(self.session_id, "session_id", MAX_ID_LEN)?,
+            user_id: optional_str(self.user_id, "user_id")?,
+            video_id: string(self.video_id, "video_id", MAX_ID_LEN)?,
+            kind,
+            ts_ms: non_negative(self.ts, "ts", 1.0)?.ok_or("ts is missing")?,
+            position_ms: non_negative(self.position_s, "position_s", 1000.0)?,
+            device,
+            source,
+            token: string(self.token, "token", MAX_TOKEN_LEN)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"event_id":"e1","session_id":"s1","video_id":"v1","type":"play","ts":1700000000000,"position_s":1.5,"device":"tv","source":"search","token":"t","extra":{"a":[1,2]}}"#;
+
+    #[test]
+    fn both_shapes_parse() {
+        assert_eq!(parse_batch(format!("[{GOOD}]").as_bytes()).unwrap().len(), 1);
+        assert_eq!(parse_batch(format!(r#"{{"events":[{GOOD},{GOOD}]}}"#).as_bytes()).unwrap().len(), 2);
+        let one = format!("[{GOOD}]");
+        let e = parse_batch(one.as_bytes()).unwrap().pop().unwrap().validate().unwrap();
+        assert_eq!((e.kind, e.ts_ms, e.position_ms, e.device), (EventType::Play, 1_700_000_000_000, Some(1500), Some(Device::Tv)));
+    }
+
+    #[test]
+    fn malformed_json_fails_the_batch() {
+        assert!(parse_batch(b"[{\"event_id\":").is_err());
+        assert!(parse_batch(b"").is_err());
+        assert!(parse_batch(b"42").is_err());
+    }
+
+    #[test]
+    fn wrong_fields_fail_only_their_event() {
+        let body = r#"[{"event_id":"e","session_id":"s","video_id":"v","type":"jump","ts":1,"token":"t"},
+                       {"event_id":5,"session_id":"s","video_id":"v","type":"play","ts":1,"token":"t"},
+                       {"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":-1,"token":"t"},
+                       {"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":1}]"#;
+        let reasons: Vec<String> =
+            parse_batch(body.as_bytes()).unwrap().into_iter().map(|r| r.validate().unwrap_err()).collect();
+        assert_eq!(reasons, ["unknown type \"jump\"", "event_id must be a string", "ts is out of range", "token is missing"]);
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let body = r#"[{"event_id":"e\u0031","session_id":"s","video_id":"v","type":"play","ts":1,"token":"t"}]"#;
+        let e = parse_batch(body.as_bytes()).unwrap().pop().unwrap().validate().unwrap();
+        assert_eq!(e.event_id, "e1");
+    }
+}

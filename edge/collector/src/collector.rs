@@ -1,0 +1,473 @@
+//! The collector state machine: beacons in, delta frames out.
+
+use crate::beacon::{self, Event, EventType};
+use crate::expiring::{ExpiringMap, FoldBuild};
+use crate::token::{self, Claims, TokenError};
+use crate::{BatchError, Config, ConfigError, IngestOutcome, RejectReason, Rejection, RequestFacts, Stats};
+use rustc_hash::FxHashMap;
+use std::collections::HashMap;
+use tally_delta::{
+    CounterRow, Counts, Country, DeltaFrame, Device, EdgeCounts, FrameHeader, FrameId, LiveGauge, Source, UniqueRow,
+    UniqueSketch,
+};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+/// Playback progress beyond wall-clock progress that still counts as watching (ms).
+const WATCH_SLACK_MS: u64 = 2_000;
+/// Verified tokens kept between flushes; the cache is cleared at a flush beyond this.
+const TOKEN_CACHE_MAX: usize = 100_000;
+
+/// Per (session, video) playback state within one dedup window.
+struct SessionVideo {
+    /// Latest event time seen.
+    last_activity: u64,
+    /// Playback position (ms) and the event time it was reported at.
+    last_pos: Option<(u64, u64)>,
+    /// Watch time in the current view window.
+    watched_ms: u64,
+    viewed: bool,
+    completed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LiveStatus {
+    Watching,
+    Connected,
+}
+
+struct LiveSession {
+    stream: u64,
+    status: LiveStatus,
+    last_beat: u64,
+}
+
+#[derive(Default)]
+struct StreamGauge {
+    name: String,
+    watching: u32,
+    connected: u32,
+}
+
+impl StreamGauge {
+    fn slot(&mut self, s: LiveStatus) -> &mut u32 {
+        match s {
+            LiveStatus::Watching => &mut self.watching,
+            LiveStatus::Connected => &mut self.connected,
+        }
+    }
+}
+
+/// Aggregation key of a counter row; `claims` indexes the token cache's claims.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct AggKey {
+    minute: u32,
+    claims: u32,
+    country: Country,
+    device: Device,
+    source: Source,
+}
+
+/// Verified playback tokens, so that a token is checked by HMAC once, not per event.
+#[derive(Default)]
+struct TokenCache {
+    by_hash: HashMap<u64, (Box<str>, u32), FoldBuild>,
+    claims: Vec<Claims>,
+}
+
+impl TokenCache {
+    fn resolve(&mut self, key: &[u8], token: &str) -> Result<u32, TokenError> {
+        let h = xxh3_64(token.as_bytes());
+        if let Some((t, idx)) = self.by_hash.get(&h)
+            && **t == *token
+        {
+            return Ok(*idx);
+        }
+        let claims = token::verify(key, token)?;
+        let idx = self.claims.len() as u32;
+        self.claims.push(claims);
+        self.by_hash.insert(h, (token.into(), idx));
+        Ok(idx)
+    }
+
+    fn clear(&mut self) {
+        self.by_hash = HashMap::default();
+        self.claims = Vec::new();
+    }
+}
+
+/// The sans-IO edge collector. Feed it beacons with [`Collector::ingest`] and take one
+/// delta frame per interval with [`Collector::flush`]; it never reads a clock.
+pub struct Collector {
+    cfg: Config,
+    seq: u64,
+    interval_start: u64,
+    now: u64,
+    events_seen: ExpiringMap<()>,
+    sessions: ExpiringMap<SessionVideo>,
+    likes: ExpiringMap<bool>,
+    live: HashMap<u128, LiveSession, FoldBuild>,
+    streams: HashMap<u64, StreamGauge, FoldBuild>,
+    tokens: TokenCache,
+    counters: FxHashMap<AggKey, Counts>,
+    uniques: FxHashMap<(u32, u32), UniqueSketch>,
+    intake: EdgeCounts,
+    stats: Stats,
+}
+
+/// Hashes a tagged tuple of ids to a 128-bit key. 0xFF separates parts: it never occurs in UTF-8.
+fn key(tag: u8, a: &str, b: &str) -> u128 {
+    let mut buf = [0u8; 2 + 2 * beacon::MAX_ID_LEN];
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() + b.len() + 2 > buf.len() {
+        let joined = [&[tag][..], a, &[0xFF], b].concat();
+        return xxh3_128(&joined);
+    }
+    buf[0] = tag;
+    buf[1..1 + a.len()].copy_from_slice(a);
+    buf[1 + a.len()] = 0xFF;
+    buf[2 + a.len()..2 + a.len() + b.len()].copy_from_slice(b);
+    xxh3_128(&buf[..2 + a.len() + b.len()])
+}
+
+impl Collector {
+    /// Creates a collector.
+    pub fn new(cfg: Config) -> Result<Collector, ConfigError> {
+        cfg.validate()?;
+        let window = cfg.dedup_window_ms;
+        Ok(Collector {
+            seq: 0,
+            interval_start: 0,
+            now: 0,
+            events_seen: ExpiringMap::new(window),
+            sessions: ExpiringMap::new(window),
+            likes: ExpiringMap::new(window),
+            live: HashMap::default(),
+            streams: HashMap::default(),
+            tokens: TokenCache::default(),
+            counters: FxHashMap::default(),
+            uniques: FxHashMap::default(),
+            intake: EdgeCounts::default(),
+            stats: Stats::default(),
+            cfg,
+        })
+    }
+
+    /// The config the collector runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Ingests one beacon body. Good events are counted even when others in the batch are
+    /// rejected; each rejection names the event's index and the reason.
+    pub fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> Result<IngestOutcome, BatchError> {
+        self.stats.batches += 1;
+        let raw = self.parse(body).inspect_err(|_| self.stats.batches_rejected += 1)?;
+        self.advance(facts.arrival_ms);
+        let country = Country::from_header(&facts.country);
+        let ua_device = Device::from_user_agent(&facts.user_agent);
+        let mut out = IngestOutcome { accepted: 0, duplicates: 0, rejected: Vec::new() };
+        for (index, raw) in raw.into_iter().enumerate() {
+            let result = raw.validate().map_err(RejectReason::Invalid).and_then(|ev| {
+                let device = ev.device.unwrap_or(ua_device);
+                self.event(ev, facts.arrival_ms, country, device)
+            });
+            match result {
+                Ok(fresh) => {
+                    out.accepted += 1;
+                    if !fresh {
+                        out.duplicates += 1;
+                    }
+                }
+                Err(reason) => out.rejected.push(Rejection { index: index as u32, reason }),
+            }
+        }
+        let (acc, dup, rej) = (out.accepted as u64, out.duplicates as u64, out.rejected.len() as u64);
+        self.intake.accepted += acc;
+        self.intake.duplicates += dup;
+        self.intake.rejected += rej;
+        self.stats.events_accepted += acc;
+        self.stats.duplicates += dup;
+        self.stats.events_rejected += rej;
+        self.enforce_budget();
+        Ok(out)
+    }
+
+    fn parse<'b>(&self, body: &'b [u8]) -> Result<Vec<beacon::RawEvent<'b>>, BatchError> {
+        if body.len() > self.cfg.max_body_bytes as usize {
+            return Err(BatchError::TooLarge { size: body.len(), limit: self.cfg.max_body_bytes });
+        }
+        let raw = beacon::parse_batch(body).map_err(BatchError::Malformed)?;
+        if raw.len() > self.cfg.max_batch_events as usize {
+            return Err(BatchError::TooManyEvents { count: raw.len(), limit: self.cfg.max_batch_events });
+        }
+        Ok(raw)
+    }
+
+    /// Moves the collector's notion of now forward and forgets what expired.
+    fn advance(&mut self, now: u64) {
+        if now <= self.now {
+            return;
+        }
+        self.now = now;
+        self.events_seen.expire(now);
+        self.sessions.expire(now);
+        self.likes.expire(now);
+    }
+
+    /// Applies one valid event; `Ok(false)` when it was a duplicate.
+    fn event(&mut self, ev: Event<'_>, arrival: u64, country: Country, device: Device) -> Result<bool, RejectReason> {
+        if ev.ts_ms + self.cfg.lateness_ms < arrival {
+            return Err(RejectReason::TooLate { lateness_ms: self.cfg.lateness_ms });
+        }
+        if ev.ts_ms > arrival + self.cfg.future_skew_ms {
+            return Err(RejectReason::InFuture { skew_ms: self.cfg.future_skew_ms });
+        }
+        let claims_idx = self.tokens.resolve(&self.cfg.token_key, &ev.token).map_err(RejectReason::Token)?;
+        let claims = &self.tokens.claims[claims_idx as usize];
+        if claims.video != ev.video_id {
+            return Err(RejectReason::TokenForOtherVideo);
+        }
+        claims.check_expiry(ev.ts_ms).map_err(RejectReason::Token)?;
+        let live = claims.live;
+
+        let (_, fresh) = self.events_seen.touch_or_insert(key(b'E', &ev.session_id, &ev.event_id), arrival, || ());
+        if !fresh {
+            return Ok(false);
+        }
+        let minute = (ev.ts_ms / 60_000) as u32;
+        if ev.ts_ms / 60_000 + 1 < arrival / 60_000 {
+            self.stats.late_events += 1;
+        }
+        let agg = AggKey { minute, claims: claims_idx, country, device, source: ev.source };
+        let viewer = ev.user_id.as_deref().unwrap_or(&ev.session_id);
+
+        match ev.kind {
+            kind if kind.is_playback() => {
+                let delta = self.playback(&ev, arrival);
+                if delta.views > 0 {
+                    self.stats.views += delta.views;
+                    self.uniques.entry((minute, claims_idx)).or_default().insert(xxh3_64(viewer.as_bytes()));
+                }
+                if !delta.is_zero() {
+                    self.counters.entry(agg).or_default().add(&delta);
+                }
+                if live && ev.ts_ms + self.cfg.heartbeat_timeout_ms >= arrival {
+                    self.live_event(&ev, arrival);
+                }
+            }
+            EventType::Like | EventType::Unlike => {
+                let like = ev.kind == EventType::Like;
+                let (liked, _) = self.likes.touch_or_insert(key(b'L', viewer, &ev.video_id), arrival, || false);
+                if *liked != like {
+                    *liked = like;
+                    self.counters.entry(agg).or_default().likes += if like { 1 } else { -1 };
+                }
+            }
+            EventType::Share => self.counters.entry(agg).or_default().shares += 1,
+            EventType::Comment => self.counters.entry(agg).or_default().comments += 1,
+            _ => unreachable!("every event type is playback or engagement"),
+        }
+        Ok(true)
+    }
+
+    /// Updates a session's playback state; returns the counts it adds.
+    fn playback(&mut self, ev: &Event<'_>, arrival: u64) -> Counts {
+        let window = self.cfg.dedup_window_ms;
+        let min_watch = self.cfg.min_watch_ms;
+        let (sv, created) = self.sessions.touch_or_insert(key(b'V', &ev.session_id, &ev.video_id), arrival, || {
+            SessionVideo { last_activity: ev.ts_ms, last_pos: None, watched_ms: 0, viewed: false, completed: false }
+        });
+        if !created && ev.ts_ms > sv.last_activity + window {
+            // The session came back after a window of inactivity: a new view window.
+            *sv = SessionVideo { last_activity: ev.ts_ms, last_pos: None, watched_ms: 0, viewed: false, completed: false };
+        }
+        sv.last_activity = sv.last_activity.max(ev.ts_ms);
+        let mut delta = Counts::default();
+        if let Some(pos) = ev.position_ms.or(if ev.kind == EventType::Play { Some(0) } else { None }) {
+            match sv.last_pos {
+                Some((last_pos, last_ts)) if ev.ts_ms > last_ts => {
+                    if ev.kind != EventType::Play && ev.kind != EventType::Resume && pos > last_pos {
+                        delta.watch_ms = (pos - last_pos).min(ev.ts_ms - last_ts + WATCH_SLACK_MS);
+                    }
+                    sv.last_pos = Some((pos, ev.ts_ms));
+                }
+                Some(_) => {} // older than what we have: no progress to take from it
+                None => sv.last_pos = Some((pos, ev.ts_ms)),
+            }
+        }
+        sv.watched_ms += delta.watch_ms;
+        if !sv.viewed && sv.watched_ms >= min_watch {
+            sv.viewed = true;
+            delta.views = 1;
+        }
+        if ev.kind == EventType::Complete && !sv.completed {
+            sv.completed = true;
+            delta.completions = 1;
+        }
+        delta
+    }
+
+    fn live_event(&mut self, ev: &Event<'_>, arrival: u64) {
+        let k = key(b'S', &ev.session_id, &ev.video_id);
+        let stream = xxh3_64(ev.video_id.as_bytes());
+        let next = match ev.kind {
+            EventType::Play | EventType::Heartbeat | EventType::Resume => Some(LiveStatus::Watching),
+            EventType::Pause => Some(LiveStatus::Connected),
+            _ => None, // leave, complete
+        };
+        let prev = self.live.get(&k).map(|s| s.status);
+        if prev == next {
+            if let Some(s) = self.live.get_mut(&k) {
+                s.last_beat = s.last_beat.max(arrival);
+            }
+            return;
+        }
+        let gauge = self.streams.entry(stream).or_insert_with(|| StreamGauge { name: ev.video_id.to_string(), ..Default::default() });
+        if let Some(p) = prev {
+            *gauge.slot(p) -= 1;
+        }
+        match next {
+            Some(n) => {
+                *gauge.slot(n) += 1;
+                self.live.insert(k, LiveSession { stream, status: n, last_beat: arrival });
+            }
+            None => {
+                self.live.remove(&k);
+            }
+        }
+    }
+
+    /// Drops live sessions that missed their heartbeats.
+    fn expire_live(&mut self, now: u64) {
+        let timeout = self.cfg.heartbeat_timeout_ms;
+        let streams = &mut self.streams;
+        self.live.retain(|_, s| {
+            let alive = s.last_beat + timeout > now;
+            if !alive && let Some(g) = streams.get_mut(&s.stream) {
+                *g.slot(s.status) -= 1;
+            }
+            alive
+        });
+        streams.retain(|_, g| g.watching + g.connected > 0);
+    }
+
+    /// Evicts the least recently queued dedup entries while over the memory budget.
+    fn enforce_budget(&mut self) {
+        while self.memory_bytes() as u64 > self.cfg.memory_budget_bytes {
+            let oldest = [self.events_seen.oldest(), self.sessions.oldest(), self.likes.oldest()];
+            let pick = (0..3).filter(|&i| oldest[i].is_some()).min_by_key(|&i| oldest[i]);
+            let evicted = match pick {
+                Some(0) => self.events_seen.evict_oldest(),
+                Some(1) => self.sessions.evict_oldest(),
+                Some(2) => self.likes.evict_oldest(),
+                _ => false,
+            };
+            if !evicted {
+                break;
+            }
+            self.stats.dedup_evictions += 1;
+        }
+    }
+
+    fn dedup_len(&self) -> usize {
+        self.events_seen.len() + self.sessions.len() + self.likes.len()
+    }
+
+    /// Bytes the entries of the budgeted state take: dedup, session, like and live
+    /// tables, at the tables' average load (hash tables may reserve up to twice that).
+    pub fn memory_bytes(&self) -> usize {
+        self.events_seen.memory_bytes()
+            + self.sessions.memory_bytes()
+            + self.likes.memory_bytes()
+            + self.live.len() * (std::mem::size_of::<(u128, LiveSession)>() + 1) * 8 / 7
+    }
+
+    /// Closes the interval at `now` and returns its delta frame; starts a fresh interval.
+    pub fn flush(&mut self, now: u64) -> DeltaFrame {
+        self.advance(now);
+        self.expire_live(now);
+        self.seq += 1;
+        self.stats.frames += 1;
+
+        let mut strings = Interner::default();
+        let mut counters: Vec<(AggKey, Counts)> = self.counters.drain().collect();
+        counters.sort_unstable_by_key(|(k, _)| *k);
+        let claims = &self.tokens.claims;
+        let counters = counters
+            .into_iter()
+            .map(|(k, counts)| {
+                let c = &claims[k.claims as usize];
+                CounterRow {
+                    minute: k.minute,
+                    video: strings.get(&c.video),
+                    channel: strings.get(&c.channel),
+                    category: strings.get(&c.category),
+                    country: k.country,
+                    device: k.device,
+                    source: k.source,
+                    live: c.live,
+                    counts,
+                }
+            })
+            .collect();
+        let mut uniques: Vec<((u32, u32), UniqueSketch)> = self.uniques.drain().collect();
+        uniques.sort_unstable_by_key(|(k, _)| *k);
+        let uniques = uniques
+            .into_iter()
+            .map(|((minute, c), sketch)| UniqueRow { minute, video: strings.get(&claims[c as usize].video), sketch: sketch.to_bytes() })
+            .collect();
+        let mut gauges: Vec<&StreamGauge> = self.streams.values().collect();
+        gauges.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let live = gauges
+            .into_iter()
+            .map(|g| LiveGauge { stream: strings.get(&g.name), watching: g.watching, connected: g.connected })
+            .collect();
+
+        let frame = DeltaFrame {
+            header: FrameHeader {
+                id: FrameId { edge_id: self.cfg.edge_id.clone(), epoch: self.cfg.epoch, seq: self.seq },
+                pop_id: self.cfg.pop_id.clone(),
+                interval_start_ms: self.interval_start,
+                interval_end_ms: now,
+            },
+            strings: strings.strings,
+            counters,
+            uniques,
+            live,
+            intake: std::mem::take(&mut self.intake),
+        };
+        self.interval_start = now;
+        if self.tokens.claims.len() > TOKEN_CACHE_MAX {
+            self.tokens.clear();
+        }
+        frame
+    }
+
+    /// Counters since creation and current table sizes.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            dedup_entries: self.dedup_len() as u64,
+            memory_bytes: self.memory_bytes() as u64,
+            live_sessions: self.live.len() as u64,
+            token_cache_entries: self.tokens.claims.len() as u64,
+            ..self.stats
+        }
+    }
+}
+
+/// Builds a frame's string table.
+#[derive(Default)]
+struct Interner<'a> {
+    index: HashMap<&'a str, u32>,
+    strings: Vec<String>,
+}
+
+impl<'a> Interner<'a> {
+    fn get(&mut self, s: &'a str) -> u32 {
+        let strings = &mut self.strings;
+        *self.index.entry(s).or_insert_with(|| {
+            strings.push(s.to_owned());
+            (strings.len() - 1) as u32
+        })
+    }
+}

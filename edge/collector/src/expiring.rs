@@ -1,0 +1,147 @@
+//! Hash tables whose entries expire after a window of inactivity, oldest first.
+//!
+//! Keys are 128-bit hashes of the ids they stand for (xxh3-128), so an entry costs the
+//! same whatever the ids' length; two different ids share a key with probability about
+//! n²/2¹²⁹, under 10⁻²⁴ for a billion entries.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hasher for keys that are already uniform 128-bit hashes: fold them, nothing more.
+#[derive(Default)]
+pub(crate) struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Builds [`FoldHasher`]s.
+pub(crate) type FoldBuild = BuildHasherDefault<FoldHasher>;
+
+struct Slot<V> {
+    value: V,
+    queued_at: u64,
+}
+
+/// A map from key hashes to values, forgetting entries not touched for `window` ms.
+///
+/// Entries sit in a FIFO queue by the time they were (re)queued; an entry is re-queued
+/// when touched more than `window / 16` after it was last queued, so it is forgotten
+/// between `window` and `window * 17 / 16` after its last touch.
+pub(crate) struct ExpiringMap<V> {
+    map: HashMap<u128, Slot<V>, FoldBuild>,
+    queue: VecDeque<(u128, u64)>,
+    window: u64,
+    requeue_after: u64,
+}
+
+impl<V> ExpiringMap<V> {
+    pub(crate) fn new(window: u64) -> Self {
+        Self { map: HashMap::default(), queue: VecDeque::new(), window, requeue_after: window / 16 }
+    }
+
+    /// The entry for `key`, touched at `now`, and whether it was just created by `make`.
+    pub(crate) fn touch_or_insert(&mut self, key: u128, now: u64, make: impl FnOnce() -> V) -> (&mut V, bool) {
+        let mut created = false;
+        let slot = self.map.entry(key).or_insert_with(|| {
+            created = true;
+            Slot { value: make(), queued_at: now }
+        });
+        if created {
+            self.queue.push_back((key, now));
+        } else if now > slot.queued_at + self.requeue_after {
+            slot.queued_at = now;
+            self.queue.push_back((key, now));
+        }
+        (&mut slot.value, created)
+    }
+
+    /// Forgets every entry idle for longer than the window at `now`; returns how many.
+    pub(crate) fn expire(&mut self, now: u64) -> u64 {
+        let mut removed = 0;
+        while let Some(&(key, at)) = self.queue.front() {
+            if at + self.window + self.requeue_after > now {
+                break;
+            }
+            self.queue.pop_front();
+            if self.map.get(&key).is_some_and(|s| s.queued_at == at) {
+                self.map.remove(&key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Time the oldest queued entry was queued.
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        self.queue.front().map(|&(_, at)| at)
+    }
+
+    /// Forgets the oldest entry whatever its age; false when empty.
+    pub(crate) fn evict_oldest(&mut self) -> bool {
+        while let Some((key, at)) = self.queue.pop_front() {
+            if self.map.get(&key).is_some_and(|s| s.queued_at == at) {
+                self.map.remove(&key);
+                return true;
+            }
+        }
+        false
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Bytes the entries and queue slots take, at the table's average load of 7/8.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.map.len() * (std::mem::size_of::<(u128, Slot<V>)>() + 1) * 8 / 7
+            + self.queue.len() * std::mem::size_of::<(u128, u64)>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_after_the_window_of_inactivity() {
+        let mut m = ExpiringMap::new(1_600);
+        m.touch_or_insert(1, 0, || ());
+        m.touch_or_insert(2, 0, || ());
+        assert_eq!(m.expire(1_000), 0);
+        // touching key 1 at 1_000 keeps it alive past the first deadline
+        assert!(!m.touch_or_insert(1, 1_000, || ()).1);
+        assert_eq!(m.expire(1_700), 1);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.expire(2_699), 0);
+        assert_eq!(m.expire(2_700), 1);
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_live_entry() {
+        let mut m = ExpiringMap::new(1_000);
+        m.touch_or_insert(1, 0, || ());
+        m.touch_or_insert(2, 10, || ());
+        // key 1 re-queued at 500: its old queue slot is stale, so key 2 goes first
+        m.touch_or_insert(1, 500, || ());
+        assert!(m.evict_oldest());
+        assert_eq!(m.len(), 1);
+        assert!(m.evict_oldest());
+        assert_eq!(m.len(), 0);
+        assert!(!m.evict_oldest());
+    }
+}

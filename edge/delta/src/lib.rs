@@ -1,0 +1,23 @@
+//! Delta frames: what an edge collector ships to the merger every flush interval.
+//!
+//! A frame is the pre-aggregated change an edge saw in one interval: per-minute counters
+//! by dimension, unique-viewer sketches per video and minute, and the edge's complete set
+//! of live-viewer gauges. Frames carry `(edge id, epoch, sequence)` so the merger can
+//! apply each exactly once. The edge and the merger both use this crate, so they cannot
+//! disagree on the format or on how deltas combine.
+//!
+//! Wire format: `b"TD"`, one version byte ([`FRAME_VERSION`]), the postcard encoding of
+//! [`DeltaFrame`], then a little-endian CRC-32 of everything before it.
+
+mod dims;
+mod frame;
+mod merge;
+mod sketch;
+
+pub use dims::{Country, Device, Source};
+pub use frame::{
+    CounterRow, Counts, DeltaFrame, EdgeCounts, FrameError, FrameHeader, FrameId, FRAME_VERSION,
+    LiveGauge, UniqueRow,
+};
+pub use merge::{DimKey, MergedDeltas};
+pub use sketch::{SketchError, UniqueSketch};

@@ -1,0 +1,129 @@
+//! How deltas combine: counters add, sketches union, live gauges are replaced per edge.
+
+use crate::{Counts, Country, DeltaFrame, Device, EdgeCounts, FrameError, Source, UniqueSketch};
+use std::collections::BTreeMap;
+
+impl Counts {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Counts) {
+        self.views += other.views;
+        self.watch_ms += other.watch_ms;
+        self.completions += other.completions;
+        self.likes += other.likes;
+        self.shares += other.shares;
+        self.comments += other.comments;
+    }
+
+    /// Whether every counter is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Counts::default()
+    }
+}
+
+/// A counter row's dimensions with the strings resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DimKey {
+    /// Minutes since the Unix epoch.
+    pub minute: u32,
+    /// Video id.
+    pub video: String,
+    /// Channel id.
+    pub channel: String,
+    /// Category.
+    pub category: String,
+    /// Viewer country.
+    pub country: Country,
+    /// Device class.
+    pub device: Device,
+    /// Traffic source.
+    pub source: Source,
+    /// Live stream or not.
+    pub live: bool,
+}
+
+/// The merge of any number of frames: the reference semantics of combining deltas.
+///
+/// Counter rows with equal dimensions add up, sketches of the same video and minute
+/// union, and the live gauges of an edge are replaced by its latest frame.
+#[derive(Debug, Default, Clone)]
+pub struct MergedDeltas {
+    /// Counters by dimensions.
+    pub counters: BTreeMap<DimKey, Counts>,
+    /// Unique-viewer sketches by (minute, video).
+    pub uniques: BTreeMap<(u32, String), UniqueSketch>,
+    /// Latest live gauges by edge, then stream: (watching, connected).
+    pub live: BTreeMap<String, BTreeMap<String, (u32, u32)>>,
+    /// Summed intake totals.
+    pub intake: EdgeCounts,
+}
+
+impl MergedDeltas {
+    /// Applies one frame.
+    pub fn apply(&mut self, frame: &DeltaFrame) -> Result<(), FrameError> {
+        frame.validate()?;
+        for r in &frame.counters {
+            let key = DimKey {
+                minute: r.minute,
+                video: frame.str(r.video).to_owned(),
+                channel: frame.str(r.channel).to_owned(),
+                category: frame.str(r.category).to_owned(),
+                country: r.country,
+                device: r.device,
+                source: r.source,
+                live: r.live,
+            };
+            self.counters.entry(key).or_default().add(&r.counts);
+        }
+        for u in &frame.uniques {
+            self.uniques
+                .entry((u.minute, frame.str(u.video).to_owned()))
+                .or_default()
+                .merge_bytes(&u.sketch)
+                .map_err(|e| FrameError::Inconsistent(e.to_string()))?;
+        }
+        let gauges = frame
+            .live
+            .iter()
+            .map(|g| (frame.str(g.stream).to_owned(), (g.watching, g.connected)))
+            .collect();
+        self.live.insert(frame.header.id.edge_id.clone(), gauges);
+        self.intake.accepted += frame.intake.accepted;
+        self.intake.duplicates += frame.intake.duplicates;
+        self.intake.rejected += frame.intake.rejected;
+        Ok(())
+    }
+
+    /// All-time counts of each video, summed over every other dimension.
+    pub fn by_video(&self) -> BTreeMap<String, Counts> {
+        let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+        for (k, c) in &self.counters {
+            out.entry(k.video.clone()).or_default().add(c);
+        }
+        out
+    }
+
+    /// Totals over everything.
+    pub fn total(&self) -> Counts {
+        let mut t = Counts::default();
+        for c in self.counters.values() {
+            t.add(c);
+        }
+        t
+    }
+
+    /// Estimated unique viewers of a video over all minutes merged so far.
+    pub fn uniques_of(&self, video: &str) -> f64 {
+        let mut s = UniqueSketch::new();
+        for ((_, v), sk) in &self.uniques {
+            if v == video {
+                s.merge(sk);
+            }
+        }
+        s.estimate()
+    }
+
+    /// Live viewers of a stream summed over edges: (watching, connected).
+    pub fn live_of(&self, stream: &str) -> (u32, u32) {
+        self.live.values().filter_map(|m| m.get(stream)).fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc))
+    }
+}
