@@ -38,6 +38,8 @@ fn main() {
     for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
         cmd.env_remove(var);
     }
+    // wasmtime compiles wasm SIMD to native vector code; let the guest use it.
+    cmd.env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", "-C target-feature=+simd128");
     let status = cmd.status().expect("could not run cargo for the wasm components");
     if !status.success() {
         panic!(

@@ -138,10 +138,56 @@ pub(crate) struct RawEvent<'a> {
     token: Option<Val<'a>>,
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    events: Vec<RawEvent<'a>>,
+/// Deserialises the events array into a vector sized up front from the body length.
+struct EventsSeed(usize);
+
+impl<'de> de::DeserializeSeed<'de> for EventsSeed {
+    type Value = Vec<RawEvent<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed {
+    type Value = Vec<RawEvent<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(self.0);
+        while let Some(e) = seq.next_element()? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+/// `{"events": [...]}`; other keys are ignored.
+struct EnvelopeSeed(usize);
+
+impl<'de> de::DeserializeSeed<'de> for EnvelopeSeed {
+    type Value = Vec<RawEvent<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed {
+    type Value = Vec<RawEvent<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with an \"events\" array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut events = None;
+        while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+            if k == "events" && events.is_none() {
+                events = Some(m.next_value_seed(EventsSeed(self.0))?);
+            } else {
+                m.next_value::<IgnoredAny>()?;
+            }
+        }
+        events.ok_or_else(|| de::Error::missing_field("events"))
+    }
 }
 
 /// A syntactically valid event with every field checked.
@@ -176,14 +222,19 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 
 /// Parses the body into raw events; fails only when the body is not a beacon at all.
 pub(crate) fn parse_batch(body: &[u8]) -> Result<Vec<RawEvent<'_>>, String> {
-    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
-    let res = match first {
-        Some(b'[') => serde_json::from_slice::<Vec<RawEvent>>(body),
-        Some(b'{') => serde_json::from_slice::<Envelope>(body).map(|e| e.events),
+    // One fast UTF-8 check of the whole body, so strings need no check of their own.
+    let text = std::str::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
+    // Events are rarely under 150 bytes: size the vector once.
+    let capacity = (body.len() / 150).min(1024);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let events = match text.trim_start().as_bytes().first() {
+        Some(b'[') => de::DeserializeSeed::deserialize(EventsSeed(capacity), &mut de),
+        Some(b'{') => de::DeserializeSeed::deserialize(EnvelopeSeed(capacity), &mut de),
         None => return Err("empty body".into()),
         Some(_) => return Err("expected a JSON array of events or an object with an \"events\" array".into()),
     };
-    res.map_err(|e| e.to_string())
+    let events = events.and_then(|e| de.end().map(|()| e)).map_err(|e| e.to_string())?;
+    Ok(events)
 }
 
 fn string<'a>(v: Option<Val<'a>>, field: &'static str, max: usize) -> Result<Cow<'a, str>, String> {
@@ -214,33 +265,34 @@ fn non_negative(v: Option<Val<'_>>, field: &'static str, scale: f64) -> Result<O
 
 impl<'a> RawEvent<'a> {
     /// Checks every field, returning the first problem.
-    pub(crate) fn validate(self) -> Result<Event<'a>, String> {
-        let kind = match self.kind {
+    /// Takes the fields out (no copy of the whole event).
+    pub(crate) fn validate(&mut self) -> Result<Event<'a>, String> {
+        let kind = match self.kind.take() {
             Some(Val::Str(s)) => EventType::parse(&s).ok_or_else(|| format!("unknown type \"{s}\""))?,
             None | Some(Val::Null) => return Err("type is missing".into()),
             Some(_) => return Err("type must be a string".into()),
         };
-        let device = match self.device {
+        let device = match self.device.take() {
             None | Some(Val::Null) => None,
             Some(Val::Str(s)) => Some(Device::parse(&s).ok_or_else(|| format!("unknown device \"{s}\""))?),
             Some(_) => return Err("device must be a string".into()),
         };
-        let source = match self.source {
+        let source = match self.source.take() {
             None | Some(Val::Null) => Source::Other,
             Some(Val::Str(s)) => Source::parse(&s).ok_or_else(|| format!("unknown source \"{s}\""))?,
             Some(_) => return Err("source must be a string".into()),
         };
         Ok(Event {
-            event_id: string(self.event_id, "event_id", MAX_ID_LEN)?,
-            session_id: string(self.session_id, "session_id", MAX_ID_LEN)?,
-            user_id: optional_str(self.user_id, "user_id")?,
-            video_id: string(self.video_id, "video_id", MAX_ID_LEN)?,
+            event_id: string(self.event_id.take(), "event_id", MAX_ID_LEN)?,
+            session_id: string(self.session_id.take(), "session_id", MAX_ID_LEN)?,
+            user_id: optional_str(self.user_id.take(), "user_id")?,
+            video_id: string(self.video_id.take(), "video_id", MAX_ID_LEN)?,
             kind,
-            ts_ms: non_negative(self.ts, "ts", 1.0)?.ok_or("ts is missing")?,
-            position_ms: non_negative(self.position_s, "position_s", 1000.0)?,
+            ts_ms: non_negative(self.ts.take(), "ts", 1.0)?.ok_or("ts is missing")?,
+            position_ms: non_negative(self.position_s.take(), "position_s", 1000.0)?,
             device,
             source,
-            token: string(self.token, "token", MAX_TOKEN_LEN)?,
+            token: string(self.token.take(), "token", MAX_TOKEN_LEN)?,
         })
     }
 }
@@ -274,7 +326,7 @@ mod tests {
                        {"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":-1,"token":"t"},
                        {"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":1}]"#;
         let reasons: Vec<String> =
-            parse_batch(body.as_bytes()).unwrap().into_iter().map(|r| r.validate().unwrap_err()).collect();
+            parse_batch(body.as_bytes()).unwrap().into_iter().map(|mut r| r.validate().unwrap_err()).collect();
         assert_eq!(reasons, ["unknown type \"jump\"", "event_id must be a string", "ts is out of range", "token is missing"]);
     }
 

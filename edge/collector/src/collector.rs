@@ -1,7 +1,7 @@
 //! The collector state machine: beacons in, delta frames out.
 
 use crate::beacon::{self, Event, EventType};
-use crate::expiring::{ExpiringMap, FoldBuild};
+use crate::expiring::{ExpiringMap, FoldBuild, Key};
 use crate::token::{self, Claims, TokenError};
 use crate::{BatchError, Config, ConfigError, IngestOutcome, RejectReason, Rejection, RequestFacts, Stats};
 use rustc_hash::FxHashMap;
@@ -10,7 +10,7 @@ use tally_delta::{
     CounterRow, Counts, Country, DeltaFrame, Device, EdgeCounts, FrameHeader, FrameId, LiveGauge, Source, UniqueRow,
     UniqueSketch,
 };
-use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Playback progress beyond wall-clock progress that still counts as watching (ms).
 const WATCH_SLACK_MS: u64 = 2_000;
@@ -68,16 +68,16 @@ struct AggKey {
 }
 
 /// Verified playback tokens, so that a token is checked by HMAC once, not per event.
+/// Keyed by the hash of the event's video id; a hit needs the exact same token text.
 #[derive(Default)]
 struct TokenCache {
-    by_hash: HashMap<u64, (Box<str>, u32), FoldBuild>,
+    by_video: HashMap<u64, (Box<str>, u32), FoldBuild>,
     claims: Vec<Claims>,
 }
 
 impl TokenCache {
-    fn resolve(&mut self, key: &[u8], token: &str) -> Result<u32, TokenError> {
-        let h = xxh3_64(token.as_bytes());
-        if let Some((t, idx)) = self.by_hash.get(&h)
+    fn resolve(&mut self, key: &[u8], video_hash: u64, token: &str) -> Result<u32, TokenError> {
+        if let Some((t, idx)) = self.by_video.get(&video_hash)
             && **t == *token
         {
             return Ok(*idx);
@@ -85,14 +85,23 @@ impl TokenCache {
         let claims = token::verify(key, token)?;
         let idx = self.claims.len() as u32;
         self.claims.push(claims);
-        self.by_hash.insert(h, (token.into(), idx));
+        self.by_video.insert(video_hash, (token.into(), idx));
         Ok(idx)
     }
 
     fn clear(&mut self) {
-        self.by_hash = HashMap::default();
+        self.by_video = HashMap::default();
         self.claims = Vec::new();
     }
+}
+
+/// 64-bit hashes of an event's ids; table keys pair two of them (128 bits in all).
+#[derive(Clone, Copy)]
+struct Ids {
+    session: u64,
+    video: u64,
+    /// The user when signed in (hashed with another seed), else the session.
+    viewer: u64,
 }
 
 /// The sans-IO edge collector. Feed it beacons with [`Collector::ingest`] and take one
@@ -105,28 +114,13 @@ pub struct Collector {
     events_seen: ExpiringMap<()>,
     sessions: ExpiringMap<SessionVideo>,
     likes: ExpiringMap<bool>,
-    live: HashMap<u128, LiveSession, FoldBuild>,
+    live: HashMap<Key, LiveSession, FoldBuild>,
     streams: HashMap<u64, StreamGauge, FoldBuild>,
     tokens: TokenCache,
     counters: FxHashMap<AggKey, Counts>,
     uniques: FxHashMap<(u32, u32), UniqueSketch>,
     intake: EdgeCounts,
     stats: Stats,
-}
-
-/// Hashes a tagged tuple of ids to a 128-bit key. 0xFF separates parts: it never occurs in UTF-8.
-fn key(tag: u8, a: &str, b: &str) -> u128 {
-    let mut buf = [0u8; 2 + 2 * beacon::MAX_ID_LEN];
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() + b.len() + 2 > buf.len() {
-        let joined = [&[tag][..], a, &[0xFF], b].concat();
-        return xxh3_128(&joined);
-    }
-    buf[0] = tag;
-    buf[1..1 + a.len()].copy_from_slice(a);
-    buf[1 + a.len()] = 0xFF;
-    buf[2 + a.len()..2 + a.len() + b.len()].copy_from_slice(b);
-    xxh3_128(&buf[..2 + a.len() + b.len()])
 }
 
 impl Collector {
@@ -161,15 +155,15 @@ impl Collector {
     /// rejected; each rejection names the event's index and the reason.
     pub fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> Result<IngestOutcome, BatchError> {
         self.stats.batches += 1;
-        let raw = self.parse(body).inspect_err(|_| self.stats.batches_rejected += 1)?;
+        let mut raw = self.parse(body).inspect_err(|_| self.stats.batches_rejected += 1)?;
         self.advance(facts.arrival_ms);
         let country = Country::from_header(&facts.country);
-        let ua_device = Device::from_user_agent(&facts.user_agent);
+        let mut ua_device = None;
         let mut out = IngestOutcome { accepted: 0, duplicates: 0, rejected: Vec::new() };
-        for (index, raw) in raw.into_iter().enumerate() {
+        for (index, raw) in raw.iter_mut().enumerate() {
             let result = raw.validate().map_err(RejectReason::Invalid).and_then(|ev| {
-                let device = ev.device.unwrap_or(ua_device);
-                self.event(ev, facts.arrival_ms, country, device)
+                let device = ev.device.unwrap_or_else(|| *ua_device.get_or_insert_with(|| Device::from_user_agent(&facts.user_agent)));
+                self.event(&ev, facts.arrival_ms, country, device)
             });
             match result {
                 Ok(fresh) => {
@@ -215,14 +209,15 @@ impl Collector {
     }
 
     /// Applies one valid event; `Ok(false)` when it was a duplicate.
-    fn event(&mut self, ev: Event<'_>, arrival: u64, country: Country, device: Device) -> Result<bool, RejectReason> {
+    fn event(&mut self, ev: &Event<'_>, arrival: u64, country: Country, device: Device) -> Result<bool, RejectReason> {
         if ev.ts_ms + self.cfg.lateness_ms < arrival {
             return Err(RejectReason::TooLate { lateness_ms: self.cfg.lateness_ms });
         }
         if ev.ts_ms > arrival + self.cfg.future_skew_ms {
             return Err(RejectReason::InFuture { skew_ms: self.cfg.future_skew_ms });
         }
-        let claims_idx = self.tokens.resolve(&self.cfg.token_key, &ev.token).map_err(RejectReason::Token)?;
+        let video = xxh3_64(ev.video_id.as_bytes());
+        let claims_idx = self.tokens.resolve(&self.cfg.token_key, video, &ev.token).map_err(RejectReason::Token)?;
         let claims = &self.tokens.claims[claims_idx as usize];
         if claims.video != ev.video_id {
             return Err(RejectReason::TokenForOtherVideo);
@@ -230,7 +225,9 @@ impl Collector {
         claims.check_expiry(ev.ts_ms).map_err(RejectReason::Token)?;
         let live = claims.live;
 
-        let (_, fresh) = self.events_seen.touch_or_insert(key(b'E', &ev.session_id, &ev.event_id), arrival, || ());
+        let session = xxh3_64(ev.session_id.as_bytes());
+        let event_key = Key(session, xxh3_64(ev.event_id.as_bytes()));
+        let (_, fresh) = self.events_seen.touch_or_insert(event_key, arrival, || ());
         if !fresh {
             return Ok(false);
         }
@@ -239,25 +236,26 @@ impl Collector {
             self.stats.late_events += 1;
         }
         let agg = AggKey { minute, claims: claims_idx, country, device, source: ev.source };
-        let viewer = ev.user_id.as_deref().unwrap_or(&ev.session_id);
+        let viewer = ev.user_id.as_deref().map_or(session, |u| xxh3_64_with_seed(u.as_bytes(), 1));
+        let ids = Ids { session, video, viewer };
 
         match ev.kind {
             kind if kind.is_playback() => {
-                let delta = self.playback(&ev, arrival);
+                let delta = self.playback(ev, ids, arrival);
                 if delta.views > 0 {
                     self.stats.views += delta.views;
-                    self.uniques.entry((minute, claims_idx)).or_default().insert(xxh3_64(viewer.as_bytes()));
+                    self.uniques.entry((minute, claims_idx)).or_default().insert(ids.viewer);
                 }
                 if !delta.is_zero() {
                     self.counters.entry(agg).or_default().add(&delta);
                 }
                 if live && ev.ts_ms + self.cfg.heartbeat_timeout_ms >= arrival {
-                    self.live_event(&ev, arrival);
+                    self.live_event(ev, ids, arrival);
                 }
             }
             EventType::Like | EventType::Unlike => {
                 let like = ev.kind == EventType::Like;
-                let (liked, _) = self.likes.touch_or_insert(key(b'L', viewer, &ev.video_id), arrival, || false);
+                let (liked, _) = self.likes.touch_or_insert(Key(ids.viewer, ids.video), arrival, || false);
                 if *liked != like {
                     *liked = like;
                     self.counters.entry(agg).or_default().likes += if like { 1 } else { -1 };
@@ -271,10 +269,10 @@ impl Collector {
     }
 
     /// Updates a session's playback state; returns the counts it adds.
-    fn playback(&mut self, ev: &Event<'_>, arrival: u64) -> Counts {
+    fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) -> Counts {
         let window = self.cfg.dedup_window_ms;
         let min_watch = self.cfg.min_watch_ms;
-        let (sv, created) = self.sessions.touch_or_insert(key(b'V', &ev.session_id, &ev.video_id), arrival, || {
+        let (sv, created) = self.sessions.touch_or_insert(Key(ids.session, ids.video), arrival, || {
             SessionVideo { last_activity: ev.ts_ms, last_pos: None, watched_ms: 0, viewed: false, completed: false }
         });
         if !created && ev.ts_ms > sv.last_activity + window {
@@ -307,9 +305,8 @@ impl Collector {
         delta
     }
 
-    fn live_event(&mut self, ev: &Event<'_>, arrival: u64) {
-        let k = key(b'S', &ev.session_id, &ev.video_id);
-        let stream = xxh3_64(ev.video_id.as_bytes());
+    fn live_event(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) {
+        let (k, stream) = (Key(ids.session, ids.video), ids.video);
         let next = match ev.kind {
             EventType::Play | EventType::Heartbeat | EventType::Resume => Some(LiveStatus::Watching),
             EventType::Pause => Some(LiveStatus::Connected),
@@ -379,7 +376,7 @@ impl Collector {
         self.events_seen.memory_bytes()
             + self.sessions.memory_bytes()
             + self.likes.memory_bytes()
-            + self.live.len() * (std::mem::size_of::<(u128, LiveSession)>() + 1) * 8 / 7
+            + self.live.len() * (std::mem::size_of::<(Key, LiveSession)>() + 1) * 8 / 7
     }
 
     /// Closes the interval at `now` and returns its delta frame; starts a fresh interval.

@@ -1,11 +1,21 @@
 //! Hash tables whose entries expire after a window of inactivity, oldest first.
 //!
-//! Keys are 128-bit hashes of the ids they stand for (xxh3-128), so an entry costs the
-//! same whatever the ids' length; two different ids share a key with probability about
-//! n²/2¹²⁹, under 10⁻²⁴ for a billion entries.
+//! Keys are pairs of 64-bit xxh3 hashes of the ids they stand for, so an entry costs the
+//! same whatever the ids' length; two different id pairs share a key only if both
+//! hashes collide, with probability about n²/2¹²⁹: under 10⁻²⁰ for a billion entries.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// A table key: two independent 64-bit xxh3 hashes of ids (say, session and event id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key(pub(crate) u64, pub(crate) u64);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.0 ^ self.1.rotate_left(32));
+    }
+}
 
 /// Hasher for keys that are already uniform 128-bit hashes: fold them, nothing more.
 #[derive(Default)]
@@ -19,9 +29,6 @@ impl Hasher for FoldHasher {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
         }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
@@ -42,8 +49,8 @@ struct Slot<V> {
 /// when touched more than `window / 16` after it was last queued, so it is forgotten
 /// between `window` and `window * 17 / 16` after its last touch.
 pub(crate) struct ExpiringMap<V> {
-    map: HashMap<u128, Slot<V>, FoldBuild>,
-    queue: VecDeque<(u128, u64)>,
+    map: HashMap<Key, Slot<V>, FoldBuild>,
+    queue: VecDeque<(Key, u64)>,
     window: u64,
     requeue_after: u64,
 }
@@ -54,7 +61,7 @@ impl<V> ExpiringMap<V> {
     }
 
     /// The entry for `key`, touched at `now`, and whether it was just created by `make`.
-    pub(crate) fn touch_or_insert(&mut self, key: u128, now: u64, make: impl FnOnce() -> V) -> (&mut V, bool) {
+    pub(crate) fn touch_or_insert(&mut self, key: Key, now: u64, make: impl FnOnce() -> V) -> (&mut V, bool) {
         let mut created = false;
         let slot = self.map.entry(key).or_insert_with(|| {
             created = true;
@@ -107,8 +114,8 @@ impl<V> ExpiringMap<V> {
 
     /// Bytes the entries and queue slots take, at the table's average load of 7/8.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.map.len() * (std::mem::size_of::<(u128, Slot<V>)>() + 1) * 8 / 7
-            + self.queue.len() * std::mem::size_of::<(u128, u64)>()
+        self.map.len() * (std::mem::size_of::<(Key, Slot<V>)>() + 1) * 8 / 7
+            + self.queue.len() * std::mem::size_of::<(Key, u64)>()
     }
 }
 
@@ -119,11 +126,11 @@ mod tests {
     #[test]
     fn entries_expire_after_the_window_of_inactivity() {
         let mut m = ExpiringMap::new(1_600);
-        m.touch_or_insert(1, 0, || ());
-        m.touch_or_insert(2, 0, || ());
+        m.touch_or_insert(Key(1, 0), 0, || ());
+        m.touch_or_insert(Key(2, 0), 0, || ());
         assert_eq!(m.expire(1_000), 0);
         // touching key 1 at 1_000 keeps it alive past the first deadline
-        assert!(!m.touch_or_insert(1, 1_000, || ()).1);
+        assert!(!m.touch_or_insert(Key(1, 0), 1_000, || ()).1);
         assert_eq!(m.expire(1_700), 1);
         assert_eq!(m.len(), 1);
         assert_eq!(m.expire(2_699), 0);
@@ -134,10 +141,10 @@ mod tests {
     #[test]
     fn eviction_takes_the_oldest_live_entry() {
         let mut m = ExpiringMap::new(1_000);
-        m.touch_or_insert(1, 0, || ());
-        m.touch_or_insert(2, 10, || ());
+        m.touch_or_insert(Key(1, 0), 0, || ());
+        m.touch_or_insert(Key(2, 0), 10, || ());
         // key 1 re-queued at 500: its old queue slot is stale, so key 2 goes first
-        m.touch_or_insert(1, 500, || ());
+        m.touch_or_insert(Key(1, 0), 500, || ());
         assert!(m.evict_oldest());
         assert_eq!(m.len(), 1);
         assert!(m.evict_oldest());
