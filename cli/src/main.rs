@@ -18,11 +18,39 @@ enum Command {
     /// Run the whole pipeline on this machine with generated traffic.
     Demo,
     /// Run the central merger daemon.
-    Merger,
+    Merger(MergerArgs),
     /// Run an edge agent hosting collector.wasm.
     Edge,
     /// Mint a signed playback token for a video.
     Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct MergerArgs {
+    /// TOML config file (flags override it).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Data directory: frame log, certificates, tiers.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// UDP address for QUIC from edges (port 0 picks one).
+    #[arg(long)]
+    quic_listen: Option<std::net::SocketAddr>,
+    /// TCP address for the HTTP API (port 0 picks one).
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
+    /// An edge allowed to connect, as ID=SECRET (repeatable).
+    #[arg(long = "edge", value_name = "ID=SECRET")]
+    edges: Vec<String>,
+    /// Bearer token for operator endpoints.
+    #[arg(long, env = "TALLY_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
+    /// PEM certificate for QUIC (default: self-signed, made on first start).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -51,7 +79,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Token(a) => mint(a),
         Command::Demo => not_yet("demo", "the merger (issue 3) and the edge agent (issue 4)"),
-        Command::Merger => not_yet("merger", "issue 3"),
+        Command::Merger(a) => merger(a),
         Command::Edge => not_yet("edge", "issue 4"),
     };
     match result {
@@ -80,6 +108,82 @@ fn mint(a: TokenArgs) -> Result<()> {
     };
     println!("{}", token::mint(a.key.as_bytes(), &claims));
     Ok(())
+}
+
+fn merger(a: MergerArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => tally_merger::MergerConfig::from_file(p)?,
+        None => tally_merger::MergerConfig::default(),
+    };
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(q) = a.quic_listen {
+        cfg.quic_listen = q;
+    }
+    if let Some(h) = a.http_listen {
+        cfg.http_listen = h;
+    }
+    for e in &a.edges {
+        let (id, secret) = e.split_once('=').with_context(|| format!("--edge {e:?}: expected ID=SECRET"))?;
+        if id.is_empty() || secret.len() < 8 {
+            bail!("--edge {e:?}: the id must not be empty and the secret must have at least 8 characters");
+        }
+        cfg.edges.insert(id.to_owned(), secret.to_owned());
+    }
+    if a.operator_token.is_some() {
+        cfg.operator_token = a.operator_token;
+    }
+    if a.tls_cert.is_some() {
+        cfg.tls_cert = a.tls_cert;
+        cfg.tls_key = a.tls_key;
+    }
+    if cfg.edges.is_empty() {
+        eprintln!("tally merger: warning: no edges configured (--edge ID=SECRET); every edge will be refused");
+    }
+    init_logs();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let running = tally_merger::start(cfg.clone()).await?;
+        if running.created_cert {
+            eprintln!("tally merger: created a self-signed certificate in {}", cfg.data_dir.join("tls").display());
+        }
+        eprintln!(
+            "tally merger: QUIC on {} (edges pin certificate sha256 {}), HTTP API on http://{}",
+            running.quic_addr, running.fingerprint, running.http_addr
+        );
+        // One machine-readable line on stdout for scripts and tests.
+        println!(
+            "{}",
+            serde_json::json!({ "ready": true, "quic": running.quic_addr.to_string(), "http": running.http_addr.to_string(), "fingerprint": running.fingerprint })
+        );
+        shutdown_signal().await;
+        eprintln!("tally merger: shutting down");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "warn,tally_merger=info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
 }
 
 fn not_yet(cmd: &str, needs: &str) -> Result<()> {

@@ -1,0 +1,72 @@
+//! The edge side of the protocol: connect with a pinned certificate, authenticate, send
+//! frames and wait for their acknowledgements.
+
+use crate::protocol::{self, Ack, Hello, HelloReply};
+use crate::tls;
+use std::net::SocketAddr;
+
+/// Why a frame could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The merger refused this edge.
+    #[error("merger refused the edge: {0}")]
+    Refused(String),
+    /// Connection-level failure (resend later).
+    #[error("merger connection: {0}")]
+    Connection(String),
+    /// Local setup failure.
+    #[error("client setup: {0}")]
+    Setup(String),
+}
+
+/// One authenticated connection to a merger.
+pub struct MergerClient {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+fn conn_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Connection(e.to_string())
+}
+
+impl MergerClient {
+    /// Connects to `addr`, pinning the certificate `fingerprint`, and says hello.
+    pub async fn connect(addr: SocketAddr, fingerprint: &str, edge_id: &str, secret: &str) -> Result<MergerClient, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.map_err(|e| ClientError::Setup(format!("{e}")))?;
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Setup(e.to_string()))?;
+        endpoint.set_default_client_config(tls::client_config(fingerprint).map_err(|e| ClientError::Setup(e.to_string()))?);
+        let conn = endpoint.connect(addr, "tally-merger").map_err(conn_err)?.await.map_err(conn_err)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+        let hello = Hello { edge_id: edge_id.into(), secret: secret.into() };
+        send.write_all(&protocol::encode(&hello)).await.map_err(conn_err)?;
+        send.finish().map_err(conn_err)?;
+        let reply = recv.read_to_end(4096).await.map_err(|e| match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == crate::quic::REFUSED.into() => {
+                ClientError::Refused(String::from_utf8_lossy(&c.reason).into_owned())
+            }
+            _ => conn_err(e),
+        })?;
+        match protocol::decode::<HelloReply>(&reply).map_err(conn_err)? {
+            HelloReply::Welcome => Ok(MergerClient { endpoint, conn }),
+            HelloReply::Refused(why) => {
+                conn.close(0u32.into(), b"refused");
+                Err(ClientError::Refused(why))
+            }
+        }
+    }
+
+    /// Sends one encoded frame and waits until the merger has made it durable.
+    pub async fn send_frame(&self, frame: &[u8]) -> Result<Ack, ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        send.write_all(frame).await.map_err(conn_err)?;
+        send.finish().map_err(conn_err)?;
+        let reply = recv.read_to_end(64 << 10).await.map_err(conn_err)?;
+        protocol::decode(&reply).map_err(conn_err)
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,216 @@
+//! The HTTP API (axum, JSON; errors as `{"error": "..."}`).
+
+use crate::ingest::{Ingest, now_ms};
+use crate::protocol::Ack;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_delta::Country;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    /// The ingest path and state.
+    pub ingest: Ingest,
+    /// Bearer token for operator endpoints; `None` disables them.
+    pub operator_token: Option<Arc<str>>,
+    /// An edge silent for this long stops counting in live gauges.
+    pub live_timeout_ms: u64,
+}
+
+/// An error answer.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn err(code: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(code, msg.into())
+}
+
+/// The router.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/v1/videos/{id}/stats", get(video_stats))
+        .route("/v1/videos/{id}/block", put(block).delete(unblock))
+        .route("/v1/live/{stream}", get(live))
+        .route("/v1/live/{stream}/events", get(live_sse))
+        .route("/v1/top", get(top))
+        .route("/v1/frames", post(post_frame))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json") })
+        .with_state(api)
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let blocked = s.is_blocked(&id);
+    let body = match s.video(&id) {
+        Some(v) => json!({
+            "video": id, "channel": v.channel, "category": v.category,
+            "views": v.counts.views, "uniques": v.uniques.estimate().round() as u64,
+            "watch_time_s": v.counts.watch_ms / 1000, "completions": v.counts.completions,
+            "likes": v.counts.likes, "shares": v.counts.shares, "comments": v.counts.comments,
+            "blocked": blocked,
+        }),
+        None if blocked => json!({ "video": id, "views": 0, "blocked": true }),
+        None => return Err(err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}"))),
+    };
+    Ok(([(header::CACHE_CONTROL, "public, max-age=1")], Json(body)).into_response())
+}
+
+fn live_json(api: &Api, stream: &str) -> serde_json::Value {
+    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let v = s.live(stream, now_ms(), api.live_timeout_ms);
+    json!({ "stream": stream, "watching": v.watching, "connected": v.connected, "peak": v.peak })
+}
+
+async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "public, max-age=1")], Json(live_json(&api, &stream)))
+}
+
+async fn live_sse(State(api): State<Api>, Path(stream): Path<String>) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let ticks = tokio::time::interval(Duration::from_secs(1));
+    let s = futures_util::stream::unfold((ticks, None::<serde_json::Value>), move |(mut ticks, last)| {
+        let api = api.clone();
+        let stream = stream.clone();
+        async move {
+            loop {
+                ticks.tick().await;
+                let now = live_json(&api, &stream);
+                if last.as_ref() != Some(&now) {
+                    let ev = Event::default().event("live").data(now.to_string());
+                    return Some((Ok(ev), (ticks, Some(now))));
+                }
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    country: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    k: Option<usize>,
+}
+
+async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = now_ms();
+    let to = q.to.unwrap_or(now + 60_000);
+    let from = q.from.unwrap_or(now.saturating_sub(3_600_000));
+    if from >= to {
+        return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to` (ms since the Unix epoch)"));
+    }
+    let k = q.k.unwrap_or(10);
+    if k == 0 || k > 1000 {
+        return Err(err(StatusCode::BAD_REQUEST, "`k` must be between 1 and 1000"));
+    }
+    let country = match q.country.as_deref() {
+        None | Some("") => None,
+        Some(c) => {
+            let parsed = Country::from_header(c);
+            if parsed == Country::UNKNOWN && !c.eq_ignore_ascii_case("xx") {
+                return Err(err(StatusCode::BAD_REQUEST, format!("country {c:?} is not a two-letter code")));
+            }
+            Some(parsed)
+        }
+    };
+    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let (from_min, to_min) = ((from / 60_000) as u32, to.div_ceil(60_000) as u32);
+    if let Some(oldest) = s.oldest_minute()
+        && from_min < oldest
+    {
+        return Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("live top-K covers minutes from {} ms on; older windows need the history tiers", oldest as u64 * 60_000),
+        ));
+    }
+    let items: Vec<_> = s.top(country, from_min, to_min, k).into_iter().map(|(v, n)| json!({ "video": v, "views": n })).collect();
+    Ok(Json(json!({
+        "country": country.map(|c| c.to_string()),
+        "from": from_min as u64 * 60_000, "to": to_min as u64 * 60_000, "k": k,
+        "error_bound": 0, "exact": true, "items": items,
+    })))
+}
+
+fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &api.operator_token else {
+        return Err(err(StatusCode::FORBIDDEN, "operator endpoints are disabled: start the merger with --operator-token"));
+    };
+    match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(t) if t.as_bytes() == want.as_bytes() => Ok(()),
+        _ => Err(err(StatusCode::UNAUTHORIZED, "operator token required: Authorization: Bearer <token>")),
+    }
+}
+
+async fn block(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(&api, &headers)?;
+    api.ingest.state().write().unwrap_or_else(|p| p.into_inner()).set_blocked(&id, true);
+    Ok(Json(json!({ "video": id, "blocked": true })))
+}
+
+async fn unblock(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(&api, &headers)?;
+    api.ingest.state().write().unwrap_or_else(|p| p.into_inner()).set_blocked(&id, false);
+    Ok(Json(json!({ "video": id, "blocked": false })))
+}
+
+/// Frames over HTTP for edges that cannot speak QUIC: `X-Tally-Edge` names the edge,
+/// `Authorization: Bearer <secret>` authenticates it, the body is one encoded frame.
+async fn post_frame(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let edge = headers.get("x-tally-edge").and_then(|v| v.to_str().ok()).ok_or_else(|| err(StatusCode::UNAUTHORIZED, "X-Tally-Edge header required"))?;
+    let secret = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "Authorization: Bearer <edge secret> required"))?;
+    api.ingest.authenticate(edge, secret).map_err(|why| err(StatusCode::UNAUTHORIZED, why))?;
+    match api.ingest.submit(edge, body.to_vec()).await {
+        Ok(Ack::Applied) => Ok(Json(json!({ "ack": "applied" }))),
+        Ok(Ack::Duplicate) => Ok(Json(json!({ "ack": "duplicate" }))),
+        Ok(Ack::Rejected(why)) => Err(err(StatusCode::BAD_REQUEST, why)),
+        Err(why) => Err(err(StatusCode::SERVICE_UNAVAILABLE, why)),
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let c = s.counters;
+    let lag_ms = if c.last_frame_end_ms == 0 { 0 } else { now_ms().saturating_sub(c.last_frame_end_ms) };
+    let text = format!(
+        "# HELP tally_frames_total Frames by outcome.\n# TYPE tally_frames_total counter\n\
+         tally_frames_total{{outcome=\"applied\"}} {}\ntally_frames_total{{outcome=\"duplicate\"}} {}\ntally_frames_total{{outcome=\"rejected\"}} {}\n\
+         # HELP tally_frame_gaps Frames missing below the newest applied sequence number.\n# TYPE tally_frame_gaps gauge\ntally_frame_gaps {}\n\
+         # HELP tally_events_total Events counted by edges in applied frames.\n# TYPE tally_events_total counter\ntally_events_total {}\n\
+         # HELP tally_counter_rows_total Counter rows applied.\n# TYPE tally_counter_rows_total counter\ntally_counter_rows_total {}\n\
+         # HELP tally_ingest_lag_ms Merger time minus the newest frame's interval end.\n# TYPE tally_ingest_lag_ms gauge\ntally_ingest_lag_ms {}\n\
+         # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n",
+        c.frames_applied,
+        c.frames_duplicate,
+        c.frames_rejected,
+        s.gaps(),
+        c.events_accepted,
+        c.counter_rows,
+        lag_ms,
+        s.video_count(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}

@@ -1,0 +1,141 @@
+//! The ingest path shared by QUIC and HTTP: decode, authenticate, deduplicate, append to
+//! the log with group commit, apply, acknowledge.
+
+use crate::log::FrameLog;
+use crate::protocol::Ack;
+use crate::state::State;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tally_delta::{DeltaFrame, FrameId};
+use tokio::sync::{mpsc, oneshot};
+
+/// Frames waiting for the log writer; when full, ingest waits (backpressure).
+const QUEUE: usize = 512;
+/// Frames written per group commit at most.
+const GROUP: usize = 256;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct Job {
+    frame: DeltaFrame,
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Ack>,
+}
+
+/// Accepts frames; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Job>,
+    state: Arc<RwLock<State>>,
+    edges: Arc<HashMap<String, String>>,
+}
+
+impl Ingest {
+    /// Starts the log writer thread over an opened log, after replaying `records` into `state`.
+    pub fn start(mut log: FrameLog, records: Vec<Vec<u8>>, state: Arc<RwLock<State>>, edges: HashMap<String, String>) -> Ingest {
+        {
+            let mut s = state.write().unwrap_or_else(|p| p.into_inner());
+            let now = now_ms();
+            for r in &records {
+                match DeltaFrame::decode(r) {
+                    Ok(f) => {
+                        s.apply(&f, now);
+                    }
+                    Err(e) => tracing::error!(error = %e, "undecodable record in the frame log, skipped"),
+                }
+            }
+        }
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("frame-log".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < GROUP {
+                        match rx.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut fresh = Vec::with_capacity(batch.len());
+                    let mut seen: HashSet<FrameId> = HashSet::new();
+                    {
+                        let s = st.read().unwrap_or_else(|p| p.into_inner());
+                        for j in batch {
+                            let id = j.frame.header.id.clone();
+                            if s.is_applied(&id) || !seen.insert(id) {
+                                let _ = j.reply.send(Ack::Duplicate);
+                            } else {
+                                fresh.push(j);
+                            }
+                        }
+                    }
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    let written = fresh.iter().try_for_each(|j| log.append(&j.bytes)).and_then(|()| log.sync());
+                    if let Err(e) = written {
+                        // Nothing is acknowledged that is not durable; edges will resend.
+                        tracing::error!(error = %e, "frame log write failed");
+                        for j in fresh {
+                            drop(j.reply);
+                        }
+                        continue;
+                    }
+                    let mut s = st.write().unwrap_or_else(|p| p.into_inner());
+                    let now = now_ms();
+                    for j in fresh {
+                        let ack = if s.apply(&j.frame, now) { Ack::Applied } else { Ack::Duplicate };
+                        let _ = j.reply.send(ack);
+                    }
+                }
+            })
+            .expect("spawning the frame-log thread");
+        Ingest { tx, state, edges: Arc::new(edges) }
+    }
+
+    /// Checks an edge's secret.
+    pub fn authenticate(&self, edge_id: &str, secret: &str) -> Result<(), String> {
+        match self.edges.get(edge_id) {
+            Some(s) if s.as_bytes() == secret.as_bytes() => Ok(()),
+            Some(_) => Err(format!("wrong secret for edge {edge_id}")),
+            None => Err(format!("unknown edge {edge_id}")),
+        }
+    }
+
+    /// Takes one frame from an authenticated edge; resolves once it is durable (or refused).
+    /// `Err` means the merger could not make it durable: the edge should resend.
+    pub async fn submit(&self, edge_id: &str, bytes: Vec<u8>) -> Result<Ack, String> {
+        let frame = match DeltaFrame::decode(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.state.write().unwrap_or_else(|p| p.into_inner()).counters.frames_rejected += 1;
+                return Ok(Ack::Rejected(e.to_string()));
+            }
+        };
+        if frame.header.id.edge_id != edge_id {
+            self.state.write().unwrap_or_else(|p| p.into_inner()).counters.frames_rejected += 1;
+            return Ok(Ack::Rejected(format!(
+                "frame is from edge {} but the connection is authenticated as {edge_id}",
+                frame.header.id.edge_id
+            )));
+        }
+        if self.state.read().unwrap_or_else(|p| p.into_inner()).is_applied(&frame.header.id) {
+            self.state.write().unwrap_or_else(|p| p.into_inner()).counters.frames_duplicate += 1;
+            return Ok(Ack::Duplicate);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { frame, bytes, reply }).await.map_err(|_| "merger is shutting down".to_string())?;
+        rx.await.map_err(|_| "frame log write failed; resend".to_string())
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<RwLock<State>> {
+        &self.state
+    }
+}

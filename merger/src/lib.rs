@@ -1,0 +1,121 @@
+//! The Tally merger: takes delta frames from edges over QUIC (or HTTP), makes them
+//! durable in an append-only log, applies each exactly once to live state, and serves
+//! counts over HTTP.
+
+pub mod client;
+pub mod http;
+pub mod ingest;
+pub mod log;
+pub mod protocol;
+pub mod quic;
+pub mod state;
+pub mod tls;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// How a merger runs. Read from a TOML file and/or flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergerConfig {
+    /// Where the log, certificates and tiers live.
+    pub data_dir: PathBuf,
+    /// UDP address of the QUIC endpoint.
+    pub quic_listen: SocketAddr,
+    /// TCP address of the HTTP API.
+    pub http_listen: SocketAddr,
+    /// Edge id -> shared secret. Unknown edges are refused.
+    pub edges: HashMap<String, String>,
+    /// Bearer token for operator endpoints (block/unblock); none disables them.
+    pub operator_token: Option<String>,
+    /// PEM certificate (with `tls_key`); a self-signed one is made when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// An edge silent this long stops counting in live gauges (ms).
+    pub live_timeout_ms: u64,
+}
+
+impl Default for MergerConfig {
+    fn default() -> Self {
+        MergerConfig {
+            data_dir: PathBuf::from("data"),
+            quic_listen: "127.0.0.1:4433".parse().expect("literal address"),
+            http_listen: "127.0.0.1:8080".parse().expect("literal address"),
+            edges: HashMap::new(),
+            operator_token: None,
+            tls_cert: None,
+            tls_key: None,
+            live_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl MergerConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &std::path::Path) -> Result<MergerConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+/// A running merger.
+pub struct Running {
+    /// Bound QUIC address.
+    pub quic_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// SHA-256 fingerprint of the certificate edges must pin.
+    pub fingerprint: String,
+    /// Whether a self-signed certificate was created on this start.
+    pub created_cert: bool,
+    /// The ingest path (and state).
+    pub ingest: ingest::Ingest,
+    endpoint: quinn::Endpoint,
+    http: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes connections.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"merger shutting down");
+        self.http.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Starts the merger: replays the log, binds QUIC and HTTP.
+pub async fn start(cfg: MergerConfig) -> Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let (identity, created_cert) = tls::load_or_generate(cfg.tls_cert.as_deref(), cfg.tls_key.as_deref(), &cfg.data_dir.join("tls"))?;
+    let fingerprint = identity.fingerprint();
+    let (log, records) = log::FrameLog::open(&cfg.data_dir.join("log")).context("opening the frame log")?;
+    let replayed = records.len();
+    let state = Arc::new(RwLock::new(state::State::default()));
+    let ingest = ingest::Ingest::start(log, records, state, cfg.edges.clone());
+    tracing::info!(frames = replayed, "frame log replayed");
+
+    let endpoint = quinn::Endpoint::server(tls::server_config(&identity)?, cfg.quic_listen)
+        .with_context(|| format!("binding QUIC on {}", cfg.quic_listen))?;
+    let quic_addr = endpoint.local_addr()?;
+    tokio::spawn(quic::serve(endpoint.clone(), ingest.clone()));
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_listen).await.with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let api = http::Api {
+        ingest: ingest.clone(),
+        operator_token: cfg.operator_token.as_deref().map(Arc::from),
+        live_timeout_ms: cfg.live_timeout_ms,
+    };
+    let app = http::router(api);
+    let http = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(Running { quic_addr, http_addr, fingerprint, created_cert, ingest, endpoint, http })
+}

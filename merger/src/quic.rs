@@ -1,0 +1,86 @@
+//! The QUIC endpoint edges ship frames to.
+
+use crate::ingest::Ingest;
+use crate::protocol::{self, Ack, Hello, HelloReply, MAX_MESSAGE};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+/// Error code a connection is closed with when its edge is refused.
+pub const REFUSED: u32 = 1;
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(endpoint: Endpoint, ingest: Ingest) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ingest = ingest.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => connection(conn, ingest).await,
+                Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
+            }
+        });
+    }
+}
+
+async fn connection(conn: Connection, ingest: Ingest) {
+    let remote = conn.remote_address();
+    let edge = match hello(&conn, &ingest).await {
+        Ok(edge) => edge,
+        Err(why) => {
+            tracing::warn!(%remote, reason = %why, "edge refused");
+            // Give the edge a moment to read the refusal before the connection goes.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+            conn.close(REFUSED.into(), why.as_bytes());
+            return;
+        }
+    };
+    tracing::info!(%remote, edge = %edge, "edge connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let ingest = ingest.clone();
+                let edge = edge.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = frame_stream(send, recv, &ingest, &edge).await {
+                        tracing::debug!(edge = %edge, error = %e, "frame stream ended early");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::info!(edge = %edge, reason = %e, "edge disconnected");
+                return;
+            }
+        }
+    }
+}
+
+async fn hello(conn: &Connection, ingest: &Ingest) -> Result<String, String> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| format!("no hello: {e}"))?;
+    let bytes = recv.read_to_end(4096).await.map_err(|e| format!("bad hello: {e}"))?;
+    let h: Hello = protocol::decode(&bytes).map_err(|e| format!("malformed hello: {e}"))?;
+    let verdict = ingest.authenticate(&h.edge_id, &h.secret);
+    let reply = match &verdict {
+        Ok(()) => HelloReply::Welcome,
+        Err(why) => HelloReply::Refused(why.clone()),
+    };
+    let _ = send.write_all(&protocol::encode(&reply)).await;
+    let _ = send.finish();
+    verdict.map(|()| h.edge_id)
+}
+
+async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Ingest, edge: &str) -> anyhow::Result<()> {
+    let bytes = recv.read_to_end(MAX_MESSAGE).await?;
+    match ingest.submit(edge, bytes).await {
+        Ok(ack) => {
+            if let Ack::Rejected(why) = &ack {
+                tracing::warn!(edge, reason = %why, "frame rejected");
+            }
+            send.write_all(&protocol::encode(&ack)).await?;
+            send.finish()?;
+        }
+        // Not durable: reset the stream without an ack; the edge resends.
+        Err(why) => {
+            tracing::error!(edge, reason = %why, "frame not made durable");
+            send.reset(2u32.into())?;
+        }
+    }
+    Ok(())
+}

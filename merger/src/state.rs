@@ -1,0 +1,253 @@
+//! Live state: what every applied frame adds up to, kept in memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use tally_delta::{Counts, Country, DeltaFrame, FrameId, UniqueSketch};
+
+/// Minutes of per-minute series kept in memory (older minutes live in the tiers).
+pub const RECENT_MINUTES: u32 = 24 * 60;
+
+/// Which frames of one (edge, epoch) have been applied.
+#[derive(Debug, Default, Clone)]
+pub struct SeqTracker {
+    /// Every seq up to here is applied.
+    pub contiguous: u64,
+    /// Applied seqs above `contiguous` (there is a gap below them).
+    pub ahead: BTreeSet<u64>,
+}
+
+impl SeqTracker {
+    /// Whether `seq` was applied.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq <= self.contiguous || self.ahead.contains(&seq)
+    }
+
+    /// Records `seq`; returns false if it was already there.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        self.ahead.insert(seq);
+        while self.ahead.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        true
+    }
+
+    /// Seqs missing below the highest applied one.
+    pub fn missing(&self) -> u64 {
+        match self.ahead.last() {
+            Some(&top) => top - self.contiguous - self.ahead.len() as u64,
+            None => 0,
+        }
+    }
+}
+
+/// All-time totals of one video.
+#[derive(Debug, Default, Clone)]
+pub struct VideoTotals {
+    /// Channel from the tokens.
+    pub channel: String,
+    /// Category from the tokens.
+    pub category: String,
+    /// Counters.
+    pub counts: Counts,
+    /// All-time unique viewers.
+    pub uniques: UniqueSketch,
+}
+
+/// One edge's latest gauge for a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeGauge {
+    /// Watching.
+    pub watching: u32,
+    /// Connected.
+    pub connected: u32,
+    /// When the edge last reported (merger clock, ms).
+    pub at_ms: u64,
+}
+
+/// Live viewers of a stream summed over edges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LiveView {
+    /// Sessions playing.
+    pub watching: u64,
+    /// Sessions paused or hidden.
+    pub connected: u64,
+    /// Highest `watching` seen.
+    pub peak: u64,
+}
+
+/// Counters of the ingest path, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct IngestCounters {
+    /// Frames applied.
+    pub frames_applied: u64,
+    /// Resent frames acknowledged and ignored.
+    pub frames_duplicate: u64,
+    /// Frames refused (corrupt, unknown version, wrong edge).
+    pub frames_rejected: u64,
+    /// Events counted by edges in applied frames.
+    pub events_accepted: u64,
+    /// Counter rows applied.
+    pub counter_rows: u64,
+    /// Latest frame end time seen (edge clock, ms).
+    pub last_frame_end_ms: u64,
+}
+
+/// The merged state.
+#[derive(Debug, Default)]
+pub struct State {
+    applied: HashMap<(String, u64), SeqTracker>,
+    videos: HashMap<String, VideoTotals>,
+    /// Views per minute, country and video, for recent top-K and series.
+    minutes: BTreeMap<u32, HashMap<(Country, String), Counts>>,
+    live: HashMap<String, HashMap<String, EdgeGauge>>,
+    peaks: HashMap<String, u64>,
+    blocked: HashSet<String>,
+    /// Ingest counters.
+    pub counters: IngestCounters,
+}
+
+impl State {
+    /// Whether the frame was applied before.
+    pub fn is_applied(&self, id: &FrameId) -> bool {
+        self.applied.get(&(id.edge_id.clone(), id.epoch)).is_some_and(|t| t.contains(id.seq))
+    }
+
+    /// Applies a decoded frame exactly once; returns false for a duplicate. `now_ms` is
+    /// the merger's clock, used to time out silent edges' gauges.
+    pub fn apply(&mut self, frame: &DeltaFrame, now_ms: u64) -> bool {
+        let id = &frame.header.id;
+        if !self.applied.entry((id.edge_id.clone(), id.epoch)).or_default().insert(id.seq) {
+            self.counters.frames_duplicate += 1;
+            return false;
+        }
+        self.counters.frames_applied += 1;
+        self.counters.events_accepted += frame.intake.accepted - frame.intake.duplicates;
+        self.counters.counter_rows += frame.counters.len() as u64;
+        self.counters.last_frame_end_ms = self.counters.last_frame_end_ms.max(frame.header.interval_end_ms);
+        let newest = frame.counters.iter().map(|r| r.minute).max().unwrap_or(0);
+        for r in &frame.counters {
+            let video = frame.str(r.video);
+            let v = self.videos.entry(video.to_owned()).or_default();
+            if v.channel.is_empty() {
+                v.channel = frame.str(r.channel).to_owned();
+                v.category = frame.str(r.category).to_owned();
+            }
+            v.counts.add(&r.counts);
+            self.minutes.entry(r.minute).or_default().entry((r.country, video.to_owned())).or_default().add(&r.counts);
+        }
+        for u in &frame.uniques {
+            let v = self.videos.entry(frame.str(u.video).to_owned()).or_default();
+            // validated frames carry sketches the edge wrote; a bad one only loses uniques
+            let _ = v.uniques.merge_bytes(&u.sketch);
+        }
+        // The frame's live list is the edge's complete set: replace what it sent before.
+        for streams in self.live.values_mut() {
+            streams.remove(&id.edge_id);
+        }
+        for g in &frame.live {
+            let stream = frame.str(g.stream).to_owned();
+            self.live
+                .entry(stream)
+                .or_default()
+                .insert(id.edge_id.clone(), EdgeGauge { watching: g.watching, connected: g.connected, at_ms: now_ms });
+        }
+        for g in &frame.live {
+            let stream = frame.str(g.stream);
+            let watching = self.live_raw(stream, now_ms, u64::MAX).0;
+            let peak = self.peaks.entry(stream.to_owned()).or_default();
+            *peak = (*peak).max(watching);
+        }
+        self.live.retain(|_, m| !m.is_empty());
+        if let Some(&last) = self.minutes.keys().next_back() {
+            let keep_from = last.max(newest).saturating_sub(RECENT_MINUTES);
+            self.minutes = self.minutes.split_off(&keep_from);
+        }
+        true
+    }
+
+    fn live_raw(&self, stream: &str, now_ms: u64, timeout_ms: u64) -> (u64, u64) {
+        self.live.get(stream).map_or((0, 0), |m| {
+            m.values()
+                .filter(|g| now_ms.saturating_sub(g.at_ms) <= timeout_ms)
+                .fold((0, 0), |(w, c), g| (w + g.watching as u64, c + g.connected as u64))
+        })
+    }
+
+    /// Live viewers of a stream; edges silent for longer than `timeout_ms` do not count.
+    pub fn live(&self, stream: &str, now_ms: u64, timeout_ms: u64) -> LiveView {
+        let (watching, connected) = self.live_raw(stream, now_ms, timeout_ms);
+        LiveView { watching, connected, peak: self.peaks.get(stream).copied().unwrap_or(0).max(watching) }
+    }
+
+    /// All-time totals of a video.
+    pub fn video(&self, id: &str) -> Option<&VideoTotals> {
+        self.videos.get(id)
+    }
+
+    /// Top `k` videos by views over minutes `[from, to)`, optionally in one country,
+    /// exact over the minutes held in memory.
+    pub fn top(&self, country: Option<Country>, from: u32, to: u32, k: usize) -> Vec<(String, u64)> {
+        let mut views: HashMap<&str, u64> = HashMap::new();
+        for (_, m) in self.minutes.range(from..to) {
+            for ((c, video), counts) in m {
+                if country.is_none_or(|want| want == *c) && counts.views > 0 {
+                    *views.entry(video).or_default() += counts.views;
+                }
+            }
+        }
+        let mut v: Vec<(String, u64)> = views.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
+    /// The oldest minute held in memory.
+    pub fn oldest_minute(&self) -> Option<u32> {
+        self.minutes.keys().next().copied()
+    }
+
+    /// Blocks or unblocks a video; returns whether that changed anything.
+    pub fn set_blocked(&mut self, video: &str, blocked: bool) -> bool {
+        if blocked { self.blocked.insert(video.to_owned()) } else { self.blocked.remove(video) }
+    }
+
+    /// Whether a video is blocked.
+    pub fn is_blocked(&self, video: &str) -> bool {
+        self.blocked.contains(video)
+    }
+
+    /// Blocked videos.
+    pub fn blocked(&self) -> impl Iterator<Item = &String> {
+        self.blocked.iter()
+    }
+
+    /// Frames missing below the newest applied seq, summed over edges (gaps).
+    pub fn gaps(&self) -> u64 {
+        self.applied.values().map(SeqTracker::missing).sum()
+    }
+
+    /// Videos with any counts.
+    pub fn video_count(&self) -> usize {
+        self.videos.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_tracker_tolerates_gaps_and_refuses_repeats() {
+        let mut t = SeqTracker::default();
+        assert!(t.insert(1));
+        assert!(t.insert(3));
+        assert_eq!(t.missing(), 1);
+        assert!(!t.insert(3));
+        assert!(!t.insert(1));
+        assert!(t.insert(2));
+        assert_eq!((t.contiguous, t.missing()), (3, 0));
+        assert!(t.ahead.is_empty());
+    }
+}

@@ -1,0 +1,151 @@
+//! TLS for the QUIC endpoint: the merger's certificate (given, or self-signed on first
+//! start) and the edge side's verifier that pins its SHA-256 fingerprint.
+
+use anyhow::{Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+
+/// ALPN protocol of the edge-to-merger protocol.
+pub const ALPN: &[u8] = b"tally/1";
+
+/// The rustls crypto provider Tally uses (ring: no C toolchain beyond cc needed).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key.
+pub struct Identity {
+    /// Leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Hex SHA-256 of the leaf certificate: what edges pin.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.certs[0])
+    }
+}
+
+/// Hex SHA-256 of a DER certificate.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(Sha256::digest(cert.as_ref()))
+}
+
+/// Loads `cert`/`key` PEM files when given; otherwise loads or creates a self-signed
+/// certificate under `dir` (`merger-cert.pem`, `merger-key.pem`).
+pub fn load_or_generate(cert: Option<&Path>, key: Option<&Path>, dir: &Path) -> Result<(Identity, bool)> {
+    let (cert_path, key_path, may_create) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_owned(), k.to_owned(), false),
+        (None, None) => (dir.join("merger-cert.pem"), dir.join("merger-key.pem"), true),
+        _ => anyhow::bail!("give both --tls-cert and --tls-key, or neither for a self-signed certificate"),
+    };
+    let mut created = false;
+    if may_create && !cert_path.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ck = rcgen::generate_simple_self_signed(vec!["tally-merger".into(), "localhost".into()])
+            .context("generating a self-signed certificate")?;
+        std::fs::write(&key_path, ck.signing_key.serialize_pem()).with_context(|| format!("writing {}", key_path.display()))?;
+        std::fs::write(&cert_path, ck.cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+        created = true;
+    }
+    let certs = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("reading certificate {}", cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificate {}", cert_path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert_path.display());
+    let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading key {}", key_path.display()))?;
+    Ok((Identity { certs, key }, created))
+}
+
+/// Server-side QUIC config for an identity.
+pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(256u32.into());
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// Accepts exactly the server certificate whose SHA-256 fingerprint is pinned.
+#[derive(Debug)]
+pub struct PinnedCert {
+    fingerprint: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinnedCert {
+    /// Pins a hex fingerprint (as printed by the merger).
+    pub fn new(fingerprint: &str) -> Arc<PinnedCert> {
+        Arc::new(PinnedCert {
+            fingerprint: fingerprint.trim().to_ascii_lowercase().replace(':', ""),
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("merger certificate does not match the pinned fingerprint".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Client-side QUIC config that pins the merger's fingerprint.
+pub fn client_config(fingerprint: &str) -> Result<quinn::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(PinnedCert::new(fingerprint))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
