@@ -114,28 +114,59 @@ impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
 }
 
 /// An event as it arrived, every field still unchecked.
-#[derive(Deserialize, Default)]
+#[derive(Default, Debug)]
 pub(crate) struct RawEvent<'a> {
-    #[serde(borrow, default)]
     event_id: Option<Val<'a>>,
-    #[serde(borrow, default)]
     session_id: Option<Val<'a>>,
-    #[serde(borrow, default)]
     user_id: Option<Val<'a>>,
-    #[serde(borrow, default)]
     video_id: Option<Val<'a>>,
-    #[serde(borrow, default, rename = "type")]
     kind: Option<Val<'a>>,
-    #[serde(borrow, default)]
     ts: Option<Val<'a>>,
-    #[serde(borrow, default)]
     position_s: Option<Val<'a>>,
-    #[serde(borrow, default)]
     device: Option<Val<'a>>,
-    #[serde(borrow, default)]
     source: Option<Val<'a>>,
-    #[serde(borrow, default)]
     token: Option<Val<'a>>,
+}
+
+/// Reads an event object in one pass: each known key's value straight into its slot,
+/// unknown keys skipped, a repeated key an error (as serde's derive would).
+impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawEvent<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RawEvent<'a>, A::Error> {
+                let mut e = RawEvent::default();
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    let (slot, name) = match key.as_ref() {
+                        "event_id" => (&mut e.event_id, "event_id"),
+                        "session_id" => (&mut e.session_id, "session_id"),
+                        "user_id" => (&mut e.user_id, "user_id"),
+                        "video_id" => (&mut e.video_id, "video_id"),
+                        "type" => (&mut e.kind, "type"),
+                        "ts" => (&mut e.ts, "ts"),
+                        "position_s" => (&mut e.position_s, "position_s"),
+                        "device" => (&mut e.device, "device"),
+                        "source" => (&mut e.source, "source"),
+                        "token" => (&mut e.token, "token"),
+                        _ => {
+                            m.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(de::Error::duplicate_field(name));
+                    }
+                    *slot = Some(m.next_value()?);
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// Deserialises the events array into a vector sized up front from the body length.
@@ -328,6 +359,15 @@ mod tests {
         let reasons: Vec<String> =
             parse_batch(body.as_bytes()).unwrap().into_iter().map(|mut r| r.validate().unwrap_err()).collect();
         assert_eq!(reasons, ["unknown type \"jump\"", "event_id must be a string", "ts is out of range", "token is missing"]);
+    }
+
+    #[test]
+    fn nulls_read_as_absent_and_repeated_keys_fail_the_batch() {
+        let body = r#"[{"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":1,"token":"t","user_id":null,"device":null}]"#;
+        let e = parse_batch(body.as_bytes()).unwrap().pop().unwrap().validate().unwrap();
+        assert_eq!((e.user_id, e.device), (None, None));
+        let body = r#"[{"event_id":"e","event_id":"f"}]"#;
+        assert!(parse_batch(body.as_bytes()).unwrap_err().contains("duplicate field"));
     }
 
     #[test]
