@@ -23,15 +23,40 @@ enum Command {
     Edge,
     /// Mint a signed playback token for a video.
     Token(TokenArgs),
+    /// Run SQL over all of history (the catalog), for people without DuckDB installed.
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The SQL, e.g. "select video, sum(views) from views group by video order by 2 desc limit 10".
+    sql: String,
+    /// The merger's data directory.
+    #[arg(long, default_value = "data")]
+    data_dir: std::path::PathBuf,
+}
+
+#[derive(Subcommand)]
+enum MergerAction {
+    /// Rebuild every tier from the frame log (stop the merger first).
+    Rebuild,
 }
 
 #[derive(clap::Args)]
 struct MergerArgs {
+    #[command(subcommand)]
+    action: Option<MergerAction>,
+    /// How often changed history is published for the catalog, e.g. `10s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    publish_interval: Option<Duration>,
+    /// How often hours are rolled up to warm, days exported to cold and retention applied.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    rollup_interval: Option<Duration>,
     /// TOML config file (flags override it).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<std::path::PathBuf>,
     /// Data directory: frame log, certificates, tiers.
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<std::path::PathBuf>,
     /// UDP address for QUIC from edges (port 0 picks one).
     #[arg(long)]
@@ -80,6 +105,7 @@ fn main() -> ExitCode {
         Command::Token(a) => mint(a),
         Command::Demo => not_yet("demo", "the merger (issue 3) and the edge agent (issue 4)"),
         Command::Merger(a) => merger(a),
+        Command::Query(a) => query(a),
         Command::Edge => not_yet("edge", "issue 4"),
     };
     match result {
@@ -138,6 +164,17 @@ fn merger(a: MergerArgs) -> Result<()> {
         cfg.tls_cert = a.tls_cert;
         cfg.tls_key = a.tls_key;
     }
+    if let Some(d) = a.publish_interval {
+        cfg.publish_interval_ms = d.as_millis() as u64;
+    }
+    if let Some(d) = a.rollup_interval {
+        cfg.rollup_interval_ms = d.as_millis() as u64;
+    }
+    if let Some(MergerAction::Rebuild) = a.action {
+        let n = tally_merger::rebuild(&cfg)?;
+        eprintln!("tally merger rebuild: replayed {n} frames into fresh tiers under {}", cfg.data_dir.display());
+        return Ok(());
+    }
     if cfg.edges.is_empty() {
         eprintln!("tally merger: warning: no edges configured (--edge ID=SECRET); every edge will be refused");
     }
@@ -162,6 +199,27 @@ fn merger(a: MergerArgs) -> Result<()> {
         running.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+fn query(a: QueryArgs) -> Result<()> {
+    if !a.data_dir.join("catalog.duckdb").exists() {
+        bail!("no catalog at {}: point --data-dir at a merger's data directory", a.data_dir.join("catalog.duckdb").display());
+    }
+    let (names, rows) = tally_merger::tiers::query_catalog(&a.data_dir, &a.sql)?;
+    let mut widths: Vec<usize> = names.iter().map(|n| n.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join(" | ");
+    println!("{}", line(&names));
+    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    for r in &rows {
+        println!("{}", line(r));
+    }
+    eprintln!("({} rows)", rows.len());
+    Ok(())
 }
 
 fn init_logs() {

@@ -25,8 +25,13 @@ struct Merger {
 
 impl Merger {
     fn start(dir: &Path) -> Merger {
+        Merger::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Merger {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(["merger", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--operator-token", "op-token"])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir)
             .args(["--edge", &format!("fra-1={SECRET}"), "--edge", &format!("ams-1={SECRET}")])
@@ -85,22 +90,25 @@ impl Drop for Merger {
     }
 }
 
-/// `n` real frames from a collector: each interval, plays from 5 new sessions on 3 videos
-/// plus a live stream's heartbeats.
+/// `n` real frames from a collector: each interval, plays from 5 new sessions on 3 videos.
 fn frames(edge: &str, epoch: u64, n: usize) -> Vec<Vec<u8>> {
-    let kit = Kit::default();
+    frames_at(Kit::default(), edge, epoch, n, 1_000)
+}
+
+/// Like [`frames`], starting at `kit.t0` and `step_ms` apart.
+fn frames_at(kit: Kit, edge: &str, epoch: u64, n: usize, step_ms: u64) -> Vec<Vec<u8>> {
     let mut cfg = kit.config();
     cfg.edge_id = edge.into();
     cfg.epoch = epoch;
     let mut c = Collector::new(cfg).unwrap();
     (0..n)
         .map(|i| {
-            let at = i as u64 * 1_000;
+            let at = i as u64 * step_ms;
             let evs: Vec<_> = (0..5)
                 .map(|j| kit.ev(&format!("{edge}-{i}-{j}"), &format!("{edge}-s{i}-{j}"), &format!("v{}", j % 3), "play", at))
                 .collect();
             c.ingest(&body(&evs), &kit.facts(at)).unwrap();
-            c.flush(kit.t0 + at + 500).encode()
+            c.flush(kit.t0 + at + step_ms / 2).encode()
         })
         .collect()
 }
@@ -263,4 +271,99 @@ async fn merger_killed_mid_stream_restarts_with_every_acknowledged_frame() {
     for (video, views) in &want {
         assert_eq!(m.views(video).await, *views, "views of {video} after restart and resend");
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn catalog_views(dir: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
+    match tally_merger::tiers::query_catalog(dir, sql) {
+        Ok((_, rows)) => Some(rows),
+        Err(e) => {
+            eprintln!("catalog query failed: {e}");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start_with(dir.path(), &["--publish-interval", "200ms", "--rollup-interval", "300ms"]);
+    const DAY: u64 = 86_400_000;
+    let today = now_ms() / DAY * DAY;
+    let ranges = [
+        ("hot", now_ms() / 60_000 * 60_000 - 20 * 60_000, 1u64),
+        // across midnight, 10 days ago: warm only, two days
+        ("warm", today - 10 * DAY - 3 * 60_000, 2),
+        ("cold", today - 400 * DAY + 12 * 3_600_000, 3),
+    ];
+    let client = m.client("fra-1").await;
+    let mut all = Vec::new();
+    let mut per_range = Vec::new();
+    for (name, t0, epoch) in ranges {
+        let kit = Kit { t0, ..Kit::default() };
+        // 8 frames two minutes apart: 16 minutes of data
+        let fs = frames_at(kit, "fra-1", epoch, 8, 120_000);
+        for f in &fs {
+            assert_eq!(client.send_frame(f).await.unwrap(), Ack::Applied, "{name}");
+        }
+        per_range.push((name, expected(&fs).values().sum::<u64>()));
+        all.extend(fs);
+    }
+    let total: u64 = expected(&all).values().sum();
+    assert_eq!(total, 120);
+
+    // The catalog converges to the frames' totals while the merger runs.
+    let sql = "select grain, sum(views)::BIGINT from views group by grain order by grain";
+    let want = vec![
+        vec!["hour".to_string(), (per_range[1].1 + per_range[2].1).to_string()],
+        vec!["minute".to_string(), per_range[0].1.to_string()],
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while catalog_views(dir.path(), sql).as_ref() != Some(&want) {
+        assert!(Instant::now() < deadline, "catalog never showed {want:?}: {:?}", catalog_views(dir.path(), sql));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The tiers each hold their part: minutes only for the last 7 days, the 10-day-old
+    // range as hours in warm (two dates: it crosses midnight), the old one in cold Parquet.
+    let days = catalog_views(
+        dir.path(),
+        &format!("select count(distinct ts::DATE) from hour_views where views > 0 and ts < epoch_ms({}::BIGINT)", today - 5 * DAY),
+    )
+    .unwrap();
+    assert_eq!(days[0][0], "2");
+    let cold = catalog_views(dir.path(), "select sum(views)::BIGINT from day_views").unwrap();
+    let cold_dirs: Vec<_> = std::fs::read_dir(dir.path().join("cold/day")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(cold_dirs.len() >= 3, "cold days {cold_dirs:?}");
+    assert!(cold[0][0].parse::<u64>().unwrap() >= per_range[2].1);
+    let uniques = catalog_views(dir.path(), "select count(*) from minute_uniques").unwrap();
+    assert!(uniques[0][0].parse::<u64>().unwrap() > 0);
+
+    // `tally query` prints the same answer.
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["query", "select sum(views)::BIGINT as total from views", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&total.to_string()));
+
+    // Derived data is rebuildable: stop, rebuild from the log, same answer.
+    drop(client);
+    drop(m);
+    let out = Command::new(env!("CARGO_BIN_EXE_tally")).args(["merger", "rebuild", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = catalog_views(dir.path(), "select sum(views)::BIGINT from views").unwrap();
+    assert_eq!(rows[0][0], total.to_string());
+}
+
+#[test]
+fn query_without_a_catalog_says_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tally")).args(["query", "select 1", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
 }

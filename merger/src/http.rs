@@ -25,6 +25,8 @@ pub struct Api {
     pub operator_token: Option<Arc<str>>,
     /// An edge silent for this long stops counting in live gauges.
     pub live_timeout_ms: u64,
+    /// Failures of the tier writer.
+    pub tier_errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An error answer.
@@ -202,7 +204,8 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
          # HELP tally_events_total Events counted by edges in applied frames.\n# TYPE tally_events_total counter\ntally_events_total {}\n\
          # HELP tally_counter_rows_total Counter rows applied.\n# TYPE tally_counter_rows_total counter\ntally_counter_rows_total {}\n\
          # HELP tally_ingest_lag_ms Merger time minus the newest frame's interval end.\n# TYPE tally_ingest_lag_ms gauge\ntally_ingest_lag_ms {}\n\
-         # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n",
+         # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n\
+         # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n",
         c.frames_applied,
         c.frames_duplicate,
         c.frames_rejected,
@@ -211,6 +214,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         c.counter_rows,
         lag_ms,
         s.video_count(),
+        api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

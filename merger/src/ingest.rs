@@ -1,7 +1,7 @@
 //! The ingest path shared by QUIC and HTTP: decode, authenticate, deduplicate, append to
 //! the log with group commit, apply, acknowledge.
 
-use crate::log::FrameLog;
+use crate::log::{FrameLog, LogPos};
 use crate::protocol::Ack;
 use crate::state::State;
 use std::collections::{HashMap, HashSet};
@@ -20,6 +20,9 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Where applied frames go to be written to the tiers.
+pub type TierSender = std::sync::mpsc::SyncSender<(LogPos, Arc<DeltaFrame>)>;
+
 struct Job {
     frame: DeltaFrame,
     bytes: Vec<u8>,
@@ -35,15 +38,31 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Starts the log writer thread over an opened log, after replaying `records` into `state`.
-    pub fn start(mut log: FrameLog, records: Vec<Vec<u8>>, state: Arc<RwLock<State>>, edges: HashMap<String, String>) -> Ingest {
+    /// Starts the log writer thread over an opened log, after replaying `records` into
+    /// `state` and, past the tiers' watermark, into the tier writer.
+    pub fn start(
+        mut log: FrameLog,
+        records: Vec<(LogPos, Vec<u8>)>,
+        state: Arc<RwLock<State>>,
+        edges: HashMap<String, String>,
+        tiers: Option<(TierSender, Option<LogPos>)>,
+    ) -> Ingest {
+        let (tier_tx, watermark) = match tiers {
+            Some((tx, w)) => (Some(tx), w),
+            None => (None, None),
+        };
         {
             let mut s = state.write().unwrap_or_else(|p| p.into_inner());
             let now = now_ms();
-            for r in &records {
-                match DeltaFrame::decode(r) {
+            for (pos, r) in records {
+                match DeltaFrame::decode(&r) {
                     Ok(f) => {
-                        s.apply(&f, now);
+                        if s.apply(&f, now)
+                            && let Some(tx) = &tier_tx
+                            && watermark.is_none_or(|w| pos > w)
+                        {
+                            let _ = tx.send((pos, Arc::new(f)));
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "undecodable record in the frame log, skipped"),
                 }
@@ -78,20 +97,36 @@ impl Ingest {
                     if fresh.is_empty() {
                         continue;
                     }
-                    let written = fresh.iter().try_for_each(|j| log.append(&j.bytes)).and_then(|()| log.sync());
-                    if let Err(e) = written {
+                    let written: Result<Vec<LogPos>, _> = fresh.iter().map(|j| log.append(&j.bytes)).collect();
+                    let written = written.and_then(|p| log.sync().map(|()| p));
+                    let positions = match written {
+                        Ok(p) => p,
+                        Err(e) => {
                         // Nothing is acknowledged that is not durable; edges will resend.
                         tracing::error!(error = %e, "frame log write failed");
                         for j in fresh {
                             drop(j.reply);
                         }
                         continue;
+                        }
+                    };
+                    let mut to_tiers = Vec::new();
+                    {
+                        let mut s = st.write().unwrap_or_else(|p| p.into_inner());
+                        let now = now_ms();
+                        for (j, pos) in fresh.into_iter().zip(positions) {
+                            let applied = s.apply(&j.frame, now);
+                            let _ = j.reply.send(if applied { Ack::Applied } else { Ack::Duplicate });
+                            if applied {
+                                to_tiers.push((pos, Arc::new(j.frame)));
+                            }
+                        }
                     }
-                    let mut s = st.write().unwrap_or_else(|p| p.into_inner());
-                    let now = now_ms();
-                    for j in fresh {
-                        let ack = if s.apply(&j.frame, now) { Ack::Applied } else { Ack::Duplicate };
-                        let _ = j.reply.send(ack);
+                    // Blocks when the tier writer is behind: backpressure, not memory.
+                    if let Some(tx) = &tier_tx {
+                        for item in to_tiers {
+                            let _ = tx.send(item);
+                        }
                     }
                 }
             })

@@ -9,6 +9,7 @@ pub mod log;
 pub mod protocol;
 pub mod quic;
 pub mod state;
+pub mod tiers;
 pub mod tls;
 
 use anyhow::{Context, Result};
@@ -38,6 +39,16 @@ pub struct MergerConfig {
     pub tls_key: Option<PathBuf>,
     /// An edge silent this long stops counting in live gauges (ms).
     pub live_timeout_ms: u64,
+    /// How often changed history is exported for the catalog (ms).
+    pub publish_interval_ms: u64,
+    /// How often hours are rolled up, days exported to cold and retention applied (ms).
+    pub rollup_interval_ms: u64,
+    /// Days of minute rows in the hot tier.
+    pub hot_days: i64,
+    /// Days of hour rows in the warm tier.
+    pub warm_days: i64,
+    /// Days of Parquet in the cold tier.
+    pub cold_days: i64,
 }
 
 impl Default for MergerConfig {
@@ -51,6 +62,11 @@ impl Default for MergerConfig {
             tls_cert: None,
             tls_key: None,
             live_timeout_ms: 10_000,
+            publish_interval_ms: 10_000,
+            rollup_interval_ms: 60_000,
+            hot_days: 7,
+            warm_days: 90,
+            cold_days: 3 * 365,
         }
     }
 }
@@ -88,6 +104,43 @@ impl Running {
     }
 }
 
+/// Rebuilds every tier from the frame log: the derived files are removed and the log is
+/// replayed into fresh ones. The merger must not be running on `cfg.data_dir`.
+pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
+    let dir = &cfg.data_dir;
+    for f in ["hot.duckdb", "hot.duckdb.wal", "warm.duckdb", "warm.duckdb.wal", "catalog.duckdb"] {
+        let p = dir.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    for d in ["published", "cold"] {
+        let p = dir.join(d);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    let (_log, records) = log::FrameLog::open(&dir.join("log")).context("opening the frame log")?;
+    let retention = tiers::Retention { hot_days: cfg.hot_days, warm_days: cfg.warm_days, cold_days: cfg.cold_days };
+    let mut t = tiers::Tiers::open(dir, retention)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    for (i, (pos, bytes)) in records.into_iter().enumerate() {
+        let frame = tally_delta::DeltaFrame::decode(&bytes).with_context(|| format!("log record {i} is not a frame"))?;
+        if seen.insert(frame.header.id.clone()) {
+            t.add(pos, &frame)?;
+            n += 1;
+        }
+        if n % 5_000 == 0 {
+            t.commit()?;
+        }
+    }
+    t.commit()?;
+    t.rollup(ingest::now_ms())?;
+    t.publish()?;
+    Ok(n)
+}
+
 /// Starts the merger: replays the log, binds QUIC and HTTP.
 pub async fn start(cfg: MergerConfig) -> Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -96,7 +149,18 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let (log, records) = log::FrameLog::open(&cfg.data_dir.join("log")).context("opening the frame log")?;
     let replayed = records.len();
     let state = Arc::new(RwLock::new(state::State::default()));
-    let ingest = ingest::Ingest::start(log, records, state, cfg.edges.clone());
+    let retention = tiers::Retention { hot_days: cfg.hot_days, warm_days: cfg.warm_days, cold_days: cfg.cold_days };
+    let tiers = tiers::Tiers::open(&cfg.data_dir, retention).context("opening the DuckDB tiers")?;
+    let watermark = tiers.watermark()?;
+    let (tier_tx, tier_rx) = std::sync::mpsc::sync_channel(tiers::TIER_QUEUE);
+    let tier_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let schedule = tiers::Schedule {
+        commit: std::time::Duration::from_secs(1),
+        rollup: std::time::Duration::from_millis(cfg.rollup_interval_ms.max(100)),
+        publish: std::time::Duration::from_millis(cfg.publish_interval_ms.max(100)),
+    };
+    tiers::spawn_writer(tiers, tier_rx, schedule, tier_errors.clone());
+    let ingest = ingest::Ingest::start(log, records, state, cfg.edges.clone(), Some((tier_tx, watermark)));
     tracing::info!(frames = replayed, "frame log replayed");
 
     let endpoint = quinn::Endpoint::server(tls::server_config(&identity)?, cfg.quic_listen)
@@ -110,6 +174,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         ingest: ingest.clone(),
         operator_token: cfg.operator_token.as_deref().map(Arc::from),
         live_timeout_ms: cfg.live_timeout_ms,
+        tier_errors,
     };
     let app = http::router(api);
     let http = tokio::spawn(async move {

@@ -41,6 +41,16 @@ pub struct FrameLog {
     len: u64,
 }
 
+/// Where a record ends in the log: (segment number, byte offset after the record).
+/// Positions grow with every append, so they order records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct LogPos {
+    /// Segment number.
+    pub segment: u64,
+    /// Offset just past the record.
+    pub offset: u64,
+}
+
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
@@ -60,7 +70,7 @@ fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
 
 /// Reads every intact record of one segment; returns the records and the byte length
 /// of the intact prefix.
-fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, u64), LogError> {
+fn read_segment(path: &Path, segment: u64) -> Result<(Vec<(LogPos, Vec<u8>)>, u64), LogError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut r = BufReader::new(file);
     let mut out = Vec::new();
@@ -87,7 +97,7 @@ fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, u64), LogError> {
             break;
         }
         good += (HEADER + len) as u64;
-        out.push(buf);
+        out.push((LogPos { segment, offset: good }, buf));
     }
     Ok((out, good))
 }
@@ -95,14 +105,14 @@ fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, u64), LogError> {
 impl FrameLog {
     /// Opens (creating if needed) the log in `dir` and returns it with every intact record,
     /// oldest first. A torn tail is truncated.
-    pub fn open(dir: &Path) -> Result<(FrameLog, Vec<Vec<u8>>), LogError> {
+    pub fn open(dir: &Path) -> Result<(FrameLog, Vec<(LogPos, Vec<u8>)>), LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let segs = segments(dir)?;
         let mut records = Vec::new();
         let mut last = (1, 0);
         for &n in &segs {
             let path = segment_path(dir, n);
-            let (recs, good) = read_segment(&path)?;
+            let (recs, good) = read_segment(&path, n)?;
             records.extend(recs);
             last = (n, good);
         }
@@ -115,8 +125,8 @@ impl FrameLog {
         Ok((FrameLog { dir: dir.to_owned(), file, path, segment, len }, records))
     }
 
-    /// Appends a record (not yet durable: call [`FrameLog::sync`]).
-    pub fn append(&mut self, frame: &[u8]) -> Result<(), LogError> {
+    /// Appends a record (not yet durable: call [`FrameLog::sync`]); returns where it ends.
+    pub fn append(&mut self, frame: &[u8]) -> Result<LogPos, LogError> {
         if self.len >= SEGMENT_BYTES {
             self.rotate()?;
         }
@@ -126,7 +136,7 @@ impl FrameLog {
         rec.extend_from_slice(frame);
         self.file.write_all(&rec).map_err(io_err(&self.path))?;
         self.len += rec.len() as u64;
-        Ok(())
+        Ok(LogPos { segment: self.segment, offset: self.len })
     }
 
     /// Makes everything appended so far durable.
@@ -175,13 +185,15 @@ mod tests {
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
         let (mut log, recs) = FrameLog::open(dir.path()).unwrap();
-        assert_eq!(recs, vec![b"one".to_vec(), b"two".to_vec()]);
+        let bodies: Vec<Vec<u8>> = recs.iter().map(|r| r.1.clone()).collect();
+        assert_eq!(bodies, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(recs[0].0 < recs[1].0);
         log.append(b"three").unwrap();
         log.sync().unwrap();
         drop(log);
         let (_, recs) = FrameLog::open(dir.path()).unwrap();
         assert_eq!(recs.len(), 3);
-        assert_eq!(recs[2], b"three");
+        assert_eq!(recs[2].1, b"three");
     }
 
     #[test]
@@ -199,6 +211,7 @@ mod tests {
         bytes[n - 1] ^= 1;
         fs::write(&seg, bytes).unwrap();
         let (_, recs) = FrameLog::open(dir.path()).unwrap();
-        assert_eq!(recs, vec![b"good".to_vec()]);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].1, b"good");
     }
 }

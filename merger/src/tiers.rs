@@ -1,0 +1,790 @@
+//! DuckDB-backed tiered history.
+//!
+//! * hot: `hot.duckdb`, minute rows (default 7 days), written in transactions that also
+//!   record the log position they cover, so replaying the log after a crash applies each
+//!   frame to the tiers exactly once;
+//! * warm: `warm.duckdb`, hour rows (default 90 days), recomputed from hot for every hour
+//!   that changed (replace, never add: a crash mid-rollup just redoes it);
+//! * cold: Parquet, `cold/hour/date=YYYY-MM-DD/` and `cold/day/date=YYYY-MM-DD/`, written
+//!   (atomically, by rename) once a day can no longer change; kept 3 years.
+//!
+//! The merger holds the DuckDB files open for writing, so analysts read *published*
+//! Parquet: changed hours of hot and changed days of warm are exported under
+//! `published/` every publish interval, and `catalog.duckdb` defines views over
+//! `published/` and `cold/` (one `views` view over all of history).
+
+use crate::log::LogPos;
+use duckdb::{Connection, params};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+use std::path::{Path, PathBuf};
+use tally_delta::{Counts, DeltaFrame, UniqueSketch};
+
+/// Tier errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// DuckDB refused.
+    #[error("duckdb: {0}")]
+    Db(#[from] duckdb::Error),
+    /// File system.
+    #[error("tier files: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored sketch is unreadable.
+    #[error("{0}")]
+    Sketch(#[from] tally_delta::SketchError),
+}
+
+type Result<T> = std::result::Result<T, TierError>;
+
+/// Retention of each tier, in days.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Minute rows in hot.
+    pub hot_days: i64,
+    /// Hour rows in warm.
+    pub warm_days: i64,
+    /// Hour and day Parquet in cold.
+    pub cold_days: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { hot_days: 7, warm_days: 90, cold_days: 3 * 365 }
+    }
+}
+
+const DIMS: &str = "pop, video, channel, category, country, device, source, live";
+const MEASURES: &str = "views, watch_ms, completions, likes, shares, comments";
+
+/// Key of a minute row.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct RowKey {
+    minute: i64,
+    pop: String,
+    video: String,
+    channel: String,
+    category: String,
+    country: String,
+    device: &'static str,
+    source: &'static str,
+    live: bool,
+}
+
+/// What a rollup pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RollupReport {
+    /// Hours recomputed into warm.
+    pub hours: usize,
+    /// Days exported to cold.
+    pub cold_days: usize,
+    /// Minute rows deleted by hot retention.
+    pub hot_deleted: usize,
+    /// Hour rows deleted by warm retention.
+    pub warm_deleted: usize,
+}
+
+/// The tier writer. Owns the DuckDB connections; one per data directory.
+pub struct Tiers {
+    dir: PathBuf,
+    conn: Connection,
+    retention: Retention,
+    counts: HashMap<RowKey, Counts>,
+    uniques: HashMap<(i64, String), UniqueSketch>,
+    pending_pos: Option<LogPos>,
+}
+
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn date_of_day(day: i64) -> String {
+    // civil-from-days (Howard Hinnant), so no date crate is needed for directory names
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl Tiers {
+    /// Opens or creates the tier files under `dir`.
+    pub fn open(dir: &Path, retention: Retention) -> Result<Tiers> {
+        std::fs::create_dir_all(dir)?;
+        for sub in ["published/minute", "published/minute_uniques", "published/hour", "published/hour_uniques", "cold/hour", "cold/day"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let conn = Connection::open(dir.join("hot.duckdb"))?;
+        conn.execute_batch(&format!(
+            "ATTACH IF NOT EXISTS {} AS warm;
+             CREATE TABLE IF NOT EXISTS main.minute_counts (
+                minute BIGINT NOT NULL, pop VARCHAR NOT NULL, video VARCHAR NOT NULL, channel VARCHAR NOT NULL,
+                category VARCHAR NOT NULL, country VARCHAR NOT NULL, device VARCHAR NOT NULL, source VARCHAR NOT NULL,
+                live BOOLEAN NOT NULL, views UBIGINT NOT NULL, watch_ms UBIGINT NOT NULL, completions UBIGINT NOT NULL,
+                likes BIGINT NOT NULL, shares UBIGINT NOT NULL, comments UBIGINT NOT NULL,
+                PRIMARY KEY (minute, pop, video, channel, category, country, device, source, live));
+             CREATE TABLE IF NOT EXISTS main.minute_uniques (minute BIGINT NOT NULL, video VARCHAR NOT NULL, sketch BLOB NOT NULL,
+                PRIMARY KEY (minute, video));
+             CREATE TABLE IF NOT EXISTS main.dirty_hours (hour BIGINT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS main.unpublished_hours (hour BIGINT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS main.unpublished_days (day BIGINT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS main.watermark (id INTEGER PRIMARY KEY, segment UBIGINT NOT NULL, log_offset UBIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS warm.hour_counts (
+                hour BIGINT NOT NULL, pop VARCHAR NOT NULL, video VARCHAR NOT NULL, channel VARCHAR NOT NULL,
+                category VARCHAR NOT NULL, country VARCHAR NOT NULL, device VARCHAR NOT NULL, source VARCHAR NOT NULL,
+                live BOOLEAN NOT NULL, views UBIGINT NOT NULL, watch_ms UBIGINT NOT NULL, completions UBIGINT NOT NULL,
+                likes BIGINT NOT NULL, shares UBIGINT NOT NULL, comments UBIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS warm.hour_uniques (hour BIGINT NOT NULL, video VARCHAR NOT NULL, sketch BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS warm.cold_days (day BIGINT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS main.day_uniques_staging (day BIGINT, video VARCHAR, sketch BLOB);
+             CREATE TABLE IF NOT EXISTS main.staging (
+                minute BIGINT, pop VARCHAR, video VARCHAR, channel VARCHAR, category VARCHAR, country VARCHAR,
+                device VARCHAR, source VARCHAR, live BOOLEAN, views UBIGINT, watch_ms UBIGINT, completions UBIGINT,
+                likes BIGINT, shares UBIGINT, comments UBIGINT);",
+            sql_str(&dir.join("warm.duckdb").to_string_lossy())
+        ))?;
+        let tiers = Tiers {
+            dir: dir.to_owned(),
+            conn,
+            retention,
+            counts: HashMap::new(),
+            uniques: HashMap::new(),
+            pending_pos: None,
+        };
+        tiers.write_catalog()?;
+        Ok(tiers)
+    }
+
+    /// Runs `f` inside one transaction: committed if it succeeds, rolled back if not.
+    fn in_transaction<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        match f() {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The first column of a query, as integers.
+    fn column_i64(&self, sql: &str, args: impl duckdb::Params) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        Ok(stmt.query_map(args, |r| r.get(0))?.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Sketches of a `(video, sketch)` query over `[lo, hi)`, merged per video.
+    fn merged_sketches(&self, sql: &str, lo: i64, hi: i64) -> Result<HashMap<String, UniqueSketch>> {
+        let mut merged: HashMap<String, UniqueSketch> = HashMap::new();
+        let mut stmt = self.conn.prepare(sql)?;
+        let mut rows = stmt.query(params![lo, hi])?;
+        while let Some(row) = rows.next()? {
+            let video: String = row.get(0)?;
+            let sketch: Vec<u8> = row.get(1)?;
+            merged.entry(video).or_default().merge_bytes(&sketch)?;
+        }
+        Ok(merged)
+    }
+
+    /// The log position the tiers are complete up to.
+    pub fn watermark(&self) -> Result<Option<LogPos>> {
+        let mut stmt = self.conn.prepare("SELECT segment, log_offset FROM main.watermark WHERE id = 1")?;
+        let mut rows = stmt.query([])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(LogPos { segment: r.get(0)?, offset: r.get(1)? }),
+            None => None,
+        })
+    }
+
+    /// Adds an applied frame (at log position `pos`) to the pending batch.
+    pub fn add(&mut self, pos: LogPos, frame: &DeltaFrame) -> Result<()> {
+        let pop = &frame.header.pop_id;
+        for r in &frame.counters {
+            let key = RowKey {
+                minute: r.minute as i64,
+                pop: pop.clone(),
+                video: frame.str(r.video).to_owned(),
+                channel: frame.str(r.channel).to_owned(),
+                category: frame.str(r.category).to_owned(),
+                country: r.country.to_string(),
+                device: r.device.as_str(),
+                source: r.source.as_str(),
+                live: r.live,
+            };
+            self.counts.entry(key).or_default().add(&r.counts);
+        }
+        for u in &frame.uniques {
+            self.uniques.entry((u.minute as i64, frame.str(u.video).to_owned())).or_default().merge_bytes(&u.sketch)?;
+        }
+        self.pending_pos = Some(self.pending_pos.map_or(pos, |p| p.max(pos)));
+        Ok(())
+    }
+
+    /// Frames added but not committed.
+    pub fn has_pending(&self) -> bool {
+        self.pending_pos.is_some()
+    }
+
+    /// Writes the pending batch in one transaction together with its log position.
+    pub fn commit(&mut self) -> Result<()> {
+        let Some(pos) = self.pending_pos else { return Ok(()) };
+        let counts = std::mem::take(&mut self.counts);
+        let uniques = std::mem::take(&mut self.uniques);
+        let mut hours = BTreeSet::new();
+        let result = self.in_transaction(|| {
+            self.conn.execute_batch("DELETE FROM main.staging")?;
+            {
+                let mut app = self.conn.appender("staging")?;
+                for (k, c) in &counts {
+                    hours.insert(k.minute.div_euclid(60));
+                    app.append_row(params![
+                        k.minute, k.pop, k.video, k.channel, k.category, k.country, k.device, k.source, k.live,
+                        c.views, c.watch_ms, c.completions, c.likes, c.shares, c.comments
+                    ])?;
+                }
+                app.flush()?;
+            }
+            self.conn.execute_batch(&format!(
+                "INSERT INTO main.minute_counts SELECT minute, {DIMS}, {MEASURES} FROM main.staging
+                 ON CONFLICT DO UPDATE SET views = views + EXCLUDED.views, watch_ms = watch_ms + EXCLUDED.watch_ms,
+                    completions = completions + EXCLUDED.completions, likes = likes + EXCLUDED.likes,
+                    shares = shares + EXCLUDED.shares, comments = comments + EXCLUDED.comments;"
+            ))?;
+            let mut get = self.conn.prepare("SELECT sketch FROM main.minute_uniques WHERE minute = ? AND video = ?")?;
+            let mut put = self.conn.prepare("INSERT OR REPLACE INTO main.minute_uniques VALUES (?, ?, ?)")?;
+            for ((minute, video), mut sketch) in uniques {
+                hours.insert(minute.div_euclid(60));
+                let mut rows = get.query(params![minute, video])?;
+                if let Some(row) = rows.next()? {
+                    let old: Vec<u8> = row.get(0)?;
+                    sketch.merge_bytes(&old)?;
+                }
+                put.execute(params![minute, video, sketch.to_bytes()])?;
+            }
+            let mut dirty = self.conn.prepare("INSERT OR IGNORE INTO main.dirty_hours VALUES (?)")?;
+            let mut unpublished = self.conn.prepare("INSERT OR IGNORE INTO main.unpublished_hours VALUES (?)")?;
+            for h in &hours {
+                dirty.execute(params![h])?;
+                unpublished.execute(params![h])?;
+            }
+            self.conn.execute(
+                "INSERT OR REPLACE INTO main.watermark VALUES (1, ?, ?)",
+                params![pos.segment, pos.offset],
+            )?;
+            Ok(())
+        });
+        self.pending_pos = None;
+        result
+    }
+
+    /// Recomputes changed hours into warm, exports finished days to cold, applies
+    /// retention. Every step is idempotent. `now_ms` is the merger's clock.
+    pub fn rollup(&mut self, now_ms: u64) -> Result<RollupReport> {
+        let mut report = RollupReport::default();
+        let dirty = self.column_i64("SELECT hour FROM main.dirty_hours ORDER BY hour", [])?;
+        for hour in dirty {
+            self.rollup_hour(hour)?;
+            // warm is written; only now is the hour marked clean (a crash in between redoes it)
+            self.conn.execute("INSERT OR IGNORE INTO main.unpublished_days VALUES (?)", params![hour.div_euclid(24)])?;
+            self.conn.execute("DELETE FROM main.dirty_hours WHERE hour = ?", params![hour])?;
+            report.hours += 1;
+        }
+        let today = (now_ms / 86_400_000) as i64;
+        // A day is final once the lateness bound (24 h) has passed after it ends.
+        let final_before = today - 1;
+        let days = self.column_i64(
+            "SELECT DISTINCT hour // 24 AS day FROM warm.hour_counts WHERE hour // 24 < ?
+             AND hour // 24 NOT IN (SELECT day FROM warm.cold_days) ORDER BY day",
+            params![final_before],
+        )?;
+        for day in days {
+            self.export_cold(day)?;
+            self.conn.execute("INSERT OR IGNORE INTO warm.cold_days VALUES (?)", params![day])?;
+            report.cold_days += 1;
+        }
+        let r = self.retention;
+        report.hot_deleted = self.conn.execute(
+            "DELETE FROM main.minute_counts WHERE minute < ? AND minute // 60 NOT IN (SELECT hour FROM main.dirty_hours)",
+            params![(today - r.hot_days) * 1440],
+        )?;
+        self.conn.execute(
+            "DELETE FROM main.minute_uniques WHERE minute < ? AND minute // 60 NOT IN (SELECT hour FROM main.dirty_hours)",
+            params![(today - r.hot_days) * 1440],
+        )?;
+        report.warm_deleted = self.conn.execute(
+            "DELETE FROM warm.hour_counts WHERE hour < ? AND hour // 24 IN (SELECT day FROM warm.cold_days)",
+            params![(today - r.warm_days) * 24],
+        )?;
+        self.conn.execute(
+            "DELETE FROM warm.hour_uniques WHERE hour < ? AND hour // 24 IN (SELECT day FROM warm.cold_days)",
+            params![(today - r.warm_days) * 24],
+        )?;
+        self.remove_expired(today)?;
+        Ok(report)
+    }
+
+    fn rollup_hour(&mut self, hour: i64) -> Result<()> {
+        let (lo, hi) = (hour * 60, hour * 60 + 60);
+        let merged = self.merged_sketches("SELECT video, sketch FROM main.minute_uniques WHERE minute >= ? AND minute < ?", lo, hi)?;
+        self.in_transaction(|| {
+            self.conn.execute("DELETE FROM warm.hour_counts WHERE hour = ?", params![hour])?;
+            self.conn.execute("DELETE FROM warm.hour_uniques WHERE hour = ?", params![hour])?;
+            self.conn.execute(
+                &format!(
+                    "INSERT INTO warm.hour_counts SELECT ?::BIGINT, {DIMS}, sum(views), sum(watch_ms), sum(completions), sum(likes),
+                        sum(shares), sum(comments) FROM main.minute_counts WHERE minute >= ? AND minute < ? GROUP BY ALL"
+                ),
+                params![hour, lo, hi],
+            )?;
+            let mut put = self.conn.prepare("INSERT INTO warm.hour_uniques VALUES (?, ?, ?)")?;
+            for (video, sketch) in &merged {
+                put.execute(params![hour, video, sketch.to_bytes()])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `query` to `path` as Parquet, atomically (temp file, then rename).
+    fn copy_parquet(&self, query: &str, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = path.with_extension("parquet.tmp");
+        self.conn.execute_batch(&format!("COPY ({query}) TO {} (FORMAT parquet)", sql_str(&tmp.to_string_lossy())))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    fn export_cold(&self, day: i64) -> Result<()> {
+        let date = date_of_day(day);
+        let (lo, hi) = (day * 24, day * 24 + 24);
+        self.copy_parquet(
+            &format!("SELECT epoch_ms(hour * 3600000) AS ts, {DIMS}, {MEASURES} FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi}"),
+            &self.dir.join(format!("cold/hour/date={date}/data.parquet")),
+        )?;
+        self.copy_parquet(
+            &format!(
+                "SELECT epoch_ms({day}::BIGINT * 86400000) AS ts, {DIMS}, sum(views)::UBIGINT AS views, sum(watch_ms)::UBIGINT AS watch_ms,
+                   sum(completions)::UBIGINT AS completions, sum(likes)::BIGINT AS likes, sum(shares)::UBIGINT AS shares,
+                   sum(comments)::UBIGINT AS comments
+                 FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL"
+            ),
+            &self.dir.join(format!("cold/day/date={date}/data.parquet")),
+        )?;
+        let merged = self.merged_sketches("SELECT video, sketch FROM warm.hour_uniques WHERE hour >= ? AND hour < ?", lo, hi)?;
+        self.conn.execute_batch("DELETE FROM main.day_uniques_staging")?;
+        {
+            let mut app = self.conn.appender("day_uniques_staging")?;
+            for (video, sketch) in &merged {
+                app.append_row(params![day, video, sketch.to_bytes()])?;
+            }
+            app.flush()?;
+        }
+        self.copy_parquet(
+            "SELECT epoch_ms(day * 86400000) AS ts, video, sketch FROM main.day_uniques_staging",
+            &self.dir.join(format!("cold/day_uniques/date={date}/data.parquet")),
+        )?;
+        Ok(())
+    }
+
+    fn remove_expired(&self, today: i64) -> Result<()> {
+        let r = self.retention;
+        let sweep = |sub: &str, before_day: i64, by_hour: bool| -> Result<()> {
+            let dir = self.dir.join(sub);
+            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let day = if by_hour {
+                    name.strip_prefix("hour=").and_then(|h| h.parse::<i64>().ok()).map(|h| h.div_euclid(24))
+                } else {
+                    name.strip_prefix("day=").and_then(|d| d.parse::<i64>().ok())
+                };
+                if day.is_some_and(|d| d < before_day) {
+                    std::fs::remove_dir_all(e.path())?;
+                }
+            }
+            Ok(())
+        };
+        sweep("published/minute", today - r.hot_days, true)?;
+        sweep("published/minute_uniques", today - r.hot_days, true)?;
+        sweep("published/hour", today - r.warm_days, false)?;
+        sweep("published/hour_uniques", today - r.warm_days, false)?;
+        for sub in ["cold/hour", "cold/day", "cold/day_uniques"] {
+            let dir = self.dir.join(sub);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(date) = name.strip_prefix("date=")
+                    && date < date_of_day(today - r.cold_days).as_str()
+                {
+                    std::fs::remove_dir_all(e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Exports the hours and days that changed since the last publish as Parquet under
+    /// `published/`, which the catalog's views read. Returns how many files were written.
+    pub fn publish(&mut self) -> Result<usize> {
+        let hours = self.column_i64("SELECT hour FROM main.unpublished_hours ORDER BY hour", [])?;
+        let days = self.column_i64("SELECT day FROM main.unpublished_days ORDER BY day", [])?;
+        for &h in &hours {
+            let (lo, hi) = (h * 60, h * 60 + 60);
+            self.copy_parquet(
+                &format!("SELECT epoch_ms(minute * 60000) AS ts, {DIMS}, {MEASURES} FROM main.minute_counts WHERE minute >= {lo} AND minute < {hi}"),
+                &self.dir.join(format!("published/minute/hour={h}/data.parquet")),
+            )?;
+            self.copy_parquet(
+                &format!("SELECT epoch_ms(minute * 60000) AS ts, video, sketch FROM main.minute_uniques WHERE minute >= {lo} AND minute < {hi}"),
+                &self.dir.join(format!("published/minute_uniques/hour={h}/data.parquet")),
+            )?;
+            self.conn.execute("DELETE FROM main.unpublished_hours WHERE hour = ?", params![h])?;
+        }
+        for &d in &days {
+            let (lo, hi) = (d * 24, d * 24 + 24);
+            self.copy_parquet(
+                &format!("SELECT epoch_ms(hour * 3600000) AS ts, {DIMS}, {MEASURES} FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi}"),
+                &self.dir.join(format!("published/hour/day={d}/data.parquet")),
+            )?;
+            self.copy_parquet(
+                &format!("SELECT epoch_ms(hour * 3600000) AS ts, video, sketch FROM warm.hour_uniques WHERE hour >= {lo} AND hour < {hi}"),
+                &self.dir.join(format!("published/hour_uniques/day={d}/data.parquet")),
+            )?;
+            self.conn.execute("DELETE FROM main.unpublished_days WHERE day = ?", params![d])?;
+        }
+        Ok(2 * (hours.len() + days.len()))
+    }
+
+    /// Writes `catalog.duckdb`: views over published and cold Parquet. Empty placeholder
+    /// files keep the globs valid before any data exists.
+    fn write_catalog(&self) -> Result<()> {
+        let empty_counts = format!(
+            "SELECT epoch_ms(0) AS ts, ''::VARCHAR AS pop, ''::VARCHAR AS video, ''::VARCHAR AS channel, ''::VARCHAR AS category,
+               ''::VARCHAR AS country, ''::VARCHAR AS device, ''::VARCHAR AS source, false AS live, 0::UBIGINT AS views,
+               0::UBIGINT AS watch_ms, 0::UBIGINT AS completions, 0::BIGINT AS likes, 0::UBIGINT AS shares, 0::UBIGINT AS comments
+             WHERE false"
+        );
+        let empty_uniques = "SELECT epoch_ms(0) AS ts, ''::VARCHAR AS video, ''::BLOB AS sketch WHERE false";
+        for (sub, q) in [
+            ("published/minute", empty_counts.as_str()),
+            ("published/hour", empty_counts.as_str()),
+            ("cold/hour", empty_counts.as_str()),
+            ("cold/day", empty_counts.as_str()),
+            ("published/minute_uniques", empty_uniques),
+            ("published/hour_uniques", empty_uniques),
+            ("cold/day_uniques", empty_uniques),
+        ] {
+            let p = self.dir.join(sub).join("empty/data.parquet");
+            if !p.exists() {
+                self.copy_parquet(q, &p)?;
+            }
+        }
+        let d = |sub: &str| sql_str(&format!("{}/*/*.parquet", self.dir.join(sub).to_string_lossy()));
+        let tmp = self.dir.join("catalog.duckdb.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let cat = Connection::open(&tmp)?;
+        cat.execute_batch(&format!(
+            "CREATE VIEW minute_views AS SELECT * FROM read_parquet({m});
+             CREATE VIEW hour_views AS SELECT * FROM read_parquet({h});
+             CREATE VIEW cold_hour_views AS SELECT * FROM read_parquet({ch});
+             CREATE VIEW day_views AS SELECT * FROM read_parquet({cd});
+             CREATE VIEW views AS
+               WITH minute_hours AS (SELECT DISTINCT date_trunc('hour', ts) AS h FROM minute_views),
+                    warm_hours AS (SELECT DISTINCT ts AS h FROM hour_views)
+               SELECT 'minute' AS grain, * FROM minute_views
+               UNION ALL SELECT 'hour' AS grain, * FROM hour_views WHERE ts NOT IN (SELECT h FROM minute_hours)
+               UNION ALL SELECT 'hour' AS grain, * FROM cold_hour_views
+                 WHERE ts NOT IN (SELECT h FROM minute_hours) AND ts NOT IN (SELECT h FROM warm_hours);
+             CREATE VIEW minute_uniques AS SELECT * FROM read_parquet({mu});
+             CREATE VIEW hour_uniques AS SELECT * FROM read_parquet({hu});
+             CREATE VIEW day_uniques AS SELECT * FROM read_parquet({du});",
+            m = d("published/minute"),
+            h = d("published/hour"),
+            ch = d("cold/hour"),
+            cd = d("cold/day"),
+            mu = d("published/minute_uniques"),
+            hu = d("published/hour_uniques"),
+            du = d("cold/day_uniques"),
+        ))?;
+        drop(cat);
+        std::fs::rename(&tmp, self.dir.join("catalog.duckdb"))?;
+        let _ = std::fs::remove_file(self.dir.join("catalog.duckdb.tmp.wal"));
+        Ok(())
+    }
+}
+
+/// Runs a read-only SQL query over the catalog; returns column names and rows as text.
+pub fn query_catalog(dir: &Path, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+    let conn = Connection::open_with_flags(dir.join("catalog.duckdb"), cfg)?;
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    let stmt_ref = rows.as_ref().ok_or_else(|| TierError::Io(std::io::Error::other("query has no result")))?;
+    let names: Vec<String> = stmt_ref.column_names();
+    let n = names.len();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut cells = Vec::with_capacity(n);
+        for i in 0..n {
+            let v: duckdb::types::Value = row.get(i)?;
+            cells.push(format_value(&v));
+        }
+        out.push(cells);
+    }
+    Ok((names, out))
+}
+
+fn format_value(v: &duckdb::types::Value) -> String {
+    use duckdb::types::Value as V;
+    match v {
+        V::Null => "NULL".into(),
+        V::Text(s) => s.clone(),
+        V::Blob(b) => format!("<{} bytes>", b.len()),
+        V::Timestamp(unit, n) => {
+            let micros = match unit {
+                duckdb::types::TimeUnit::Second => n * 1_000_000,
+                duckdb::types::TimeUnit::Millisecond => n * 1_000,
+                duckdb::types::TimeUnit::Microsecond => *n,
+                duckdb::types::TimeUnit::Nanosecond => n / 1_000,
+            };
+            let secs = micros.div_euclid(1_000_000);
+            let (day, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            format!("{} {:02}:{:02}:{:02}", date_of_day(day), rem / 3600, rem % 3600 / 60, rem % 60)
+        }
+        other => {
+            let s = format!("{other:?}");
+            // Debug of numbers is `BigInt(5)`: keep what is inside the parentheses
+            match (s.find('('), s.rfind(')')) {
+                (Some(a), Some(b)) if b > a => s[a + 1..b].to_string(),
+                _ => s,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_delta::{CounterRow, Country, Device, EdgeCounts, FrameHeader, FrameId, Source, UniqueRow};
+
+    const NOW: u64 = 1_795_000_000_000;
+
+    fn frame(seq: u64, minute: u32, video: &str, views: u64, viewer: u64) -> DeltaFrame {
+        let mut sketch = UniqueSketch::new();
+        sketch.insert(viewer);
+        DeltaFrame {
+            header: FrameHeader {
+                id: FrameId { edge_id: "e".into(), epoch: 1, seq },
+                pop_id: "fra".into(),
+                interval_start_ms: 0,
+                interval_end_ms: 0,
+            },
+            strings: vec![video.into(), "c".into(), "music".into()],
+            counters: vec![CounterRow {
+                minute,
+                video: 0,
+                channel: 1,
+                category: 2,
+                country: Country(*b"DE"),
+                device: Device::Tv,
+                source: Source::Direct,
+                live: false,
+                counts: Counts { views, watch_ms: 1000 * views, ..Counts::default() },
+            }],
+            uniques: vec![UniqueRow { minute, video: 0, sketch: sketch.to_bytes() }],
+            live: vec![],
+            intake: EdgeCounts::default(),
+        }
+    }
+
+    fn pos(n: u64) -> LogPos {
+        LogPos { segment: 1, offset: n * 100 }
+    }
+
+    fn one(t: &Tiers, sql: &str) -> i64 {
+        t.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn commits_are_additive_and_carry_their_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = (NOW / 60_000) as u32 - 30;
+        {
+            let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+            t.add(pos(1), &frame(1, m, "v", 2, 1)).unwrap();
+            t.add(pos(2), &frame(2, m, "v", 3, 2)).unwrap();
+            t.commit().unwrap();
+            assert_eq!(t.watermark().unwrap(), Some(pos(2)));
+            // added but never committed: a crash loses it from the tiers, not from the log
+            t.add(pos(3), &frame(3, m, "v", 100, 3)).unwrap();
+        }
+        let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+        assert_eq!(t.watermark().unwrap(), Some(pos(2)));
+        assert_eq!(one(&t, "select sum(views)::BIGINT from minute_counts"), 5);
+        // replay from the watermark: frame 3 lands once
+        t.add(pos(3), &frame(3, m, "v", 100, 3)).unwrap();
+        t.commit().unwrap();
+        assert_eq!(one(&t, "select sum(views)::BIGINT from minute_counts"), 105);
+        assert_eq!(one(&t, "select count(*) from minute_counts"), 1);
+        let sketch: Vec<u8> = t.conn.query_row("select sketch from minute_uniques", [], |r| r.get(0)).unwrap();
+        assert_eq!(UniqueSketch::from_bytes(&sketch).unwrap().estimate().round() as i64, 3);
+    }
+
+    #[test]
+    fn rollup_replaces_hours_so_reruns_and_late_minutes_never_double_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+        let m = (NOW / 3_600_000 * 60) as u32 - 120; // two hours ago, on the hour
+        t.add(pos(1), &frame(1, m, "v", 2, 1)).unwrap();
+        t.add(pos(2), &frame(2, m + 59, "v", 3, 2)).unwrap();
+        t.add(pos(3), &frame(3, m + 60, "v", 7, 3)).unwrap();
+        t.commit().unwrap();
+        assert_eq!(t.rollup(NOW).unwrap().hours, 2);
+        assert_eq!(t.rollup(NOW).unwrap().hours, 0, "nothing dirty, nothing redone");
+        // a crash between writing warm and clearing the mark: the hour is simply redone
+        t.conn.execute("insert into main.dirty_hours values (?)", params![(m / 60) as i64]).unwrap();
+        t.rollup(NOW).unwrap();
+        let hour = |t: &Tiers, h: u32| one(t, &format!("select coalesce(sum(views), 0)::BIGINT from warm.hour_counts where hour = {}", h / 60));
+        assert_eq!((hour(&t, m), hour(&t, m + 60)), (5, 7));
+        // a late event for the first hour updates its minute and the hour again
+        t.add(pos(4), &frame(4, m + 5, "v", 1, 9)).unwrap();
+        t.commit().unwrap();
+        t.rollup(NOW).unwrap();
+        assert_eq!(hour(&t, m), 6);
+        let sketch: Vec<u8> = t
+            .conn
+            .query_row("select sketch from warm.hour_uniques where hour = ?", params![(m / 60) as i64], |r| r.get(0))
+            .unwrap();
+        assert_eq!(UniqueSketch::from_bytes(&sketch).unwrap().estimate().round() as i64, 3);
+    }
+
+    #[test]
+    fn old_days_move_to_cold_and_retention_keeps_each_hour_somewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+        let day = (NOW / 86_400_000) as u32;
+        let old = (day - 200) * 1440 + 23 * 60 + 59; // 23:59, 200 days ago
+        let recent = (day - 3) * 1440 + 10;
+        t.add(pos(1), &frame(1, old, "v", 4, 1)).unwrap();
+        t.add(pos(2), &frame(2, old + 2, "v", 6, 2)).unwrap(); // 00:01 the next day
+        t.add(pos(3), &frame(3, recent, "w", 1, 3)).unwrap();
+        t.commit().unwrap();
+        let r = t.rollup(NOW).unwrap();
+        assert_eq!(r.cold_days, 3, "{r:?}");
+        assert!(r.hot_deleted >= 2 && r.warm_deleted >= 2, "{r:?}");
+        t.publish().unwrap();
+        let (_, rows) = query_catalog(dir.path(), "select grain, sum(views)::BIGINT from views group by 1 order by 1").unwrap();
+        assert_eq!(rows, vec![vec!["hour".to_string(), "10".into()], vec!["minute".to_string(), "1".into()]]);
+        let (_, rows) = query_catalog(dir.path(), "select count(*) from day_views").unwrap();
+        assert_eq!(rows[0][0], "3");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(date_of_day(0), "1970-01-01");
+        assert_eq!(date_of_day(20_415), "2025-11-23");
+        assert_eq!(date_of_day(11_016), "2000-02-29");
+    }
+}
+
+/// How often the tier writer commits, rolls up and publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Commit pending frames at least this often.
+    pub commit: Duration,
+    /// Roll up changed hours, export finished days, apply retention.
+    pub rollup: Duration,
+    /// Export changed hours and days for the catalog.
+    pub publish: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule { commit: Duration::from_secs(1), rollup: Duration::from_secs(60), publish: Duration::from_secs(10) }
+    }
+}
+
+/// Frames the tier writer may hold before ingest waits for it.
+pub const TIER_QUEUE: usize = 20_000;
+
+/// Runs the tier writer on its own thread until the sender is dropped; then it commits,
+/// rolls up and publishes one last time. After a failed commit it stops writing (the
+/// frames stay in the log and are applied on the next start, from the watermark).
+pub fn spawn_writer(
+    mut tiers: Tiers,
+    rx: std::sync::mpsc::Receiver<(LogPos, std::sync::Arc<DeltaFrame>)>,
+    schedule: Schedule,
+    errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Instant;
+    std::thread::Builder::new()
+        .name("tier-writer".into())
+        .spawn(move || {
+            let (mut next_commit, mut next_rollup, mut next_publish) =
+                (Instant::now() + schedule.commit, Instant::now() + schedule.rollup, Instant::now() + schedule.publish);
+            let mut failed = false;
+            let mut pending = 0usize;
+            let fail = |what: &str, e: TierError, failed: &mut bool| {
+                tracing::error!(error = %e, "tier {what} failed; tiers stop until restart (the frame log keeps everything)");
+                errors.fetch_add(1, Ordering::Relaxed);
+                *failed = true;
+            };
+            loop {
+                let wait = next_commit.saturating_duration_since(Instant::now());
+                let done = match rx.recv_timeout(wait) {
+                    Ok((pos, frame)) => {
+                        if !failed && let Err(e) = tiers.add(pos, &frame) {
+                            fail("add", e, &mut failed);
+                        }
+                        pending += 1;
+                        false
+                    }
+                    Err(RecvTimeoutError::Timeout) => false,
+                    Err(RecvTimeoutError::Disconnected) => true,
+                };
+                let now = Instant::now();
+                if failed {
+                    if done {
+                        return;
+                    }
+                    continue;
+                }
+                if done || now >= next_commit || pending >= 5_000 {
+                    if let Err(e) = tiers.commit() {
+                        fail("commit", e, &mut failed);
+                        continue;
+                    }
+                    pending = 0;
+                    next_commit = now + schedule.commit;
+                }
+                if done || now >= next_rollup {
+                    if let Err(e) = tiers.rollup(crate::ingest::now_ms()) {
+                        fail("rollup", e, &mut failed);
+                        continue;
+                    }
+                    next_rollup = now + schedule.rollup;
+                }
+                if done || now >= next_publish {
+                    if let Err(e) = tiers.publish() {
+                        fail("publish", e, &mut failed);
+                        continue;
+                    }
+                    next_publish = now + schedule.publish;
+                }
+                if done {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the tier-writer thread")
+}
