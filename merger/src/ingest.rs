@@ -83,16 +83,21 @@ impl Ingest {
                     }
                     let mut fresh = Vec::with_capacity(batch.len());
                     let mut seen: HashSet<FrameId> = HashSet::new();
+                    let mut dups = 0;
                     {
                         let s = st.read().unwrap_or_else(|p| p.into_inner());
                         for j in batch {
                             let id = j.frame.header.id.clone();
                             if s.is_applied(&id) || !seen.insert(id) {
                                 let _ = j.reply.send(Ack::Duplicate);
+                                dups += 1;
                             } else {
                                 fresh.push(j);
                             }
                         }
+                    }
+                    if dups > 0 {
+                        st.write().unwrap_or_else(|p| p.into_inner()).counters.frames_duplicate += dups;
                     }
                     if fresh.is_empty() {
                         continue;

@@ -123,7 +123,8 @@ impl State {
             return false;
         }
         self.counters.frames_applied += 1;
-        self.counters.events_accepted += frame.intake.accepted - frame.intake.duplicates;
+        let counted = frame.intake.accepted.saturating_sub(frame.intake.duplicates);
+        self.counters.events_accepted = self.counters.events_accepted.saturating_add(counted);
         self.counters.counter_rows += frame.counters.len() as u64;
         self.counters.last_frame_end_ms = self.counters.last_frame_end_ms.max(frame.header.interval_end_ms);
         let newest = frame.counters.iter().map(|r| r.minute).max().unwrap_or(0);

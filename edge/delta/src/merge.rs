@@ -4,14 +4,14 @@ use crate::{Counts, Country, DeltaFrame, Device, EdgeCounts, FrameError, Source,
 use std::collections::BTreeMap;
 
 impl Counts {
-    /// Adds `other` into `self`.
+    /// Adds `other` into `self`, saturating (a hostile frame cannot overflow a total).
     pub fn add(&mut self, other: &Counts) {
-        self.views += other.views;
-        self.watch_ms += other.watch_ms;
-        self.completions += other.completions;
-        self.likes += other.likes;
-        self.shares += other.shares;
-        self.comments += other.comments;
+        self.views = self.views.saturating_add(other.views);
+        self.watch_ms = self.watch_ms.saturating_add(other.watch_ms);
+        self.completions = self.completions.saturating_add(other.completions);
+        self.likes = self.likes.saturating_add(other.likes);
+        self.shares = self.shares.saturating_add(other.shares);
+        self.comments = self.comments.saturating_add(other.comments);
     }
 
     /// Whether every counter is zero.
@@ -87,9 +87,9 @@ impl MergedDeltas {
             .map(|g| (frame.str(g.stream).to_owned(), (g.watching, g.connected)))
             .collect();
         self.live.insert(frame.header.id.edge_id.clone(), gauges);
-        self.intake.accepted += frame.intake.accepted;
-        self.intake.duplicates += frame.intake.duplicates;
-        self.intake.rejected += frame.intake.rejected;
+        self.intake.accepted = self.intake.accepted.saturating_add(frame.intake.accepted);
+        self.intake.duplicates = self.intake.duplicates.saturating_add(frame.intake.duplicates);
+        self.intake.rejected = self.intake.rejected.saturating_add(frame.intake.rejected);
         Ok(())
     }
 
@@ -125,5 +125,17 @@ impl MergedDeltas {
     /// Live viewers of a stream summed over edges: (watching, connected).
     pub fn live_of(&self, stream: &str) -> (u32, u32) {
         self.live.values().filter_map(|m| m.get(stream)).fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_saturate_instead_of_overflowing() {
+        let mut c = Counts { views: u64::MAX - 1, likes: i64::MIN + 1, ..Counts::default() };
+        c.add(&Counts { views: 5, likes: -5, ..Counts::default() });
+        assert_eq!((c.views, c.likes), (u64::MAX, i64::MIN));
     }
 }
