@@ -342,6 +342,27 @@ async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
     let uniques = catalog_views(dir.path(), "select count(*) from minute_uniques").unwrap();
     assert!(uniques[0][0].parse::<u64>().unwrap() > 0);
 
+    // The analytics API reads the same tiers (fresher: straight from DuckDB).
+    let range = format!("from={}&to={}", today - 401 * DAY, now_ms() + 3_600_000);
+    let want_v0 = expected(&all)["v0"];
+    let (status, ts) = m.get(&format!("/v1/analytics/timeseries?video=v0&granularity=day&{range}")).await;
+    assert_eq!(status, 200, "{ts}");
+    let points = ts["points"].as_array().unwrap();
+    assert_eq!(points.iter().map(|p| p["views"].as_u64().unwrap()).sum::<u64>(), want_v0);
+    assert!(points.len() >= 4, "days with views: {points:?}");
+    let (status, bd) = m.get(&format!("/v1/analytics/breakdown?by=country&{range}")).await;
+    assert_eq!(status, 200, "{bd}");
+    assert_eq!(bd["rows"][0]["key"], "DE");
+    assert_eq!(bd["rows"][0]["views"].as_u64().unwrap(), total);
+    let (_, bd) = m.get(&format!("/v1/analytics/breakdown?by=video&limit=1&channel=ch-0&{range}")).await;
+    assert_eq!(bd["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(bd["rows"][0]["key"], "v0");
+    for bad in ["/v1/analytics/timeseries?granularity=week", "/v1/analytics/breakdown", "/v1/analytics/breakdown?by=colour", "/v1/analytics/timeseries?colour=red", "/v1/analytics/timeseries?from=5&to=1"] {
+        let (status, e) = m.get(bad).await;
+        assert_eq!(status, 400, "{bad}: {e}");
+        assert!(e["error"].is_string());
+    }
+
     // `tally query` prints the same answer.
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["query", "select sum(views)::BIGINT as total from views", "--data-dir"])

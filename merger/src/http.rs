@@ -14,6 +14,8 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use crate::analytics::{Analytics, DIMENSIONS, Filter, Granularity};
+use std::collections::HashMap;
 use tally_delta::Country;
 
 /// What the handlers share.
@@ -27,6 +29,8 @@ pub struct Api {
     pub live_timeout_ms: u64,
     /// Failures of the tier writer.
     pub tier_errors: Arc<std::sync::atomic::AtomicU64>,
+    /// Queries over the tiers.
+    pub analytics: Arc<Analytics>,
 }
 
 /// An error answer.
@@ -53,6 +57,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/live/{stream}", get(live))
         .route("/v1/live/{stream}/events", get(live_sse))
         .route("/v1/top", get(top))
+        .route("/v1/analytics/timeseries", get(timeseries))
+        .route("/v1/analytics/breakdown", get(breakdown))
         .route("/v1/frames", post(post_frame))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json") })
         .with_state(api)
@@ -217,4 +223,64 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Reads filters and range from query parameters (`from`/`to` in ms; default: last 24 h).
+fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
+    let num = |k: &str| -> Result<Option<u64>, ApiError> {
+        q.get(k).map(|v| v.parse::<u64>().map_err(|_| err(StatusCode::BAD_REQUEST, format!("`{k}` must be ms since the Unix epoch")))).transpose()
+    };
+    let to_ms = num("to")?.unwrap_or_else(now_ms);
+    let from_ms = num("from")?.unwrap_or(to_ms.saturating_sub(86_400_000));
+    if from_ms >= to_ms {
+        return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to`"));
+    }
+    let mut eq = Vec::new();
+    for dim in DIMENSIONS {
+        if let Some(v) = q.get(dim) {
+            let v = if dim == "country" { v.to_ascii_uppercase() } else { v.clone() };
+            eq.push((dim, v));
+        }
+    }
+    for k in q.keys() {
+        if !DIMENSIONS.contains(&k.as_str()) && !["from", "to", "granularity", "by", "limit"].contains(&k.as_str()) {
+            return Err(err(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`; filters are {}", DIMENSIONS.join(", "))));
+        }
+    }
+    Ok(Filter { eq, from_ms, to_ms })
+}
+
+async fn timeseries(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let f = filter(&q)?;
+    let g = match q.get("granularity") {
+        Some(g) => Granularity::parse(g).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`granularity` is minute, hour or day"))?,
+        None => Granularity::for_range(f.to_ms - f.from_ms),
+    };
+    let a = api.analytics.clone();
+    let fc = f.clone();
+    let rows = tokio::task::spawn_blocking(move || a.timeseries(&fc, g))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+    Ok(Json(json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows })))
+}
+
+async fn breakdown(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let f = filter(&q)?;
+    let by = q.get("by").ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("`by` is required: one of {}", DIMENSIONS.join(", "))))?;
+    let by = DIMENSIONS
+        .into_iter()
+        .find(|d| d == by)
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("`by` must be one of {}", DIMENSIONS.join(", "))))?;
+    let limit = match q.get("limit") {
+        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
+        None => 20,
+    };
+    let a = api.analytics.clone();
+    let fc = f.clone();
+    let rows = tokio::task::spawn_blocking(move || a.breakdown(&fc, by, limit))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+    Ok(Json(json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows })))
 }

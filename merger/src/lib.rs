@@ -2,6 +2,7 @@
 //! durable in an append-only log, applies each exactly once to live state, and serves
 //! counts over HTTP.
 
+pub mod analytics;
 pub mod client;
 pub mod http;
 pub mod ingest;
@@ -152,6 +153,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let retention = tiers::Retention { hot_days: cfg.hot_days, warm_days: cfg.warm_days, cold_days: cfg.cold_days };
     let tiers = tiers::Tiers::open(&cfg.data_dir, retention).context("opening the DuckDB tiers")?;
     let watermark = tiers.watermark()?;
+    let analytics = Arc::new(analytics::Analytics::new(tiers.reader()?, &cfg.data_dir));
     let (tier_tx, tier_rx) = std::sync::mpsc::sync_channel(tiers::TIER_QUEUE);
     let tier_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let schedule = tiers::Schedule {
@@ -175,6 +177,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         operator_token: cfg.operator_token.as_deref().map(Arc::from),
         live_timeout_ms: cfg.live_timeout_ms,
         tier_errors,
+        analytics,
     };
     let app = http::router(api);
     let http = tokio::spawn(async move {

@@ -159,6 +159,11 @@ impl Tiers {
         Ok(tiers)
     }
 
+    /// Another connection to the same database (hot with warm attached), for readers.
+    pub fn reader(&self) -> Result<Connection> {
+        Ok(self.conn.try_clone()?)
+    }
+
     /// Runs `f` inside one transaction: committed if it succeeds, rolled back if not.
     fn in_transaction<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;

@@ -1,0 +1,194 @@
+//! Analytics over the tiers, straight from the merger's own DuckDB database (fresher than
+//! the published catalog): each hour is read once, from minutes where hot has them, else
+//! from warm hours, else from cold Parquet.
+
+use duckdb::Connection;
+use duckdb::types::Value;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Dimensions one can filter and group by.
+pub const DIMENSIONS: [&str; 7] = ["video", "channel", "category", "country", "device", "source", "pop"];
+
+/// Filters and range of an analytics query.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// `(dimension, value)` equality filters; dimensions from [`DIMENSIONS`].
+    pub eq: Vec<(&'static str, String)>,
+    /// Start, ms since the Unix epoch (inclusive).
+    pub from_ms: u64,
+    /// End, ms since the Unix epoch (exclusive).
+    pub to_ms: u64,
+}
+
+/// Bucket size of a time series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// Minutes (only where the hot tier still has them; older ranges come in hours).
+    Minute,
+    /// Hours.
+    Hour,
+    /// Days.
+    Day,
+}
+
+impl Granularity {
+    /// Parses `minute`, `hour`, `day`.
+    pub fn parse(s: &str) -> Option<Granularity> {
+        Some(match s {
+            "minute" => Granularity::Minute,
+            "hour" => Granularity::Hour,
+            "day" => Granularity::Day,
+            _ => return None,
+        })
+    }
+
+    /// The finest grain that keeps a range to a few hundred points.
+    pub fn for_range(ms: u64) -> Granularity {
+        if ms <= 6 * 3_600_000 {
+            Granularity::Minute
+        } else if ms <= 14 * 86_400_000 {
+            Granularity::Hour
+        } else {
+            Granularity::Day
+        }
+    }
+
+    /// The spelling used in the API and in `date_trunc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+}
+
+/// One row of a result: a label (bucket time or dimension value) and the measures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// Bucket start (ms) for time series, dimension value for breakdowns.
+    pub key: serde_json::Value,
+    /// Views.
+    pub views: u64,
+    /// Watch time in seconds.
+    pub watch_time_s: u64,
+    /// Completions.
+    pub completions: u64,
+    /// Likes net of unlikes.
+    pub likes: i64,
+    /// Shares.
+    pub shares: u64,
+    /// Comments.
+    pub comments: u64,
+}
+
+/// A read connection to the merger's tiers (a clone of the tier writer's database).
+pub struct Analytics {
+    conn: Mutex<Connection>,
+    cold_glob: String,
+}
+
+fn to_u64(v: &Value) -> u64 {
+    match v {
+        Value::UBigInt(n) => *n,
+        Value::BigInt(n) => (*n).max(0) as u64,
+        Value::HugeInt(n) => (*n).clamp(0, u64::MAX as i128) as u64,
+        Value::Int(n) => (*n).max(0) as u64,
+        _ => 0,
+    }
+}
+
+fn to_i64(v: &Value) -> i64 {
+    match v {
+        Value::BigInt(n) => *n,
+        Value::HugeInt(n) => (*n).clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+        Value::UBigInt(n) => (*n).min(i64::MAX as u64) as i64,
+        Value::Int(n) => *n as i64,
+        _ => 0,
+    }
+}
+
+impl Analytics {
+    /// Wraps a connection to the tier database; `dir` is the data directory.
+    pub fn new(conn: Connection, dir: &Path) -> Analytics {
+        let cold_glob = format!("{}/cold/hour/*/*.parquet", dir.to_string_lossy()).replace('\'', "''");
+        Analytics { conn: Mutex::new(conn), cold_glob }
+    }
+
+    /// The rows of every tier in the range, each hour once, with the filters applied.
+    fn source(&self, f: &Filter) -> (String, Vec<Value>) {
+        let (lo_m, hi_m) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
+        let (lo_h, hi_h) = (lo_m.div_euclid(60), (hi_m + 59).div_euclid(60));
+        let cols = "pop, video, channel, category, country, device, source, views, watch_ms, completions, likes, shares, comments";
+        let mut sql = format!(
+            "WITH m AS (SELECT epoch_ms(minute * 60000) AS ts, {cols} FROM main.minute_counts WHERE minute >= {lo_m} AND minute < {hi_m}),
+                  mh AS (SELECT DISTINCT minute // 60 AS h FROM main.minute_counts WHERE minute >= {lo_h} * 60 AND minute < {hi_h} * 60),
+                  w AS (SELECT epoch_ms(hour * 3600000) AS ts, {cols} FROM warm.hour_counts
+                        WHERE hour >= {lo_h} AND hour < {hi_h} AND hour NOT IN (SELECT h FROM mh)),
+                  wh AS (SELECT DISTINCT hour AS h FROM warm.hour_counts WHERE hour >= {lo_h} AND hour < {hi_h}),
+                  c AS (SELECT ts, {cols} FROM read_parquet('{cold}')
+                        WHERE ts >= epoch_ms({lo_h}::BIGINT * 3600000) AND ts < epoch_ms({hi_h}::BIGINT * 3600000)
+                          AND epoch_ms(ts) // 3600000 NOT IN (SELECT h FROM mh) AND epoch_ms(ts) // 3600000 NOT IN (SELECT h FROM wh)),
+                  src AS (SELECT * FROM m UNION ALL SELECT * FROM w UNION ALL SELECT * FROM c)
+             SELECT * FROM src WHERE ts >= epoch_ms(?::BIGINT) AND ts < epoch_ms(?::BIGINT)",
+            cold = self.cold_glob
+        );
+        let mut args = vec![Value::BigInt(f.from_ms as i64), Value::BigInt(f.to_ms as i64)];
+        for (dim, val) in &f.eq {
+            // dimension names come from DIMENSIONS only; values are bound parameters
+            sql.push_str(&format!(" AND {dim} = ?"));
+            args.push(Value::Text(val.clone()));
+        }
+        (sql, args)
+    }
+
+    fn run(&self, sql: &str, args: Vec<Value>, key_is_time: bool) -> Result<Vec<Row>, duckdb::Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query(duckdb::params_from_iter(args))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let key: Value = r.get(0)?;
+            let key = match (&key, key_is_time) {
+                (Value::BigInt(ms), true) => serde_json::json!(ms),
+                (Value::Text(s), false) => serde_json::json!(s),
+                (other, _) => serde_json::json!(format!("{other:?}")),
+            };
+            let m: Vec<Value> = (1..7).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+            out.push(Row {
+                key,
+                views: to_u64(&m[0]),
+                watch_time_s: to_u64(&m[1]) / 1000,
+                completions: to_u64(&m[2]),
+                likes: to_i64(&m[3]),
+                shares: to_u64(&m[4]),
+                comments: to_u64(&m[5]),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Measures per time bucket.
+    pub fn timeseries(&self, f: &Filter, g: Granularity) -> Result<Vec<Row>, duckdb::Error> {
+        let (src, args) = self.source(f);
+        let sql = format!(
+            "SELECT epoch_ms(date_trunc('{g}', ts)) AS bucket, sum(views)::UBIGINT, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT,
+                    sum(likes)::BIGINT, sum(shares)::UBIGINT, sum(comments)::UBIGINT
+             FROM ({src}) GROUP BY 1 ORDER BY 1",
+            g = g.as_str()
+        );
+        self.run(&sql, args, true)
+    }
+
+    /// Measures per value of one dimension, most viewed first.
+    pub fn breakdown(&self, f: &Filter, by: &'static str, limit: usize) -> Result<Vec<Row>, duckdb::Error> {
+        let (src, args) = self.source(f);
+        let sql = format!(
+            "SELECT {by}, sum(views)::UBIGINT AS v, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT, sum(likes)::BIGINT,
+                    sum(shares)::UBIGINT, sum(comments)::UBIGINT
+             FROM ({src}) GROUP BY 1 ORDER BY v DESC, 1 LIMIT {limit}"
+        );
+        self.run(&sql, args, false)
+    }
+}
