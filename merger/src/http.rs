@@ -141,17 +141,23 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
             Some(parsed)
         }
     };
-    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
     let (from_min, to_min) = ((from / 60_000) as u32, to.div_ceil(60_000) as u32);
-    if let Some(oldest) = s.oldest_minute()
-        && from_min < oldest
-    {
-        return Err(err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("live top-K covers minutes from {} ms on; older windows need the history tiers", oldest as u64 * 60_000),
-        ));
+    let items: Vec<serde_json::Value> = {
+        let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+        match s.oldest_minute() {
+            Some(oldest) if from_min < oldest => None,
+            _ => Some(s.top(country, from_min, to_min, k).into_iter().map(|(v, n)| json!({ "video": v, "views": n })).collect()),
+        }
     }
-    let items: Vec<_> = s.top(country, from_min, to_min, k).into_iter().map(|(v, n)| json!({ "video": v, "views": n })).collect();
+    .map_or_else(
+        || -> Result<Vec<serde_json::Value>, ApiError> {
+            // Older than the live state: the same exact ranking from the tiers.
+            let f = Filter { eq: country.map(|c| vec![("country", c.to_string())]).unwrap_or_default(), from_ms: from, to_ms: to };
+            let rows = api.analytics.breakdown(&f, "video", k).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+            Ok(rows.into_iter().filter(|r| r.views > 0).map(|r| json!({ "video": r.key, "views": r.views })).collect())
+        },
+        Ok,
+    )?;
     Ok(Json(json!({
         "country": country.map(|c| c.to_string()),
         "from": from_min as u64 * 60_000, "to": to_min as u64 * 60_000, "k": k,
