@@ -128,6 +128,49 @@ pub(crate) struct RawEvent<'a> {
     token: Option<Val<'a>>,
 }
 
+/// The keys of an event object, matched without allocating.
+enum Field {
+    EventId,
+    SessionId,
+    UserId,
+    VideoId,
+    Kind,
+    Ts,
+    PositionS,
+    Device,
+    Source,
+    Token,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "event_id" => Field::EventId,
+                    "session_id" => Field::SessionId,
+                    "user_id" => Field::UserId,
+                    "video_id" => Field::VideoId,
+                    "type" => Field::Kind,
+                    "ts" => Field::Ts,
+                    "position_s" => Field::PositionS,
+                    "device" => Field::Device,
+                    "source" => Field::Source,
+                    "token" => Field::Token,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
 /// Reads an event object in one pass: each known key's value straight into its slot,
 /// unknown keys skipped, a repeated key an error (as serde's derive would).
 impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
@@ -140,19 +183,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RawEvent<'a>, A::Error> {
                 let mut e = RawEvent::default();
-                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
-                    let (slot, name) = match key.as_ref() {
-                        "event_id" => (&mut e.event_id, "event_id"),
-                        "session_id" => (&mut e.session_id, "session_id"),
-                        "user_id" => (&mut e.user_id, "user_id"),
-                        "video_id" => (&mut e.video_id, "video_id"),
-                        "type" => (&mut e.kind, "type"),
-                        "ts" => (&mut e.ts, "ts"),
-                        "position_s" => (&mut e.position_s, "position_s"),
-                        "device" => (&mut e.device, "device"),
-                        "source" => (&mut e.source, "source"),
-                        "token" => (&mut e.token, "token"),
-                        _ => {
+                while let Some(key) = m.next_key::<Field>()? {
+                    let (slot, name) = match key {
+                        Field::EventId => (&mut e.event_id, "event_id"),
+                        Field::SessionId => (&mut e.session_id, "session_id"),
+                        Field::UserId => (&mut e.user_id, "user_id"),
+                        Field::VideoId => (&mut e.video_id, "video_id"),
+                        Field::Kind => (&mut e.kind, "type"),
+                        Field::Ts => (&mut e.ts, "ts"),
+                        Field::PositionS => (&mut e.position_s, "position_s"),
+                        Field::Device => (&mut e.device, "device"),
+                        Field::Source => (&mut e.source, "source"),
+                        Field::Token => (&mut e.token, "token"),
+                        Field::Other => {
                             m.next_value::<IgnoredAny>()?;
                             continue;
                         }
