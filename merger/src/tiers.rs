@@ -442,30 +442,29 @@ impl Tiers {
         let hours = self.column_i64("SELECT hour FROM main.unpublished_hours ORDER BY hour", [])?;
         let days = self.column_i64("SELECT day FROM main.unpublished_days ORDER BY day", [])?;
         for &h in &hours {
-            let (lo, hi) = (h * 60, h * 60 + 60);
-            self.copy_parquet(
-                &format!("SELECT epoch_ms(minute * 60000) AS ts, {DIMS}, {MEASURES} FROM main.minute_counts WHERE minute >= {lo} AND minute < {hi}"),
-                &self.dir.join(format!("published/minute/hour={h}/data.parquet")),
-            )?;
-            self.copy_parquet(
-                &format!("SELECT epoch_ms(minute * 60000) AS ts, video, sketch FROM main.minute_uniques WHERE minute >= {lo} AND minute < {hi}"),
-                &self.dir.join(format!("published/minute_uniques/hour={h}/data.parquet")),
-            )?;
+            // an hour of minutes
+            self.export_published(("main.minute_counts", "main.minute_uniques", "minute", 60_000), h * 60, h * 60 + 60, ("minute", format!("hour={h}")))?;
             self.conn.execute("DELETE FROM main.unpublished_hours WHERE hour = ?", params![h])?;
         }
         for &d in &days {
-            let (lo, hi) = (d * 24, d * 24 + 24);
-            self.copy_parquet(
-                &format!("SELECT epoch_ms(hour * 3600000) AS ts, {DIMS}, {MEASURES} FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi}"),
-                &self.dir.join(format!("published/hour/day={d}/data.parquet")),
-            )?;
-            self.copy_parquet(
-                &format!("SELECT epoch_ms(hour * 3600000) AS ts, video, sketch FROM warm.hour_uniques WHERE hour >= {lo} AND hour < {hi}"),
-                &self.dir.join(format!("published/hour_uniques/day={d}/data.parquet")),
-            )?;
+            // a day of hours
+            self.export_published(("warm.hour_counts", "warm.hour_uniques", "hour", 3_600_000), d * 24, d * 24 + 24, ("hour", format!("day={d}")))?;
             self.conn.execute("DELETE FROM main.unpublished_days WHERE day = ?", params![d])?;
         }
         Ok(2 * (hours.len() + days.len()))
+    }
+
+    /// Exports rows `[lo, hi)` of a counts table and its sketches table (`time` column in
+    /// units of `unit_ms`) to `published/<name>/<part>/` and `published/<name>_uniques/<part>/`.
+    fn export_published(&self, (counts, uniques, time, unit_ms): (&str, &str, &str, i64), lo: i64, hi: i64, (name, part): (&str, String)) -> Result<()> {
+        self.copy_parquet(
+            &format!("SELECT epoch_ms({time} * {unit_ms}) AS ts, {DIMS}, {MEASURES} FROM {counts} WHERE {time} >= {lo} AND {time} < {hi}"),
+            &self.dir.join(format!("published/{name}/{part}/data.parquet")),
+        )?;
+        self.copy_parquet(
+            &format!("SELECT epoch_ms({time} * {unit_ms}) AS ts, video, sketch FROM {uniques} WHERE {time} >= {lo} AND {time} < {hi}"),
+            &self.dir.join(format!("published/{name}_uniques/{part}/data.parquet")),
+        )
     }
 
     /// Writes `catalog.duckdb`: views over published and cold Parquet. Empty placeholder
