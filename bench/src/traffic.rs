@@ -22,7 +22,9 @@ impl Zipf {
             })
             .collect::<Vec<_>>();
         let total = acc;
-        Zipf { cdf: cdf.into_iter().map(|c| c / total).collect() }
+        Zipf {
+            cdf: cdf.into_iter().map(|c| c / total).collect(),
+        }
     }
 
     /// Draws a rank.
@@ -143,7 +145,11 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
         let arrival = shape.t0 + span * out.len() as u64 / beacons as u64;
         if !out.is_empty() && rng.random_bool(shape.retry_rate) {
             let prev = &out[out.len() - 1 - rng.random_range(0..out.len().min(20))];
-            out.push(Beacon { body: prev.body.clone(), arrival_ms: arrival, events: prev.events });
+            out.push(Beacon {
+                body: prev.body.clone(),
+                arrival_ms: arrival,
+                events: prev.events,
+            });
             continue;
         }
         let si = rng.random_range(0..sessions.len());
@@ -198,7 +204,11 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
             s.video = zipf.sample(&mut rng);
             s.position = 0.0;
         }
-        out.push(Beacon { body, arrival_ms: arrival, events: n });
+        out.push(Beacon {
+            body,
+            arrival_ms: arrival,
+            events: n,
+        });
     }
     out
 }

@@ -7,7 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tally_collector::{Claims, token};
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Count video views at the edge, exactly and within a second")]
+#[command(
+    name = "tally",
+    version,
+    about = "Count video views at the edge, exactly and within a second"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,7 +128,9 @@ fn mint(a: TokenArgs) -> Result<()> {
     if a.video.is_empty() || a.channel.is_empty() {
         bail!("--video and --channel must not be empty");
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("system clock is before 1970")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("system clock is before 1970")?;
     let claims = Claims {
         video: a.video,
         channel: a.channel,
@@ -151,7 +157,9 @@ fn merger(a: MergerArgs) -> Result<()> {
         cfg.http_listen = h;
     }
     for e in &a.edges {
-        let (id, secret) = e.split_once('=').with_context(|| format!("--edge {e:?}: expected ID=SECRET"))?;
+        let (id, secret) = e
+            .split_once('=')
+            .with_context(|| format!("--edge {e:?}: expected ID=SECRET"))?;
         if id.is_empty() || secret.len() < 8 {
             bail!("--edge {e:?}: the id must not be empty and the secret must have at least 8 characters");
         }
@@ -172,7 +180,10 @@ fn merger(a: MergerArgs) -> Result<()> {
     }
     if let Some(MergerAction::Rebuild) = a.action {
         let n = tally_merger::rebuild(&cfg)?;
-        eprintln!("tally merger rebuild: replayed {n} frames into fresh tiers under {}", cfg.data_dir.display());
+        eprintln!(
+            "tally merger rebuild: replayed {n} frames into fresh tiers under {}",
+            cfg.data_dir.display()
+        );
         return Ok(());
     }
     if cfg.edges.is_empty() {
@@ -203,7 +214,10 @@ fn merger(a: MergerArgs) -> Result<()> {
 
 fn query(a: QueryArgs) -> Result<()> {
     if !a.data_dir.join("catalog.duckdb").exists() {
-        bail!("no catalog at {}: point --data-dir at a merger's data directory", a.data_dir.join("catalog.duckdb").display());
+        bail!(
+            "no catalog at {}: point --data-dir at a merger's data directory",
+            a.data_dir.join("catalog.duckdb").display()
+        );
     }
     let (names, rows) = tally_merger::tiers::query_catalog(&a.data_dir, &a.sql)?;
     let mut widths: Vec<usize> = names.iter().map(|n| n.len()).collect();
@@ -212,9 +226,19 @@ fn query(a: QueryArgs) -> Result<()> {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join(" | ");
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     println!("{}", line(&names));
-    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    println!(
+        "{}",
+        widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-")
+    );
     for r in &rows {
         println!("{}", line(r));
     }
@@ -223,8 +247,12 @@ fn query(a: QueryArgs) -> Result<()> {
 }
 
 fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "warn,tally_merger=info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "warn,tally_merger=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn shutdown_signal() {
@@ -245,5 +273,7 @@ async fn shutdown_signal() {
 }
 
 fn not_yet(cmd: &str, needs: &str) -> Result<()> {
-    bail!("`tally {cmd}` is not built yet: it needs {needs}. The collector (collector.wasm) and `tally token` work today; see README.md")
+    bail!(
+        "`tally {cmd}` is not built yet: it needs {needs}. The collector (collector.wasm) and `tally token` work today; see README.md"
+    )
 }

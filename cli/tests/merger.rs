@@ -30,11 +30,24 @@ impl Merger {
 
     fn start_with(dir: &Path, extra: &[&str]) -> Merger {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(["merger", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--operator-token", "op-token"])
+            .args([
+                "merger",
+                "--quic-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--operator-token",
+                "op-token",
+            ])
             .args(extra)
             .arg("--data-dir")
             .arg(dir)
-            .args(["--edge", &format!("fra-1={SECRET}"), "--edge", &format!("ams-1={SECRET}")])
+            .args([
+                "--edge",
+                &format!("fra-1={SECRET}"),
+                "--edge",
+                &format!("ams-1={SECRET}"),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -69,18 +82,26 @@ impl Merger {
     }
 
     async fn client(&self, edge: &str) -> MergerClient {
-        MergerClient::connect(self.quic, &self.fingerprint, edge, SECRET).await.expect("edge connects")
+        MergerClient::connect(self.quic, &self.fingerprint, edge, SECRET)
+            .await
+            .expect("edge connects")
     }
 
     async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::get(format!("http://{}{path}", self.http)).await.expect("HTTP answers");
+        let r = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .expect("HTTP answers");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     async fn views(&self, video: &str) -> u64 {
         let (status, v) = self.get(&format!("/v1/videos/{video}/stats")).await;
-        if status == 404 { 0 } else { v["views"].as_u64().expect("views") }
+        if status == 404 {
+            0
+        } else {
+            v["views"].as_u64().expect("views")
+        }
     }
 }
 
@@ -105,7 +126,15 @@ fn frames_at(kit: Kit, edge: &str, epoch: u64, n: usize, step_ms: u64) -> Vec<Ve
         .map(|i| {
             let at = i as u64 * step_ms;
             let evs: Vec<_> = (0..5)
-                .map(|j| kit.ev(&format!("{edge}-{i}-{j}"), &format!("{edge}-s{i}-{j}"), &format!("v{}", j % 3), "play", at))
+                .map(|j| {
+                    kit.ev(
+                        &format!("{edge}-{i}-{j}"),
+                        &format!("{edge}-s{i}-{j}"),
+                        &format!("v{}", j % 3),
+                        "play",
+                        at,
+                    )
+                })
                 .collect();
             c.ingest(&body(&evs), &kit.facts(at)).unwrap();
             c.flush(kit.t0 + at + step_ms / 2).encode()
@@ -133,7 +162,15 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
     for i in [0, 2, 1, 3, 5] {
         assert_eq!(c1.send_frame(&fra[i]).await.unwrap(), Ack::Applied, "fra frame {i}");
     }
-    let (_, metrics) = (0, reqwest::get(format!("http://{}/metrics", m.http)).await.unwrap().text().await.unwrap());
+    let (_, metrics) = (
+        0,
+        reqwest::get(format!("http://{}/metrics", m.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     assert!(metrics.contains("tally_frame_gaps 1"), "{metrics}");
     for f in &ams {
         assert_eq!(c2.send_frame(f).await.unwrap(), Ack::Applied);
@@ -142,7 +179,10 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
     assert_eq!(c1.send_frame(&fra[4]).await.unwrap(), Ack::Applied);
     assert_eq!(c2.send_frame(&ams[0]).await.unwrap(), Ack::Duplicate);
     // a frame of another edge on this connection is refused
-    assert!(matches!(c1.send_frame(&frames("ams-1", 2, 1)[0]).await.unwrap(), Ack::Rejected(_)));
+    assert!(matches!(
+        c1.send_frame(&frames("ams-1", 2, 1)[0]).await.unwrap(),
+        Ack::Rejected(_)
+    ));
     assert!(matches!(c1.send_frame(b"garbage").await.unwrap(), Ack::Rejected(_)));
 
     let all: Vec<Vec<u8>> = fra.iter().chain(&ams).cloned().collect();
@@ -154,11 +194,25 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
     let (_, stats) = m.get("/v1/videos/v0/stats").await;
     assert_eq!(stats["channel"], "ch-0");
     assert!(stats["uniques"].as_u64().unwrap() > 0);
-    let (status, top) = m.get(&format!("/v1/top?k=2&from={}&to={}", Kit::default().t0, Kit::default().t0 + 3_600_000)).await;
+    let (status, top) = m
+        .get(&format!(
+            "/v1/top?k=2&from={}&to={}",
+            Kit::default().t0,
+            Kit::default().t0 + 3_600_000
+        ))
+        .await;
     assert_eq!(status, 200, "{top}");
     assert_eq!(top["items"].as_array().unwrap().len(), 2);
-    let metrics = reqwest::get(format!("http://{}/metrics", m.http)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tally_frames_total{outcome=\"applied\"} 10"), "{metrics}");
+    let metrics = reqwest::get(format!("http://{}/metrics", m.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tally_frames_total{outcome=\"applied\"} 10"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tally_frame_gaps 0"), "{metrics}");
 }
 
@@ -170,10 +224,16 @@ async fn unknown_edges_and_wrong_secrets_are_refused() {
         Err(ClientError::Refused(why)) => assert!(why.contains("unknown edge"), "{why}"),
         other => panic!("expected refusal, got {:?}", other.map(|_| ())),
     }
-    assert!(matches!(MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "wrong-secret").await, Err(ClientError::Refused(_))));
+    assert!(matches!(
+        MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "wrong-secret").await,
+        Err(ClientError::Refused(_))
+    ));
     // a client pinning another fingerprint does not even finish the handshake
     let other = "00".repeat(32);
-    assert!(matches!(MergerClient::connect(m.quic, &other, "fra-1", SECRET).await, Err(ClientError::Connection(_))));
+    assert!(matches!(
+        MergerClient::connect(m.quic, &other, "fra-1", SECRET).await,
+        Err(ClientError::Connection(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +244,11 @@ async fn http_ingest_and_api_errors_are_json() {
     let url = format!("http://{}/v1/frames", m.http);
     let f = frames("fra-1", 1, 1).remove(0);
     let post = |body: Vec<u8>, secret: &str| {
-        http.post(&url).header("x-tally-edge", "fra-1").bearer_auth(secret).body(body).send()
+        http.post(&url)
+            .header("x-tally-edge", "fra-1")
+            .bearer_auth(secret)
+            .body(body)
+            .send()
     };
     let r = post(f.clone(), SECRET).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -193,12 +257,22 @@ async fn http_ingest_and_api_errors_are_json() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ack"], "duplicate");
     let r = post(f.clone(), "nope-nope").await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.json::<serde_json::Value>().await.unwrap()["error"].as_str().unwrap().contains("secret"));
+    assert!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("secret")
+    );
     let mut corrupt = f.clone();
     corrupt[5] ^= 0xff;
     let r = post(corrupt, SECRET).await.unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.json::<serde_json::Value>().await.unwrap()["error"].as_str().unwrap().contains("checksum"));
+    assert!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("checksum")
+    );
     assert_eq!(m.views("v0").await, 2);
 
     let (status, e) = m.get("/v1/videos/nope/stats").await;
@@ -214,9 +288,20 @@ async fn http_ingest_and_api_errors_are_json() {
 
     let block = format!("http://{}/v1/videos/v0/block", m.http);
     assert_eq!(http.put(&block).send().await.unwrap().status(), 401);
-    assert_eq!(http.put(&block).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.put(&block).bearer_auth("op-token").send().await.unwrap().status(),
+        200
+    );
     assert_eq!(m.get("/v1/videos/v0/stats").await.1["blocked"], true);
-    assert_eq!(http.delete(&block).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.delete(&block)
+            .bearer_auth("op-token")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(m.get("/v1/videos/v0/stats").await.1["blocked"], false);
 }
 
@@ -254,7 +339,11 @@ async fn merger_killed_mid_stream_restarts_with_every_acknowledged_frame() {
     while let Ok(i) = acked_rx.try_recv() {
         acked.push(i);
     }
-    assert!(acked.len() >= 40 && acked.len() < all.len(), "killed after {} acks", acked.len());
+    assert!(
+        acked.len() >= 40 && acked.len() < all.len(),
+        "killed after {} acks",
+        acked.len()
+    );
 
     // Restart on the same data: every acknowledged frame is there.
     let m = Merger::start(dir.path());
@@ -266,15 +355,29 @@ async fn merger_killed_mid_stream_restarts_with_every_acknowledged_frame() {
     // The edge resends everything it holds; only what was missing is applied.
     let client = m.client("fra-1").await;
     let acks = futures_util::future::join_all(all.iter().map(|f| client.send_frame(f))).await;
-    let dups = acks.into_iter().filter(|a| *a.as_ref().unwrap() == Ack::Duplicate).count();
-    assert!(dups >= acked.len(), "{dups} duplicates for {} acknowledged frames", acked.len());
+    let dups = acks
+        .into_iter()
+        .filter(|a| *a.as_ref().unwrap() == Ack::Duplicate)
+        .count();
+    assert!(
+        dups >= acked.len(),
+        "{dups} duplicates for {} acknowledged frames",
+        acked.len()
+    );
     for (video, views) in &want {
-        assert_eq!(m.views(video).await, *views, "views of {video} after restart and resend");
+        assert_eq!(
+            m.views(video).await,
+            *views,
+            "views of {video} after restart and resend"
+        );
     }
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn catalog_views(dir: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
@@ -290,7 +393,10 @@ fn catalog_views(dir: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Merger::start_with(dir.path(), &["--publish-interval", "200ms", "--rollup-interval", "300ms"]);
+    let m = Merger::start_with(
+        dir.path(),
+        &["--publish-interval", "200ms", "--rollup-interval", "300ms"],
+    );
     const DAY: u64 = 86_400_000;
     let today = now_ms() / DAY * DAY;
     let ranges = [
@@ -323,7 +429,11 @@ async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
     ];
     let deadline = Instant::now() + Duration::from_secs(60);
     while catalog_views(dir.path(), sql).as_ref() != Some(&want) {
-        assert!(Instant::now() < deadline, "catalog never showed {want:?}: {:?}", catalog_views(dir.path(), sql));
+        assert!(
+            Instant::now() < deadline,
+            "catalog never showed {want:?}: {:?}",
+            catalog_views(dir.path(), sql)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -331,12 +441,19 @@ async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
     // range as hours in warm (two dates: it crosses midnight), the old one in cold Parquet.
     let days = catalog_views(
         dir.path(),
-        &format!("select count(distinct ts::DATE) from hour_views where views > 0 and ts < epoch_ms({}::BIGINT)", today - 5 * DAY),
+        &format!(
+            "select count(distinct ts::DATE) from hour_views where views > 0 and ts < epoch_ms({}::BIGINT)",
+            today - 5 * DAY
+        ),
     )
     .unwrap();
     assert_eq!(days[0][0], "2");
     let cold = catalog_views(dir.path(), "select sum(views)::BIGINT from day_views").unwrap();
-    let cold_dirs: Vec<_> = std::fs::read_dir(dir.path().join("cold/day")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let cold_dirs: Vec<_> = std::fs::read_dir(dir.path().join("cold/day"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(cold_dirs.len() >= 3, "cold days {cold_dirs:?}");
     assert!(cold[0][0].parse::<u64>().unwrap() >= per_range[2].1);
     let uniques = catalog_views(dir.path(), "select count(*) from minute_uniques").unwrap();
@@ -345,26 +462,47 @@ async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
     // The analytics API reads the same tiers (fresher: straight from DuckDB).
     let range = format!("from={}&to={}", today - 401 * DAY, now_ms() + 3_600_000);
     let want_v0 = expected(&all)["v0"];
-    let (status, ts) = m.get(&format!("/v1/analytics/timeseries?video=v0&granularity=day&{range}")).await;
+    let (status, ts) = m
+        .get(&format!("/v1/analytics/timeseries?video=v0&granularity=day&{range}"))
+        .await;
     assert_eq!(status, 200, "{ts}");
     let points = ts["points"].as_array().unwrap();
-    assert_eq!(points.iter().map(|p| p["views"].as_u64().unwrap()).sum::<u64>(), want_v0);
+    assert_eq!(
+        points.iter().map(|p| p["views"].as_u64().unwrap()).sum::<u64>(),
+        want_v0
+    );
     assert!(points.len() >= 4, "days with views: {points:?}");
     let (status, bd) = m.get(&format!("/v1/analytics/breakdown?by=country&{range}")).await;
     assert_eq!(status, 200, "{bd}");
     assert_eq!(bd["rows"][0]["key"], "DE");
     assert_eq!(bd["rows"][0]["views"].as_u64().unwrap(), total);
-    let (_, bd) = m.get(&format!("/v1/analytics/breakdown?by=video&limit=1&channel=ch-0&{range}")).await;
+    let (_, bd) = m
+        .get(&format!(
+            "/v1/analytics/breakdown?by=video&limit=1&channel=ch-0&{range}"
+        ))
+        .await;
     assert_eq!(bd["rows"].as_array().unwrap().len(), 1);
     assert_eq!(bd["rows"][0]["key"], "v0");
-    for bad in ["/v1/analytics/timeseries?granularity=week", "/v1/analytics/breakdown", "/v1/analytics/breakdown?by=colour", "/v1/analytics/timeseries?colour=red", "/v1/analytics/timeseries?from=5&to=1"] {
+    for bad in [
+        "/v1/analytics/timeseries?granularity=week",
+        "/v1/analytics/breakdown",
+        "/v1/analytics/breakdown?by=colour",
+        "/v1/analytics/timeseries?colour=red",
+        "/v1/analytics/timeseries?from=5&to=1",
+    ] {
         let (status, e) = m.get(bad).await;
         assert_eq!(status, 400, "{bad}: {e}");
         assert!(e["error"].is_string());
     }
 
     // Top-K over a window older than the live state comes from the tiers, still exact.
-    let (status, top) = m.get(&format!("/v1/top?k=1&country=DE&from={}&to={}", today - 401 * DAY, today - 399 * DAY)).await;
+    let (status, top) = m
+        .get(&format!(
+            "/v1/top?k=1&country=DE&from={}&to={}",
+            today - 401 * DAY,
+            today - 399 * DAY
+        ))
+        .await;
     assert_eq!(status, 200, "{top}");
     let items = top["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
@@ -385,7 +523,11 @@ async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
     // Derived data is rebuildable: stop, rebuild from the log, same answer.
     drop(client);
     drop(m);
-    let out = Command::new(env!("CARGO_BIN_EXE_tally")).args(["merger", "rebuild", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["merger", "rebuild", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows = catalog_views(dir.path(), "select sum(views)::BIGINT from views").unwrap();
     assert_eq!(rows[0][0], total.to_string());
@@ -394,7 +536,11 @@ async fn history_lands_in_every_tier_and_one_catalog_query_sees_it_all() {
 #[test]
 fn query_without_a_catalog_says_what_to_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tally")).args(["query", "select 1", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["query", "select 1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
 }

@@ -3,18 +3,46 @@
 use std::process::Command;
 
 fn tally(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tally")).args(args).env_remove("TALLY_TOKEN_KEY").output().expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env_remove("TALLY_TOKEN_KEY")
+        .output()
+        .expect("runs")
 }
 
 #[test]
 fn minted_token_verifies_with_the_same_key() {
     let key = "an-edge-shared-key-123";
-    let out = tally(&["token", "--video", "v42", "--channel", "c7", "--category", "news", "--live", "--ttl", "1h", "--key", key]);
+    let out = tally(&[
+        "token",
+        "--video",
+        "v42",
+        "--channel",
+        "c7",
+        "--category",
+        "news",
+        "--live",
+        "--ttl",
+        "1h",
+        "--key",
+        key,
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap();
     let claims = tally_collector::token::verify(key.as_bytes(), token.trim()).expect("verifies");
-    assert_eq!((claims.video.as_str(), claims.channel.as_str(), claims.category.as_str(), claims.live), ("v42", "c7", "news", true));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        (
+            claims.video.as_str(),
+            claims.channel.as_str(),
+            claims.category.as_str(),
+            claims.live
+        ),
+        ("v42", "c7", "news", true)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!((now + 3590..=now + 3610).contains(&claims.expires_s));
     assert!(tally_collector::token::verify(b"another-key-entirely", token.trim()).is_err());
 }

@@ -9,15 +9,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (cargo package, file name of the artifact it produces, name we give it)
-const COMPONENTS: &[(&str, &str, &str)] =
-    &[("tally-collector-component", "tally_collector_component.wasm", "collector.wasm")];
+const COMPONENTS: &[(&str, &str, &str)] = &[(
+    "tally-collector-component",
+    "tally_collector_component.wasm",
+    "collector.wasm",
+)];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest_dir.parent().and_then(Path::parent).expect("edge/artifacts sits two levels down");
+    let workspace = manifest_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("edge/artifacts sits two levels down");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: put the nested build at <target>/wasm-components.
-    let target_root = out_dir.ancestors().nth(4).expect("OUT_DIR has the usual depth").to_path_buf();
+    let target_root = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR has the usual depth")
+        .to_path_buf();
     let wasm_target_dir = target_root.join("wasm-components");
 
     for dir in ["wit", "edge/collector", "edge/component", "edge/delta"] {
@@ -29,13 +39,27 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm", "--target-dir"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "wasm",
+            "--target-dir",
+        ])
         .arg(&wasm_target_dir);
     for (pkg, _, _) in COMPONENTS {
         cmd.args(["-p", pkg]);
     }
     // Flags meant for the host build must not leak into the wasm build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     // wasmtime compiles wasm SIMD to native vector code; let the guest use it.

@@ -113,7 +113,10 @@ impl Analytics {
     /// Wraps a connection to the tier database; `dir` is the data directory.
     pub fn new(conn: Connection, dir: &Path) -> Analytics {
         let cold_glob = format!("{}/cold/hour/*/*.parquet", dir.to_string_lossy()).replace('\'', "''");
-        Analytics { conn: Mutex::new(conn), cold_glob }
+        Analytics {
+            conn: Mutex::new(conn),
+            cold_glob,
+        }
     }
 
     /// The rows of every tier in the range, each hour once, with the filters applied.

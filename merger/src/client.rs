@@ -31,13 +31,31 @@ fn conn_err(e: impl std::fmt::Display) -> ClientError {
 
 impl MergerClient {
     /// Connects to `addr`, pinning the certificate `fingerprint`, and says hello.
-    pub async fn connect(addr: SocketAddr, fingerprint: &str, edge_id: &str, secret: &str) -> Result<MergerClient, ClientError> {
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.map_err(|e| ClientError::Setup(format!("{e}")))?;
+    pub async fn connect(
+        addr: SocketAddr,
+        fingerprint: &str,
+        edge_id: &str,
+        secret: &str,
+    ) -> Result<MergerClient, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(|e| ClientError::Setup(format!("{e}")))?;
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Setup(e.to_string()))?;
-        endpoint.set_default_client_config(tls::client_config(fingerprint).map_err(|e| ClientError::Setup(e.to_string()))?);
-        let conn = endpoint.connect(addr, "tally-merger").map_err(conn_err)?.await.map_err(conn_err)?;
+        endpoint
+            .set_default_client_config(tls::client_config(fingerprint).map_err(|e| ClientError::Setup(e.to_string()))?);
+        let conn = endpoint
+            .connect(addr, "tally-merger")
+            .map_err(conn_err)?
+            .await
+            .map_err(conn_err)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
-        let hello = Hello { edge_id: edge_id.into(), secret: secret.into() };
+        let hello = Hello {
+            edge_id: edge_id.into(),
+            secret: secret.into(),
+        };
         send.write_all(&protocol::encode(&hello)).await.map_err(conn_err)?;
         send.finish().map_err(conn_err)?;
         let reply = recv.read_to_end(4096).await.map_err(|e| match conn.close_reason() {

@@ -1,5 +1,6 @@
 //! The HTTP API (axum, JSON; errors as `{"error": "..."}`).
 
+use crate::analytics::{Analytics, DIMENSIONS, Filter, Granularity};
 use crate::ingest::{Ingest, now_ms};
 use crate::protocol::Ack;
 use axum::body::Bytes;
@@ -11,11 +12,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::analytics::{Analytics, DIMENSIONS, Filter, Granularity};
-use std::collections::HashMap;
 use tally_delta::Country;
 
 /// What the handlers share.
@@ -51,7 +51,10 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/v1/videos/{id}/stats", get(video_stats))
         .route("/v1/videos/{id}/block", put(block).delete(unblock))
         .route("/v1/live/{stream}", get(live))
@@ -90,10 +93,16 @@ fn live_json(api: &Api, stream: &str) -> serde_json::Value {
 }
 
 async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "public, max-age=1")], Json(live_json(&api, &stream)))
+    (
+        [(header::CACHE_CONTROL, "public, max-age=1")],
+        Json(live_json(&api, &stream)),
+    )
 }
 
-async fn live_sse(State(api): State<Api>, Path(stream): Path<String>) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+async fn live_sse(
+    State(api): State<Api>,
+    Path(stream): Path<String>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let ticks = tokio::time::interval(Duration::from_secs(1));
     let s = futures_util::stream::unfold((ticks, None::<serde_json::Value>), move |(mut ticks, last)| {
         let api = api.clone();
@@ -125,7 +134,10 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
     let to = q.to.unwrap_or(now + 60_000);
     let from = q.from.unwrap_or(now.saturating_sub(3_600_000));
     if from >= to {
-        return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to` (ms since the Unix epoch)"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "`from` must be before `to` (ms since the Unix epoch)",
+        ));
     }
     let k = q.k.unwrap_or(10);
     if k == 0 || k > 1000 {
@@ -136,7 +148,10 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
         Some(c) => {
             let parsed = Country::from_header(c);
             if parsed == Country::UNKNOWN && !c.eq_ignore_ascii_case("xx") {
-                return Err(err(StatusCode::BAD_REQUEST, format!("country {c:?} is not a two-letter code")));
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    format!("country {c:?} is not a two-letter code"),
+                ));
             }
             Some(parsed)
         }
@@ -146,15 +161,31 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
         let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
         match s.oldest_minute() {
             Some(oldest) if from_min < oldest => None,
-            _ => Some(s.top(country, from_min, to_min, k).into_iter().map(|(v, n)| json!({ "video": v, "views": n })).collect()),
+            _ => Some(
+                s.top(country, from_min, to_min, k)
+                    .into_iter()
+                    .map(|(v, n)| json!({ "video": v, "views": n }))
+                    .collect(),
+            ),
         }
     }
     .map_or_else(
         || -> Result<Vec<serde_json::Value>, ApiError> {
             // Older than the live state: the same exact ranking from the tiers.
-            let f = Filter { eq: country.map(|c| vec![("country", c.to_string())]).unwrap_or_default(), from_ms: from, to_ms: to };
-            let rows = api.analytics.breakdown(&f, "video", k).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
-            Ok(rows.into_iter().filter(|r| r.views > 0).map(|r| json!({ "video": r.key, "views": r.views })).collect())
+            let f = Filter {
+                eq: country.map(|c| vec![("country", c.to_string())]).unwrap_or_default(),
+                from_ms: from,
+                to_ms: to,
+            };
+            let rows = api
+                .analytics
+                .breakdown(&f, "video", k)
+                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+            Ok(rows
+                .into_iter()
+                .filter(|r| r.views > 0)
+                .map(|r| json!({ "video": r.key, "views": r.views }))
+                .collect())
         },
         Ok,
     )?;
@@ -167,36 +198,71 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
 
 fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &api.operator_token else {
-        return Err(err(StatusCode::FORBIDDEN, "operator endpoints are disabled: start the merger with --operator-token"));
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "operator endpoints are disabled: start the merger with --operator-token",
+        ));
     };
-    match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+    match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
         Some(t) if t.as_bytes() == want.as_bytes() => Ok(()),
-        _ => Err(err(StatusCode::UNAUTHORIZED, "operator token required: Authorization: Bearer <token>")),
+        _ => Err(err(
+            StatusCode::UNAUTHORIZED,
+            "operator token required: Authorization: Bearer <token>",
+        )),
     }
 }
 
-async fn block(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn block(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     operator(&api, &headers)?;
-    api.ingest.state().write().unwrap_or_else(|p| p.into_inner()).set_blocked(&id, true);
+    api.ingest
+        .state()
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_blocked(&id, true);
     Ok(Json(json!({ "video": id, "blocked": true })))
 }
 
-async fn unblock(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn unblock(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     operator(&api, &headers)?;
-    api.ingest.state().write().unwrap_or_else(|p| p.into_inner()).set_blocked(&id, false);
+    api.ingest
+        .state()
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_blocked(&id, false);
     Ok(Json(json!({ "video": id, "blocked": false })))
 }
 
 /// Frames over HTTP for edges that cannot speak QUIC: `X-Tally-Edge` names the edge,
 /// `Authorization: Bearer <secret>` authenticates it, the body is one encoded frame.
-async fn post_frame(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
-    let edge = headers.get("x-tally-edge").and_then(|v| v.to_str().ok()).ok_or_else(|| err(StatusCode::UNAUTHORIZED, "X-Tally-Edge header required"))?;
+async fn post_frame(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let edge = headers
+        .get("x-tally-edge")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "X-Tally-Edge header required"))?;
     let secret = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "Authorization: Bearer <edge secret> required"))?;
-    api.ingest.authenticate(edge, secret).map_err(|why| err(StatusCode::UNAUTHORIZED, why))?;
+    api.ingest
+        .authenticate(edge, secret)
+        .map_err(|why| err(StatusCode::UNAUTHORIZED, why))?;
     match api.ingest.submit(edge, body.to_vec()).await {
         Ok(Ack::Applied) => Ok(Json(json!({ "ack": "applied" }))),
         Ok(Ack::Duplicate) => Ok(Json(json!({ "ack": "duplicate" }))),
@@ -208,7 +274,11 @@ async fn post_frame(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> 
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
     let c = s.counters;
-    let lag_ms = if c.last_frame_end_ms == 0 { 0 } else { now_ms().saturating_sub(c.last_frame_end_ms) };
+    let lag_ms = if c.last_frame_end_ms == 0 {
+        0
+    } else {
+        now_ms().saturating_sub(c.last_frame_end_ms)
+    };
     let text = format!(
         "# HELP tally_frames_total Frames by outcome.\n# TYPE tally_frames_total counter\n\
          tally_frames_total{{outcome=\"applied\"}} {}\ntally_frames_total{{outcome=\"duplicate\"}} {}\ntally_frames_total{{outcome=\"rejected\"}} {}\n\
@@ -234,7 +304,16 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
 /// Reads filters and range from query parameters (`from`/`to` in ms; default: last 24 h).
 fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let num = |k: &str| -> Result<Option<u64>, ApiError> {
-        q.get(k).map(|v| v.parse::<u64>().map_err(|_| err(StatusCode::BAD_REQUEST, format!("`{k}` must be ms since the Unix epoch")))).transpose()
+        q.get(k)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        format!("`{k}` must be ms since the Unix epoch"),
+                    )
+                })
+            })
+            .transpose()
     };
     let to_ms = num("to")?.unwrap_or_else(now_ms);
     let from_ms = num("from")?.unwrap_or(to_ms.saturating_sub(86_400_000));
@@ -244,22 +323,34 @@ fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let mut eq = Vec::new();
     for dim in DIMENSIONS {
         if let Some(v) = q.get(dim) {
-            let v = if dim == "country" { v.to_ascii_uppercase() } else { v.clone() };
+            let v = if dim == "country" {
+                v.to_ascii_uppercase()
+            } else {
+                v.clone()
+            };
             eq.push((dim, v));
         }
     }
     for k in q.keys() {
         if !DIMENSIONS.contains(&k.as_str()) && !["from", "to", "granularity", "by", "limit"].contains(&k.as_str()) {
-            return Err(err(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`; filters are {}", DIMENSIONS.join(", "))));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                format!("unknown parameter `{k}`; filters are {}", DIMENSIONS.join(", ")),
+            ));
         }
     }
     Ok(Filter { eq, from_ms, to_ms })
 }
 
-async fn timeseries(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn timeseries(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let f = filter(&q)?;
     let g = match q.get("granularity") {
-        Some(g) => Granularity::parse(g).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`granularity` is minute, hour or day"))?,
+        Some(g) => {
+            Granularity::parse(g).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`granularity` is minute, hour or day"))?
+        }
         None => Granularity::for_range(f.to_ms - f.from_ms),
     };
     let a = api.analytics.clone();
@@ -268,18 +359,34 @@ async fn timeseries(State(api): State<Api>, Query(q): Query<HashMap<String, Stri
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
-    Ok(Json(json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows })))
+    Ok(Json(
+        json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows }),
+    ))
 }
 
-async fn breakdown(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn breakdown(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let f = filter(&q)?;
-    let by = q.get("by").ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("`by` is required: one of {}", DIMENSIONS.join(", "))))?;
-    let by = DIMENSIONS
-        .into_iter()
-        .find(|d| d == by)
-        .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("`by` must be one of {}", DIMENSIONS.join(", "))))?;
+    let by = q.get("by").ok_or_else(|| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("`by` is required: one of {}", DIMENSIONS.join(", ")),
+        )
+    })?;
+    let by = DIMENSIONS.into_iter().find(|d| d == by).ok_or_else(|| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("`by` must be one of {}", DIMENSIONS.join(", ")),
+        )
+    })?;
     let limit = match q.get("limit") {
-        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
         None => 20,
     };
     let a = api.analytics.clone();
@@ -288,5 +395,7 @@ async fn breakdown(State(api): State<Api>, Query(q): Query<HashMap<String, Strin
         .await
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
-    Ok(Json(json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows })))
+    Ok(Json(
+        json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows }),
+    ))
 }

@@ -17,7 +17,10 @@ const GROUP: usize = 256;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Where applied frames go to be written to the tiers.
@@ -107,12 +110,12 @@ impl Ingest {
                     let positions = match written {
                         Ok(p) => p,
                         Err(e) => {
-                        // Nothing is acknowledged that is not durable; edges will resend.
-                        tracing::error!(error = %e, "frame log write failed");
-                        for j in fresh {
-                            drop(j.reply);
-                        }
-                        continue;
+                            // Nothing is acknowledged that is not durable; edges will resend.
+                            tracing::error!(error = %e, "frame log write failed");
+                            for j in fresh {
+                                drop(j.reply);
+                            }
+                            continue;
                         }
                     };
                     let mut to_tiers = Vec::new();
@@ -136,7 +139,11 @@ impl Ingest {
                 }
             })
             .expect("spawning the frame-log thread");
-        Ingest { tx, state, edges: Arc::new(edges) }
+        Ingest {
+            tx,
+            state,
+            edges: Arc::new(edges),
+        }
     }
 
     /// Checks an edge's secret.
@@ -154,23 +161,43 @@ impl Ingest {
         let frame = match DeltaFrame::decode(&bytes) {
             Ok(f) => f,
             Err(e) => {
-                self.state.write().unwrap_or_else(|p| p.into_inner()).counters.frames_rejected += 1;
+                self.state
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .counters
+                    .frames_rejected += 1;
                 return Ok(Ack::Rejected(e.to_string()));
             }
         };
         if frame.header.id.edge_id != edge_id {
-            self.state.write().unwrap_or_else(|p| p.into_inner()).counters.frames_rejected += 1;
+            self.state
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .counters
+                .frames_rejected += 1;
             return Ok(Ack::Rejected(format!(
                 "frame is from edge {} but the connection is authenticated as {edge_id}",
                 frame.header.id.edge_id
             )));
         }
-        if self.state.read().unwrap_or_else(|p| p.into_inner()).is_applied(&frame.header.id) {
-            self.state.write().unwrap_or_else(|p| p.into_inner()).counters.frames_duplicate += 1;
+        if self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_applied(&frame.header.id)
+        {
+            self.state
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .counters
+                .frames_duplicate += 1;
             return Ok(Ack::Duplicate);
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { frame, bytes, reply }).await.map_err(|_| "merger is shutting down".to_string())?;
+        self.tx
+            .send(Job { frame, bytes, reply })
+            .await
+            .map_err(|_| "merger is shutting down".to_string())?;
         rx.await.map_err(|_| "frame log write failed; resend".to_string())
     }
 

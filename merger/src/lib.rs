@@ -109,7 +109,13 @@ impl Running {
 /// replayed into fresh ones. The merger must not be running on `cfg.data_dir`.
 pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
     let dir = &cfg.data_dir;
-    for f in ["hot.duckdb", "hot.duckdb.wal", "warm.duckdb", "warm.duckdb.wal", "catalog.duckdb"] {
+    for f in [
+        "hot.duckdb",
+        "hot.duckdb.wal",
+        "warm.duckdb",
+        "warm.duckdb.wal",
+        "catalog.duckdb",
+    ] {
         let p = dir.join(f);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -122,12 +128,17 @@ pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
         }
     }
     let (_log, records) = log::FrameLog::open(&dir.join("log")).context("opening the frame log")?;
-    let retention = tiers::Retention { hot_days: cfg.hot_days, warm_days: cfg.warm_days, cold_days: cfg.cold_days };
+    let retention = tiers::Retention {
+        hot_days: cfg.hot_days,
+        warm_days: cfg.warm_days,
+        cold_days: cfg.cold_days,
+    };
     let mut t = tiers::Tiers::open(dir, retention)?;
     let mut seen = std::collections::HashSet::new();
     let mut n = 0;
     for (i, (pos, bytes)) in records.into_iter().enumerate() {
-        let frame = tally_delta::DeltaFrame::decode(&bytes).with_context(|| format!("log record {i} is not a frame"))?;
+        let frame =
+            tally_delta::DeltaFrame::decode(&bytes).with_context(|| format!("log record {i} is not a frame"))?;
         if seen.insert(frame.header.id.clone()) {
             t.add(pos, &frame)?;
             n += 1;
@@ -145,12 +156,20 @@ pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
 /// Starts the merger: replays the log, binds QUIC and HTTP.
 pub async fn start(cfg: MergerConfig) -> Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let (identity, created_cert) = tls::load_or_generate(cfg.tls_cert.as_deref(), cfg.tls_key.as_deref(), &cfg.data_dir.join("tls"))?;
+    let (identity, created_cert) = tls::load_or_generate(
+        cfg.tls_cert.as_deref(),
+        cfg.tls_key.as_deref(),
+        &cfg.data_dir.join("tls"),
+    )?;
     let fingerprint = identity.fingerprint();
     let (log, records) = log::FrameLog::open(&cfg.data_dir.join("log")).context("opening the frame log")?;
     let replayed = records.len();
     let state = Arc::new(RwLock::new(state::State::default()));
-    let retention = tiers::Retention { hot_days: cfg.hot_days, warm_days: cfg.warm_days, cold_days: cfg.cold_days };
+    let retention = tiers::Retention {
+        hot_days: cfg.hot_days,
+        warm_days: cfg.warm_days,
+        cold_days: cfg.cold_days,
+    };
     let tiers = tiers::Tiers::open(&cfg.data_dir, retention).context("opening the DuckDB tiers")?;
     let watermark = tiers.watermark()?;
     let analytics = Arc::new(analytics::Analytics::new(tiers.reader()?, &cfg.data_dir));
@@ -170,7 +189,9 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let quic_addr = endpoint.local_addr()?;
     tokio::spawn(quic::serve(endpoint.clone(), ingest.clone()));
 
-    let listener = tokio::net::TcpListener::bind(cfg.http_listen).await.with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
     let http_addr = listener.local_addr()?;
     let api = http::Api {
         ingest: ingest.clone(),
@@ -185,5 +206,13 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    Ok(Running { quic_addr, http_addr, fingerprint, created_cert, ingest, endpoint, http })
+    Ok(Running {
+        quic_addr,
+        http_addr,
+        fingerprint,
+        created_cert,
+        ingest,
+        endpoint,
+        http,
+    })
 }

@@ -29,7 +29,10 @@ pub enum LogError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.to_owned(), source }
+    move |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The writer end of the log.
@@ -60,7 +63,11 @@ fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
-        if let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse().ok()) {
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse().ok())
+        {
             out.push(n);
         }
     }
@@ -118,11 +125,26 @@ impl FrameLog {
         }
         let (segment, len) = last;
         let path = segment_path(dir, segment);
-        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path).map_err(io_err(&path))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
         file.set_len(len).map_err(io_err(&path))?;
         file.seek(SeekFrom::Start(len)).map_err(io_err(&path))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
-        Ok((FrameLog { dir: dir.to_owned(), file, path, segment, len }, records))
+        Ok((
+            FrameLog {
+                dir: dir.to_owned(),
+                file,
+                path,
+                segment,
+                len,
+            },
+            records,
+        ))
     }
 
     /// Appends a record (not yet durable: call [`FrameLog::sync`]); returns where it ends.
@@ -136,7 +158,10 @@ impl FrameLog {
         rec.extend_from_slice(frame);
         self.file.write_all(&rec).map_err(io_err(&self.path))?;
         self.len += rec.len() as u64;
-        Ok(LogPos { segment: self.segment, offset: self.len })
+        Ok(LogPos {
+            segment: self.segment,
+            offset: self.len,
+        })
     }
 
     /// Makes everything appended so far durable.
@@ -148,8 +173,14 @@ impl FrameLog {
         self.sync()?;
         self.segment += 1;
         self.path = segment_path(&self.dir, self.segment);
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path).map_err(io_err(&self.path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
         self.len = 0;
         Ok(())
     }

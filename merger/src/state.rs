@@ -1,7 +1,7 @@
 //! Live state: what every applied frame adds up to, kept in memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use tally_delta::{Counts, Country, DeltaFrame, FrameId, UniqueSketch};
+use tally_delta::{Country, Counts, DeltaFrame, FrameId, UniqueSketch};
 
 /// Minutes of per-minute series kept in memory (older minutes live in the tiers).
 pub const RECENT_MINUTES: u32 = 24 * 60;
@@ -111,14 +111,21 @@ pub struct State {
 impl State {
     /// Whether the frame was applied before.
     pub fn is_applied(&self, id: &FrameId) -> bool {
-        self.applied.get(&(id.edge_id.clone(), id.epoch)).is_some_and(|t| t.contains(id.seq))
+        self.applied
+            .get(&(id.edge_id.clone(), id.epoch))
+            .is_some_and(|t| t.contains(id.seq))
     }
 
     /// Applies a decoded frame exactly once; returns false for a duplicate. `now_ms` is
     /// the merger's clock, used to time out silent edges' gauges.
     pub fn apply(&mut self, frame: &DeltaFrame, now_ms: u64) -> bool {
         let id = &frame.header.id;
-        if !self.applied.entry((id.edge_id.clone(), id.epoch)).or_default().insert(id.seq) {
+        if !self
+            .applied
+            .entry((id.edge_id.clone(), id.epoch))
+            .or_default()
+            .insert(id.seq)
+        {
             self.counters.frames_duplicate += 1;
             return false;
         }
@@ -136,7 +143,12 @@ impl State {
                 v.category = frame.str(r.category).to_owned();
             }
             v.counts.add(&r.counts);
-            self.minutes.entry(r.minute).or_default().entry((r.country, video.to_owned())).or_default().add(&r.counts);
+            self.minutes
+                .entry(r.minute)
+                .or_default()
+                .entry((r.country, video.to_owned()))
+                .or_default()
+                .add(&r.counts);
         }
         for u in &frame.uniques {
             let v = self.videos.entry(frame.str(u.video).to_owned()).or_default();
@@ -149,10 +161,14 @@ impl State {
         }
         for g in &frame.live {
             let stream = frame.str(g.stream).to_owned();
-            self.live
-                .entry(stream)
-                .or_default()
-                .insert(id.edge_id.clone(), EdgeGauge { watching: g.watching, connected: g.connected, at_ms: now_ms });
+            self.live.entry(stream).or_default().insert(
+                id.edge_id.clone(),
+                EdgeGauge {
+                    watching: g.watching,
+                    connected: g.connected,
+                    at_ms: now_ms,
+                },
+            );
         }
         for g in &frame.live {
             let stream = frame.str(g.stream);
@@ -179,7 +195,11 @@ impl State {
     /// Live viewers of a stream; edges silent for longer than `timeout_ms` do not count.
     pub fn live(&self, stream: &str, now_ms: u64, timeout_ms: u64) -> LiveView {
         let (watching, connected) = self.live_raw(stream, now_ms, timeout_ms);
-        LiveView { watching, connected, peak: self.peaks.get(stream).copied().unwrap_or(0).max(watching) }
+        LiveView {
+            watching,
+            connected,
+            peak: self.peaks.get(stream).copied().unwrap_or(0).max(watching),
+        }
     }
 
     /// All-time totals of a video.
@@ -211,7 +231,11 @@ impl State {
 
     /// Blocks or unblocks a video; returns whether that changed anything.
     pub fn set_blocked(&mut self, video: &str, blocked: bool) -> bool {
-        if blocked { self.blocked.insert(video.to_owned()) } else { self.blocked.remove(video) }
+        if blocked {
+            self.blocked.insert(video.to_owned())
+        } else {
+            self.blocked.remove(video)
+        }
     }
 
     /// Whether a video is blocked.

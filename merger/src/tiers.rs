@@ -16,8 +16,8 @@
 use crate::log::LogPos;
 use duckdb::{Connection, params};
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tally_delta::{Counts, DeltaFrame, UniqueSketch};
 
 /// Tier errors.
@@ -49,7 +49,11 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { hot_days: 7, warm_days: 90, cold_days: 3 * 365 }
+        Retention {
+            hot_days: 7,
+            warm_days: 90,
+            cold_days: 3 * 365,
+        }
     }
 }
 
@@ -115,7 +119,14 @@ impl Tiers {
     /// Opens or creates the tier files under `dir`.
     pub fn open(dir: &Path, retention: Retention) -> Result<Tiers> {
         std::fs::create_dir_all(dir)?;
-        for sub in ["published/minute", "published/minute_uniques", "published/hour", "published/hour_uniques", "cold/hour", "cold/day"] {
+        for sub in [
+            "published/minute",
+            "published/minute_uniques",
+            "published/hour",
+            "published/hour_uniques",
+            "cold/hour",
+            "cold/day",
+        ] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let conn = Connection::open(dir.join("hot.duckdb"))?;
@@ -182,7 +193,9 @@ impl Tiers {
     /// The first column of a query, as integers.
     fn column_i64(&self, sql: &str, args: impl duckdb::Params) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare(sql)?;
-        Ok(stmt.query_map(args, |r| r.get(0))?.collect::<std::result::Result<_, _>>()?)
+        Ok(stmt
+            .query_map(args, |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// Sketches of a `(video, sketch)` query over `[lo, hi)`, merged per video.
@@ -200,10 +213,15 @@ impl Tiers {
 
     /// The log position the tiers are complete up to.
     pub fn watermark(&self) -> Result<Option<LogPos>> {
-        let mut stmt = self.conn.prepare("SELECT segment, log_offset FROM main.watermark WHERE id = 1")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT segment, log_offset FROM main.watermark WHERE id = 1")?;
         let mut rows = stmt.query([])?;
         Ok(match rows.next()? {
-            Some(r) => Some(LogPos { segment: r.get(0)?, offset: r.get(1)? }),
+            Some(r) => Some(LogPos {
+                segment: r.get(0)?,
+                offset: r.get(1)?,
+            }),
             None => None,
         })
     }
@@ -226,7 +244,10 @@ impl Tiers {
             self.counts.entry(key).or_default().add(&r.counts);
         }
         for u in &frame.uniques {
-            self.uniques.entry((u.minute as i64, frame.str(u.video).to_owned())).or_default().merge_bytes(&u.sketch)?;
+            self.uniques
+                .entry((u.minute as i64, frame.str(u.video).to_owned()))
+                .or_default()
+                .merge_bytes(&u.sketch)?;
         }
         self.pending_pos = Some(self.pending_pos.map_or(pos, |p| p.max(pos)));
         Ok(())
@@ -250,8 +271,21 @@ impl Tiers {
                 for (k, c) in &counts {
                     hours.insert(k.minute.div_euclid(60));
                     app.append_row(params![
-                        k.minute, k.pop, k.video, k.channel, k.category, k.country, k.device, k.source, k.live,
-                        c.views, c.watch_ms, c.completions, c.likes, c.shares, c.comments
+                        k.minute,
+                        k.pop,
+                        k.video,
+                        k.channel,
+                        k.category,
+                        k.country,
+                        k.device,
+                        k.source,
+                        k.live,
+                        c.views,
+                        c.watch_ms,
+                        c.completions,
+                        c.likes,
+                        c.shares,
+                        c.comments
                     ])?;
                 }
                 app.flush()?;
@@ -262,8 +296,12 @@ impl Tiers {
                     completions = completions + EXCLUDED.completions, likes = likes + EXCLUDED.likes,
                     shares = shares + EXCLUDED.shares, comments = comments + EXCLUDED.comments;"
             ))?;
-            let mut get = self.conn.prepare("SELECT sketch FROM main.minute_uniques WHERE minute = ? AND video = ?")?;
-            let mut put = self.conn.prepare("INSERT OR REPLACE INTO main.minute_uniques VALUES (?, ?, ?)")?;
+            let mut get = self
+                .conn
+                .prepare("SELECT sketch FROM main.minute_uniques WHERE minute = ? AND video = ?")?;
+            let mut put = self
+                .conn
+                .prepare("INSERT OR REPLACE INTO main.minute_uniques VALUES (?, ?, ?)")?;
             for ((minute, video), mut sketch) in uniques {
                 hours.insert(minute.div_euclid(60));
                 let mut rows = get.query(params![minute, video])?;
@@ -274,7 +312,9 @@ impl Tiers {
                 put.execute(params![minute, video, sketch.to_bytes()])?;
             }
             let mut dirty = self.conn.prepare("INSERT OR IGNORE INTO main.dirty_hours VALUES (?)")?;
-            let mut unpublished = self.conn.prepare("INSERT OR IGNORE INTO main.unpublished_hours VALUES (?)")?;
+            let mut unpublished = self
+                .conn
+                .prepare("INSERT OR IGNORE INTO main.unpublished_hours VALUES (?)")?;
             for h in &hours {
                 dirty.execute(params![h])?;
                 unpublished.execute(params![h])?;
@@ -297,8 +337,12 @@ impl Tiers {
         for hour in dirty {
             self.rollup_hour(hour)?;
             // warm is written; only now is the hour marked clean (a crash in between redoes it)
-            self.conn.execute("INSERT OR IGNORE INTO main.unpublished_days VALUES (?)", params![hour.div_euclid(24)])?;
-            self.conn.execute("DELETE FROM main.dirty_hours WHERE hour = ?", params![hour])?;
+            self.conn.execute(
+                "INSERT OR IGNORE INTO main.unpublished_days VALUES (?)",
+                params![hour.div_euclid(24)],
+            )?;
+            self.conn
+                .execute("DELETE FROM main.dirty_hours WHERE hour = ?", params![hour])?;
             report.hours += 1;
         }
         let today = (now_ms / 86_400_000) as i64;
@@ -311,7 +355,8 @@ impl Tiers {
         )?;
         for day in days {
             self.export_cold(day)?;
-            self.conn.execute("INSERT OR IGNORE INTO warm.cold_days VALUES (?)", params![day])?;
+            self.conn
+                .execute("INSERT OR IGNORE INTO warm.cold_days VALUES (?)", params![day])?;
             report.cold_days += 1;
         }
         let r = self.retention;
@@ -337,7 +382,11 @@ impl Tiers {
 
     fn rollup_hour(&mut self, hour: i64) -> Result<()> {
         let (lo, hi) = (hour * 60, hour * 60 + 60);
-        let merged = self.merged_sketches("SELECT video, sketch FROM main.minute_uniques WHERE minute >= ? AND minute < ?", lo, hi)?;
+        let merged = self.merged_sketches(
+            "SELECT video, sketch FROM main.minute_uniques WHERE minute >= ? AND minute < ?",
+            lo,
+            hi,
+        )?;
         self.in_transaction(|| {
             self.conn.execute("DELETE FROM warm.hour_counts WHERE hour = ?", params![hour])?;
             self.conn.execute("DELETE FROM warm.hour_uniques WHERE hour = ?", params![hour])?;
@@ -362,7 +411,10 @@ impl Tiers {
             std::fs::create_dir_all(parent)?;
         }
         let tmp = path.with_extension("parquet.tmp");
-        self.conn.execute_batch(&format!("COPY ({query}) TO {} (FORMAT parquet)", sql_str(&tmp.to_string_lossy())))?;
+        self.conn.execute_batch(&format!(
+            "COPY ({query}) TO {} (FORMAT parquet)",
+            sql_str(&tmp.to_string_lossy())
+        ))?;
         std::fs::rename(&tmp, path)?;
         Ok(())
     }
@@ -383,7 +435,11 @@ impl Tiers {
             ),
             &self.dir.join(format!("cold/day/date={date}/data.parquet")),
         )?;
-        let merged = self.merged_sketches("SELECT video, sketch FROM warm.hour_uniques WHERE hour >= ? AND hour < ?", lo, hi)?;
+        let merged = self.merged_sketches(
+            "SELECT video, sketch FROM warm.hour_uniques WHERE hour >= ? AND hour < ?",
+            lo,
+            hi,
+        )?;
         self.conn.execute_batch("DELETE FROM main.day_uniques_staging")?;
         {
             let mut app = self.conn.appender("day_uniques_staging")?;
@@ -403,11 +459,15 @@ impl Tiers {
         let r = self.retention;
         let sweep = |sub: &str, before_day: i64, by_hour: bool| -> Result<()> {
             let dir = self.dir.join(sub);
-            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Ok(());
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let day = if by_hour {
-                    name.strip_prefix("hour=").and_then(|h| h.parse::<i64>().ok()).map(|h| h.div_euclid(24))
+                    name.strip_prefix("hour=")
+                        .and_then(|h| h.parse::<i64>().ok())
+                        .map(|h| h.div_euclid(24))
                 } else {
                     name.strip_prefix("day=").and_then(|d| d.parse::<i64>().ok())
                 };
@@ -443,20 +503,38 @@ impl Tiers {
         let days = self.column_i64("SELECT day FROM main.unpublished_days ORDER BY day", [])?;
         for &h in &hours {
             // an hour of minutes
-            self.export_published(("main.minute_counts", "main.minute_uniques", "minute", 60_000), h * 60, h * 60 + 60, ("minute", format!("hour={h}")))?;
-            self.conn.execute("DELETE FROM main.unpublished_hours WHERE hour = ?", params![h])?;
+            self.export_published(
+                ("main.minute_counts", "main.minute_uniques", "minute", 60_000),
+                h * 60,
+                h * 60 + 60,
+                ("minute", format!("hour={h}")),
+            )?;
+            self.conn
+                .execute("DELETE FROM main.unpublished_hours WHERE hour = ?", params![h])?;
         }
         for &d in &days {
             // a day of hours
-            self.export_published(("warm.hour_counts", "warm.hour_uniques", "hour", 3_600_000), d * 24, d * 24 + 24, ("hour", format!("day={d}")))?;
-            self.conn.execute("DELETE FROM main.unpublished_days WHERE day = ?", params![d])?;
+            self.export_published(
+                ("warm.hour_counts", "warm.hour_uniques", "hour", 3_600_000),
+                d * 24,
+                d * 24 + 24,
+                ("hour", format!("day={d}")),
+            )?;
+            self.conn
+                .execute("DELETE FROM main.unpublished_days WHERE day = ?", params![d])?;
         }
         Ok(2 * (hours.len() + days.len()))
     }
 
     /// Exports rows `[lo, hi)` of a counts table and its sketches table (`time` column in
     /// units of `unit_ms`) to `published/<name>/<part>/` and `published/<name>_uniques/<part>/`.
-    fn export_published(&self, (counts, uniques, time, unit_ms): (&str, &str, &str, i64), lo: i64, hi: i64, (name, part): (&str, String)) -> Result<()> {
+    fn export_published(
+        &self,
+        (counts, uniques, time, unit_ms): (&str, &str, &str, i64),
+        lo: i64,
+        hi: i64,
+        (name, part): (&str, String),
+    ) -> Result<()> {
         self.copy_parquet(
             &format!("SELECT epoch_ms({time} * {unit_ms}) AS ts, {DIMS}, {MEASURES} FROM {counts} WHERE {time} >= {lo} AND {time} < {hi}"),
             &self.dir.join(format!("published/{name}/{part}/data.parquet")),
@@ -531,7 +609,9 @@ pub fn query_catalog(dir: &Path, sql: &str) -> Result<(Vec<String>, Vec<Vec<Stri
     let conn = Connection::open_with_flags(dir.join("catalog.duckdb"), cfg)?;
     let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
-    let stmt_ref = rows.as_ref().ok_or_else(|| TierError::Io(std::io::Error::other("query has no result")))?;
+    let stmt_ref = rows
+        .as_ref()
+        .ok_or_else(|| TierError::Io(std::io::Error::other("query has no result")))?;
     let names: Vec<String> = stmt_ref.column_names();
     let n = names.len();
     let mut out = Vec::new();
@@ -561,7 +641,13 @@ fn format_value(v: &duckdb::types::Value) -> String {
             };
             let secs = micros.div_euclid(1_000_000);
             let (day, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-            format!("{} {:02}:{:02}:{:02}", date_of_day(day), rem / 3600, rem % 3600 / 60, rem % 60)
+            format!(
+                "{} {:02}:{:02}:{:02}",
+                date_of_day(day),
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            )
         }
         other => {
             let s = format!("{other:?}");
@@ -586,7 +672,11 @@ mod tests {
         sketch.insert(viewer);
         DeltaFrame {
             header: FrameHeader {
-                id: FrameId { edge_id: "e".into(), epoch: 1, seq },
+                id: FrameId {
+                    edge_id: "e".into(),
+                    epoch: 1,
+                    seq,
+                },
                 pop_id: "fra".into(),
                 interval_start_ms: 0,
                 interval_end_ms: 0,
@@ -601,16 +691,27 @@ mod tests {
                 device: Device::Tv,
                 source: Source::Direct,
                 live: false,
-                counts: Counts { views, watch_ms: 1000 * views, ..Counts::default() },
+                counts: Counts {
+                    views,
+                    watch_ms: 1000 * views,
+                    ..Counts::default()
+                },
             }],
-            uniques: vec![UniqueRow { minute, video: 0, sketch: sketch.to_bytes() }],
+            uniques: vec![UniqueRow {
+                minute,
+                video: 0,
+                sketch: sketch.to_bytes(),
+            }],
             live: vec![],
             intake: EdgeCounts::default(),
         }
     }
 
     fn pos(n: u64) -> LogPos {
-        LogPos { segment: 1, offset: n * 100 }
+        LogPos {
+            segment: 1,
+            offset: n * 100,
+        }
     }
 
     fn one(t: &Tiers, sql: &str) -> i64 {
@@ -638,7 +739,10 @@ mod tests {
         t.commit().unwrap();
         assert_eq!(one(&t, "select sum(views)::BIGINT from minute_counts"), 105);
         assert_eq!(one(&t, "select count(*) from minute_counts"), 1);
-        let sketch: Vec<u8> = t.conn.query_row("select sketch from minute_uniques", [], |r| r.get(0)).unwrap();
+        let sketch: Vec<u8> = t
+            .conn
+            .query_row("select sketch from minute_uniques", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(UniqueSketch::from_bytes(&sketch).unwrap().estimate().round() as i64, 3);
     }
 
@@ -654,9 +758,19 @@ mod tests {
         assert_eq!(t.rollup(NOW).unwrap().hours, 2);
         assert_eq!(t.rollup(NOW).unwrap().hours, 0, "nothing dirty, nothing redone");
         // a crash between writing warm and clearing the mark: the hour is simply redone
-        t.conn.execute("insert into main.dirty_hours values (?)", params![(m / 60) as i64]).unwrap();
+        t.conn
+            .execute("insert into main.dirty_hours values (?)", params![(m / 60) as i64])
+            .unwrap();
         t.rollup(NOW).unwrap();
-        let hour = |t: &Tiers, h: u32| one(t, &format!("select coalesce(sum(views), 0)::BIGINT from warm.hour_counts where hour = {}", h / 60));
+        let hour = |t: &Tiers, h: u32| {
+            one(
+                t,
+                &format!(
+                    "select coalesce(sum(views), 0)::BIGINT from warm.hour_counts where hour = {}",
+                    h / 60
+                ),
+            )
+        };
         assert_eq!((hour(&t, m), hour(&t, m + 60)), (5, 7));
         // a late event for the first hour updates its minute and the hour again
         t.add(pos(4), &frame(4, m + 5, "v", 1, 9)).unwrap();
@@ -665,7 +779,11 @@ mod tests {
         assert_eq!(hour(&t, m), 6);
         let sketch: Vec<u8> = t
             .conn
-            .query_row("select sketch from warm.hour_uniques where hour = ?", params![(m / 60) as i64], |r| r.get(0))
+            .query_row(
+                "select sketch from warm.hour_uniques where hour = ?",
+                params![(m / 60) as i64],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(UniqueSketch::from_bytes(&sketch).unwrap().estimate().round() as i64, 3);
     }
@@ -685,8 +803,18 @@ mod tests {
         assert_eq!(r.cold_days, 3, "{r:?}");
         assert!(r.hot_deleted >= 2 && r.warm_deleted >= 2, "{r:?}");
         t.publish().unwrap();
-        let (_, rows) = query_catalog(dir.path(), "select grain, sum(views)::BIGINT from views group by 1 order by 1").unwrap();
-        assert_eq!(rows, vec![vec!["hour".to_string(), "10".into()], vec!["minute".to_string(), "1".into()]]);
+        let (_, rows) = query_catalog(
+            dir.path(),
+            "select grain, sum(views)::BIGINT from views group by 1 order by 1",
+        )
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["hour".to_string(), "10".into()],
+                vec!["minute".to_string(), "1".into()]
+            ]
+        );
         let (_, rows) = query_catalog(dir.path(), "select count(*) from day_views").unwrap();
         assert_eq!(rows[0][0], "3");
     }
@@ -712,7 +840,11 @@ pub struct Schedule {
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { commit: Duration::from_secs(1), rollup: Duration::from_secs(60), publish: Duration::from_secs(10) }
+        Schedule {
+            commit: Duration::from_secs(1),
+            rollup: Duration::from_secs(60),
+            publish: Duration::from_secs(10),
+        }
     }
 }
 

@@ -52,7 +52,8 @@ pub fn load_or_generate(cert: Option<&Path>, key: Option<&Path>, dir: &Path) -> 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ck = rcgen::generate_simple_self_signed(vec!["tally-merger".into(), "localhost".into()])
             .context("generating a self-signed certificate")?;
-        std::fs::write(&key_path, ck.signing_key.serialize_pem()).with_context(|| format!("writing {}", key_path.display()))?;
+        std::fs::write(&key_path, ck.signing_key.serialize_pem())
+            .with_context(|| format!("writing {}", key_path.display()))?;
         std::fs::write(&cert_path, ck.cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
         created = true;
     }
@@ -111,7 +112,9 @@ impl ServerCertVerifier for PinnedCert {
         if fingerprint(end_entity) == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("merger certificate does not match the pinned fingerprint".into()))
+            Err(rustls::Error::General(
+                "merger certificate does not match the pinned fingerprint".into(),
+            ))
         }
     }
 

@@ -111,7 +111,10 @@ pub struct Kit {
 
 impl Default for Kit {
     fn default() -> Self {
-        Kit { key: b"tally-test-signing-key-0001".to_vec(), t0: 1_763_856_000_000 }
+        Kit {
+            key: b"tally-test-signing-key-0001".to_vec(),
+            t0: 1_763_856_000_000,
+        }
     }
 }
 

@@ -42,7 +42,8 @@ impl Run {
     pub fn merged(&self) -> MergedDeltas {
         let mut m = MergedDeltas::default();
         for f in &self.frames {
-            m.apply(&decode(f)).unwrap_or_else(|e| panic!("frame does not merge: {e}"));
+            m.apply(&decode(f))
+                .unwrap_or_else(|e| panic!("frame does not merge: {e}"));
         }
         m
     }
@@ -63,7 +64,11 @@ impl Run {
 
 /// Runs a script.
 pub fn run(driver: &mut dyn Driver, steps: &[Step]) -> Run {
-    let mut r = Run { outcomes: Vec::new(), frames: Vec::new(), stats: Stats::default() };
+    let mut r = Run {
+        outcomes: Vec::new(),
+        frames: Vec::new(),
+        stats: Stats::default(),
+    };
     for s in steps {
         match s {
             Step::Ingest { body, facts } => r.outcomes.push(driver.ingest(body, facts)),
@@ -93,25 +98,38 @@ struct Script {
 
 impl Script {
     fn new() -> Script {
-        Script { kit: Kit::default(), steps: Vec::new() }
+        Script {
+            kit: Kit::default(),
+            steps: Vec::new(),
+        }
     }
     fn send(&mut self, at_ms: u64, events: &[Ev]) -> &mut Self {
         let b = body(events);
         self.raw(at_ms, b)
     }
     fn raw(&mut self, at_ms: u64, body: Vec<u8>) -> &mut Self {
-        self.steps.push(Step::Ingest { body, facts: self.kit.facts(at_ms) });
+        self.steps.push(Step::Ingest {
+            body,
+            facts: self.kit.facts(at_ms),
+        });
         self
     }
     fn flush(&mut self, at_ms: u64) -> &mut Self {
-        self.steps.push(Step::Flush { now_ms: self.kit.t0 + at_ms });
+        self.steps.push(Step::Flush {
+            now_ms: self.kit.t0 + at_ms,
+        });
         self
     }
     fn done(&mut self, name: &'static str, check: fn(&Run)) -> Scenario {
         self.done_with(name, self.kit.config(), check)
     }
     fn done_with(&mut self, name: &'static str, config: Config, check: fn(&Run)) -> Scenario {
-        Scenario { name, config, steps: std::mem::take(&mut self.steps), check }
+        Scenario {
+            name,
+            config,
+            steps: std::mem::take(&mut self.steps),
+            check,
+        }
     }
 }
 
@@ -131,7 +149,11 @@ pub fn all() -> Vec<Scenario> {
         .flush(30_000);
     out.push(s.done("page refresh in the same session counts once", |r| {
         assert_eq!(r.total().views, 1);
-        assert_eq!(r.ok(1).duplicates, 0, "new event ids are not duplicates, the view rule dedups");
+        assert_eq!(
+            r.ok(1).duplicates,
+            0,
+            "new event ids are not duplicates, the view rule dedups"
+        );
     }));
 
     // A network retry resends the same beacon.
@@ -144,8 +166,15 @@ pub fn all() -> Vec<Scenario> {
         assert_eq!(r.stats.duplicates, 2);
     }));
 
-    s.send(0, &[k.ev("c1", "s1", "v1", "play", 0), k.ev("c1", "s1", "v1", "play", 0), k.ev("c2", "s1", "v1", "comment", 10)])
-        .flush(1_000);
+    s.send(
+        0,
+        &[
+            k.ev("c1", "s1", "v1", "play", 0),
+            k.ev("c1", "s1", "v1", "play", 0),
+            k.ev("c2", "s1", "v1", "comment", 10),
+        ],
+    )
+    .flush(1_000);
     out.push(s.done("duplicated events inside one batch count once", |r| {
         assert_eq!((r.ok(0).accepted, r.ok(0).duplicates), (3, 1));
         assert_eq!((r.total().views, r.total().comments), (1, 1));
@@ -166,13 +195,21 @@ pub fn all() -> Vec<Scenario> {
         assert_eq!(r.total().views, 2);
     }));
 
-    s.send(0, &[k.ev("e1", "s1", "v1", "play", 0).user("u1"), k.ev("e2", "s2", "v1", "play", 1_000).user("u1")])
-        .flush(2_000);
-    out.push(s.done("a second session of the same user is a second view, one unique", |r| {
-        let m = r.merged();
-        assert_eq!(m.total().views, 2);
-        assert_eq!(m.uniques_of("v1").round() as u64, 1);
-    }));
+    s.send(
+        0,
+        &[
+            k.ev("e1", "s1", "v1", "play", 0).user("u1"),
+            k.ev("e2", "s2", "v1", "play", 1_000).user("u1"),
+        ],
+    )
+    .flush(2_000);
+    out.push(
+        s.done("a second session of the same user is a second view, one unique", |r| {
+            let m = r.merged();
+            assert_eq!(m.total().views, 2);
+            assert_eq!(m.uniques_of("v1").round() as u64, 1);
+        }),
+    );
 
     s.send(0, &[k.ev("f1", "s1", "v1", "like", 0).user("u1")])
         .send(1_000, &[k.ev("f2", "s1", "v1", "unlike", 1_000).user("u1")])
@@ -188,24 +225,35 @@ pub fn all() -> Vec<Scenario> {
     s.send(
         2 * 3_600_000,
         &[
-            k.ev("g1", "s1", "v1", "play", 0),                  // two hours late: its own minute
+            k.ev("g1", "s1", "v1", "play", 0), // two hours late: its own minute
             k.ev("g2", "s2", "v1", "play", 2 * 3_600_000 + 10 * MIN), // ten minutes ahead
-            k.ev("g3", "s3", "v1", "play", 2 * 3_600_000),      // on time
+            k.ev("g3", "s3", "v1", "play", 2 * 3_600_000), // on time
         ],
     )
     .send(26 * 3_600_000, &[k.ev("g4", "s4", "v1", "play", MIN)]) // 25 h late
     .flush(26 * 3_600_000);
-    out.push(s.done("late events land in their own minute; too late and future are refused", |r| {
-        let k = Kit::default();
-        assert_eq!(rejected(r, 0), vec![(1, RejectReason::InFuture { skew_ms: 2 * MIN })]);
-        assert_eq!(rejected(r, 1), vec![(0, RejectReason::TooLate { lateness_ms: 24 * 3_600_000 })]);
-        let f = decode(&r.frames[0]);
-        let mut minutes: Vec<u32> = f.counters.iter().map(|c| c.minute).collect();
-        minutes.sort();
-        let m0 = (k.t0 / MIN) as u32;
-        assert_eq!(minutes, vec![m0, m0 + 120]);
-        assert_eq!(r.stats.late_events, 1);
-    }));
+    out.push(s.done(
+        "late events land in their own minute; too late and future are refused",
+        |r| {
+            let k = Kit::default();
+            assert_eq!(rejected(r, 0), vec![(1, RejectReason::InFuture { skew_ms: 2 * MIN })]);
+            assert_eq!(
+                rejected(r, 1),
+                vec![(
+                    0,
+                    RejectReason::TooLate {
+                        lateness_ms: 24 * 3_600_000
+                    }
+                )]
+            );
+            let f = decode(&r.frames[0]);
+            let mut minutes: Vec<u32> = f.counters.iter().map(|c| c.minute).collect();
+            minutes.sort();
+            let m0 = (k.t0 / MIN) as u32;
+            assert_eq!(minutes, vec![m0, m0 + 120]);
+            assert_eq!(r.stats.late_events, 1);
+        },
+    ));
 
     s.raw(0, b"{\"events\": [{\"event_id\": \"x\"".to_vec())
         .raw(0, b"not json".to_vec())
@@ -214,77 +262,105 @@ pub fn all() -> Vec<Scenario> {
         .flush(1_000);
     out.push(s.done("malformed JSON is refused as a whole and counts nothing", |r| {
         for i in 0..3 {
-            assert!(matches!(r.outcomes[i], Err(BatchError::Malformed(_))), "beacon {i}: {:?}", r.outcomes[i]);
+            assert!(
+                matches!(r.outcomes[i], Err(BatchError::Malformed(_))),
+                "beacon {i}: {:?}",
+                r.outcomes[i]
+            );
         }
         assert_eq!(r.total().views, 1, "the good beacon after the bad ones still counts");
         assert_eq!(r.stats.batches_rejected, 3);
     }));
 
-    let mut big: Vec<Ev> = (0..300).map(|i| k.ev(&format!("i{i}"), &format!("s{i}"), "v1", "play", 0)).collect();
+    let mut big: Vec<Ev> = (0..300)
+        .map(|i| k.ev(&format!("i{i}"), &format!("s{i}"), "v1", "play", 0))
+        .collect();
     for e in &mut big {
         e.source = "x".repeat(200);
     }
     let many = format!("[{}{{}}]", "{},".repeat(500)).into_bytes();
     s.send(0, &big).raw(0, many).flush(1_000);
-    out.push(s.done("oversized bodies and batches are refused with their sizes", |r| {
-        match &r.outcomes[0] {
-            Err(BatchError::TooLarge { size, limit }) => assert!(*size > *limit as usize && *limit == 65_536),
-            other => panic!("expected too large, got {other:?}"),
-        }
-        assert!(matches!(r.outcomes[1], Err(BatchError::TooManyEvents { count: 501, limit: 500 })));
-        assert_eq!(r.total().views, 0);
-    }));
+    out.push(
+        s.done("oversized bodies and batches are refused with their sizes", |r| {
+            match &r.outcomes[0] {
+                Err(BatchError::TooLarge { size, limit }) => assert!(*size > *limit as usize && *limit == 65_536),
+                other => panic!("expected too large, got {other:?}"),
+            }
+            assert!(matches!(
+                r.outcomes[1],
+                Err(BatchError::TooManyEvents { count: 501, limit: 500 })
+            ));
+            assert_eq!(r.total().views, 0);
+        }),
+    );
 
-    let other_key = Kit { key: b"some-other-signing-key-0000".to_vec(), ..Kit::default() };
+    let other_key = Kit {
+        key: b"some-other-signing-key-0000".to_vec(),
+        ..Kit::default()
+    };
     s.send(
         0,
         &[
             k.ev("k1", "s1", "v1", "play", 0).token(&other_key.token("v1", false)),
             k.ev("k2", "s2", "v1", "play", 0).token("garbage"),
             k.ev("k3", "s3", "v1", "play", 0).token(&k.token("v2", false)),
-            k.ev("k4", "s4", "v1", "play", 0).token(&k.token_expiring("v1", false, k.t0 / 1000 - 1)),
+            k.ev("k4", "s4", "v1", "play", 0)
+                .token(&k.token_expiring("v1", false, k.t0 / 1000 - 1)),
             k.ev("k5", "s5", "v1", "play", 0),
         ],
     )
     .flush(1_000);
-    out.push(s.done("bad, expired and misdirected tokens are refused per event", |r| {
-        assert_eq!(
-            rejected(r, 0),
-            vec![
-                (0, RejectReason::Token(TokenError::BadSignature)),
-                (1, RejectReason::Token(TokenError::Malformed)),
-                (2, RejectReason::TokenForOtherVideo),
-                (3, RejectReason::Token(TokenError::Expired)),
-            ]
-        );
-        assert_eq!(r.total().views, 1);
-        let f = decode(&r.frames[0]);
-        assert_eq!(f.str(f.counters[0].channel), "ch-1", "channel comes from the token");
-    }));
+    out.push(
+        s.done("bad, expired and misdirected tokens are refused per event", |r| {
+            assert_eq!(
+                rejected(r, 0),
+                vec![
+                    (0, RejectReason::Token(TokenError::BadSignature)),
+                    (1, RejectReason::Token(TokenError::Malformed)),
+                    (2, RejectReason::TokenForOtherVideo),
+                    (3, RejectReason::Token(TokenError::Expired)),
+                ]
+            );
+            assert_eq!(r.total().views, 1);
+            let f = decode(&r.frames[0]);
+            assert_eq!(f.str(f.counters[0].channel), "ch-1", "channel comes from the token");
+        }),
+    );
 
     s.send(
         0,
         &[
             k.ev("m1", "s1", "v1", "play", 0),
-            Ev { kind: "jump".into(), ..k.ev("m2", "s1", "v1", "play", 0) },
-            Ev { device: "toaster".into(), ..k.ev("m3", "s2", "v1", "play", 0) },
-            Ev { session_id: String::new(), ..k.ev("m4", "s3", "v1", "play", 0) },
+            Ev {
+                kind: "jump".into(),
+                ..k.ev("m2", "s1", "v1", "play", 0)
+            },
+            Ev {
+                device: "toaster".into(),
+                ..k.ev("m3", "s2", "v1", "play", 0)
+            },
+            Ev {
+                session_id: String::new(),
+                ..k.ev("m4", "s3", "v1", "play", 0)
+            },
             k.ev("m5", "s4", "v1", "play", 0),
         ],
     )
     .flush(1_000);
-    out.push(s.done("a batch with bad events accepts the good ones and names the bad", |r| {
-        assert_eq!(r.ok(0).accepted, 2);
-        assert_eq!(
-            rejected(r, 0),
-            vec![
-                (1, RejectReason::Invalid("unknown type \"jump\"".into())),
-                (2, RejectReason::Invalid("unknown device \"toaster\"".into())),
-                (3, RejectReason::Invalid("session_id is empty".into())),
-            ]
-        );
-        assert_eq!(r.total().views, 2);
-    }));
+    out.push(
+        s.done("a batch with bad events accepts the good ones and names the bad", |r| {
+            assert_eq!(r.ok(0).accepted, 2);
+            assert_eq!(
+                rejected(r, 0),
+                vec![
+                    (1, RejectReason::Invalid("unknown type \"jump\"".into())),
+                    (2, RejectReason::Invalid("unknown device \"toaster\"".into())),
+                    (3, RejectReason::Invalid("session_id is empty".into())),
+                ]
+            );
+            assert_eq!(r.total().views, 2);
+        }),
+    );
 
     s.send(
         0,
@@ -298,84 +374,136 @@ pub fn all() -> Vec<Scenario> {
         ],
     )
     .flush(60_000);
-    out.push(s.done("watch time follows playback progress, completion counts once", |r| {
-        let t = r.total();
-        assert_eq!(t.watch_ms, 20_000 + 12_000 + 10_000);
-        assert_eq!((t.views, t.completions), (1, 1));
-    }));
+    out.push(
+        s.done("watch time follows playback progress, completion counts once", |r| {
+            let t = r.total();
+            assert_eq!(t.watch_ms, 20_000 + 12_000 + 10_000);
+            assert_eq!((t.views, t.completions), (1, 1));
+        }),
+    );
 
-    s.send(0, &[k.ev("n1", "s1", "v1", "play", 0).at(0.0), k.ev("n2", "s1", "v1", "heartbeat", 10_000).at(10.0)])
-        .flush(20_000)
-        .send(40_000, &[k.ev("n3", "s1", "v1", "heartbeat", 40_000).at(40.0)])
-        .flush(60_000);
+    s.send(
+        0,
+        &[
+            k.ev("n1", "s1", "v1", "play", 0).at(0.0),
+            k.ev("n2", "s1", "v1", "heartbeat", 10_000).at(10.0),
+        ],
+    )
+    .flush(20_000)
+    .send(40_000, &[k.ev("n3", "s1", "v1", "heartbeat", 40_000).at(40.0)])
+    .flush(60_000);
     let mut cfg = k.config();
     cfg.min_watch_ms = 30_000;
-    out.push(s.done_with("with a minimum watch time the view counts once it is reached", cfg, |r| {
-        assert_eq!(decode(&r.frames[0]).total_views(), 0);
-        assert_eq!(decode(&r.frames[1]).total_views(), 1);
-    }));
+    out.push(s.done_with(
+        "with a minimum watch time the view counts once it is reached",
+        cfg,
+        |r| {
+            assert_eq!(decode(&r.frames[0]).total_views(), 0);
+            assert_eq!(decode(&r.frames[1]).total_views(), 1);
+        },
+    ));
 
-    let live = |id: &str, sess: &str, kind: &str, at: u64| k.ev(id, sess, "live1", kind, at).token(&k.token("live1", true));
-    s.send(0, &[live("l1", "s1", "play", 0), live("l2", "s2", "play", 0), live("l3", "s3", "play", 0)])
-        .send(5_000, &[live("l4", "s2", "pause", 5_000), live("l5", "s3", "leave", 5_000)])
-        .flush(6_000)
-        .send(20_000, &[live("l6", "s1", "heartbeat", 20_000)])
-        .flush(45_000)
-        .flush(60_000);
-    out.push(s.done("live sessions are watching, connected, then gone without heartbeats", |r| {
-        let gauges = |i: usize| {
-            let f = decode(&r.frames[i]);
-            f.live.iter().map(|g| (f.str(g.stream).to_owned(), g.watching, g.connected)).collect::<Vec<_>>()
-        };
-        assert_eq!(gauges(0), vec![("live1".to_owned(), 1, 1)]);
-        // s2 paused at 5 s and missed its heartbeats by 45 s; s1 beat at 20 s
-        assert_eq!(gauges(1), vec![("live1".to_owned(), 1, 0)]);
-        assert_eq!(gauges(2), vec![]);
-        assert_eq!(r.stats.live_sessions, 0);
-    }));
+    let live =
+        |id: &str, sess: &str, kind: &str, at: u64| k.ev(id, sess, "live1", kind, at).token(&k.token("live1", true));
+    s.send(
+        0,
+        &[
+            live("l1", "s1", "play", 0),
+            live("l2", "s2", "play", 0),
+            live("l3", "s3", "play", 0),
+        ],
+    )
+    .send(
+        5_000,
+        &[live("l4", "s2", "pause", 5_000), live("l5", "s3", "leave", 5_000)],
+    )
+    .flush(6_000)
+    .send(20_000, &[live("l6", "s1", "heartbeat", 20_000)])
+    .flush(45_000)
+    .flush(60_000);
+    out.push(s.done(
+        "live sessions are watching, connected, then gone without heartbeats",
+        |r| {
+            let gauges = |i: usize| {
+                let f = decode(&r.frames[i]);
+                f.live
+                    .iter()
+                    .map(|g| (f.str(g.stream).to_owned(), g.watching, g.connected))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(gauges(0), vec![("live1".to_owned(), 1, 1)]);
+            // s2 paused at 5 s and missed its heartbeats by 45 s; s1 beat at 20 s
+            assert_eq!(gauges(1), vec![("live1".to_owned(), 1, 0)]);
+            assert_eq!(gauges(2), vec![]);
+            assert_eq!(r.stats.live_sessions, 0);
+        },
+    ));
 
     // 2,000 sessions overflow a 64 KiB budget: the oldest entries are evicted, counted in
     // stats, and a refresh of an evicted session counts again (the stated policy).
     for chunk in 0..20u64 {
-        let evs: Vec<Ev> = (0..100).map(|i| {
-            let n = chunk * 100 + i;
-            k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
-        }).collect();
+        let evs: Vec<Ev> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
+            })
+            .collect();
         s.send(chunk * 1_000, &evs);
     }
-    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)]).flush(31_000);
+    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)])
+        .flush(31_000);
     let mut cfg = k.config();
     cfg.memory_budget_bytes = 64 << 10;
-    out.push(s.done_with("over the memory budget the oldest dedup entries are evicted", cfg, |r| {
-        assert!(r.stats.dedup_evictions > 0);
-        assert!(r.stats.memory_bytes <= 64 << 10, "memory {} over budget", r.stats.memory_bytes);
-        assert_eq!(r.total().views, 2_001, "the evicted session's refresh counted again");
-    }));
+    out.push(s.done_with(
+        "over the memory budget the oldest dedup entries are evicted",
+        cfg,
+        |r| {
+            assert!(r.stats.dedup_evictions > 0);
+            assert!(
+                r.stats.memory_bytes <= 64 << 10,
+                "memory {} over budget",
+                r.stats.memory_bytes
+            );
+            assert_eq!(r.total().views, 2_001, "the evicted session's refresh counted again");
+        },
+    ));
     for chunk in 0..20u64 {
-        let evs: Vec<Ev> = (0..100).map(|i| {
-            let n = chunk * 100 + i;
-            k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
-        }).collect();
+        let evs: Vec<Ev> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
+            })
+            .collect();
         s.send(chunk * 1_000, &evs);
     }
-    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)]).flush(31_000);
+    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)])
+        .flush(31_000);
     out.push(s.done("within the memory budget dedup is exact", |r| {
         assert_eq!(r.stats.dedup_evictions, 0);
         assert_eq!(r.total().views, 2_000);
     }));
 
-    s.send(0, &[k.ev("q1", "s1", "v1", "play", 0)]).flush(1_000).flush(2_000).send(2_500, &[k.ev("q2", "s2", "v2", "play", 2_500)]).flush(3_000);
-    out.push(s.done("frames are numbered without gaps and carry their interval", |r| {
-        let k = Kit::default();
-        let frames: Vec<_> = r.frames.iter().map(|f| decode(f)).collect();
-        let seqs: Vec<u64> = frames.iter().map(|f| f.header.id.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
-        assert_eq!(frames[1].header.interval_start_ms, k.t0 + 1_000);
-        assert_eq!(frames[1].header.interval_end_ms, k.t0 + 2_000);
-        assert!(frames[1].counters.is_empty());
-        assert_eq!((frames[0].header.id.edge_id.as_str(), frames[0].header.pop_id.as_str()), ("fra-1", "fra"));
-        assert_eq!(frames[2].intake.accepted, 1);
-    }));
+    s.send(0, &[k.ev("q1", "s1", "v1", "play", 0)])
+        .flush(1_000)
+        .flush(2_000)
+        .send(2_500, &[k.ev("q2", "s2", "v2", "play", 2_500)])
+        .flush(3_000);
+    out.push(
+        s.done("frames are numbered without gaps and carry their interval", |r| {
+            let k = Kit::default();
+            let frames: Vec<_> = r.frames.iter().map(|f| decode(f)).collect();
+            let seqs: Vec<u64> = frames.iter().map(|f| f.header.id.seq).collect();
+            assert_eq!(seqs, vec![1, 2, 3]);
+            assert_eq!(frames[1].header.interval_start_ms, k.t0 + 1_000);
+            assert_eq!(frames[1].header.interval_end_ms, k.t0 + 2_000);
+            assert!(frames[1].counters.is_empty());
+            assert_eq!(
+                (frames[0].header.id.edge_id.as_str(), frames[0].header.pop_id.as_str()),
+                ("fra-1", "fra")
+            );
+            assert_eq!(frames[2].intake.accepted, 1);
+        }),
+    );
 
     out
 }

@@ -25,7 +25,10 @@ fn scenarios_agree_between_native_and_wasm() {
         assert_eq!(n.stats, w.stats, "{}: stats differ", sc.name);
         let check = std::panic::catch_unwind(|| (sc.check)(&n));
         if let Err(e) = check {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
             panic!("scenario '{}' failed: {}", sc.name, msg.unwrap_or_default());
         }
     }
@@ -51,7 +54,9 @@ fn memory_limit_stops_a_runaway_instance_with_a_trap_not_a_crash() {
     let kit = tally_wasm_tests::Kit::default();
     let small = CollectorEngine::embedded().unwrap().with_memory_limit(1 << 20);
     let result = small.instantiate(&kit.config()).and_then(|mut c| {
-        let evs: Vec<_> = (0..400).map(|i| kit.ev(&format!("e{i}"), &format!("s{i}"), &format!("v{i}"), "play", 0)).collect();
+        let evs: Vec<_> = (0..400)
+            .map(|i| kit.ev(&format!("e{i}"), &format!("s{i}"), &format!("v{i}"), "play", 0))
+            .collect();
         for round in 0..50 {
             let mut evs = evs.clone();
             for e in &mut evs {

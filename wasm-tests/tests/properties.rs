@@ -9,7 +9,18 @@ use tally_collector::Collector;
 use tally_wasm_host::CollectorEngine;
 use tally_wasm_tests::{Driver, Ev, Kit, body, decode};
 
-const KINDS: [&str; 10] = ["play", "heartbeat", "pause", "resume", "complete", "leave", "like", "unlike", "share", "comment"];
+const KINDS: [&str; 10] = [
+    "play",
+    "heartbeat",
+    "pause",
+    "resume",
+    "complete",
+    "leave",
+    "like",
+    "unlike",
+    "share",
+    "comment",
+];
 
 fn engine() -> &'static CollectorEngine {
     static ENGINE: OnceLock<CollectorEngine> = OnceLock::new();
@@ -31,12 +42,23 @@ fn plan(evs: &[(u8, u8, usize, u64)], dup_mask: &[bool], order: &[usize], cuts: 
     let mut list: Vec<Ev> = evs
         .iter()
         .enumerate()
-        .map(|(i, &(s, v, k, ts))| kit.ev(&format!("e{i}"), &format!("s{s}"), &format!("v{v}"), KINDS[k], ts).user(&format!("u{s}")))
+        .map(|(i, &(s, v, k, ts))| {
+            kit.ev(&format!("e{i}"), &format!("s{s}"), &format!("v{v}"), KINDS[k], ts)
+                .user(&format!("u{s}"))
+        })
         .collect();
-    let expected: BTreeSet<(u8, u8)> =
-        evs.iter().filter(|e| KINDS[e.2] != "like" && !["unlike", "share", "comment"].contains(&KINDS[e.2])).map(|e| (e.0, e.1)).collect();
+    let expected: BTreeSet<(u8, u8)> = evs
+        .iter()
+        .filter(|e| KINDS[e.2] != "like" && !["unlike", "share", "comment"].contains(&KINDS[e.2]))
+        .map(|e| (e.0, e.1))
+        .collect();
     // duplicate some events (retries), then reorder everything
-    let dups: Vec<Ev> = list.iter().zip(dup_mask.iter().cycle()).filter(|(_, d)| **d).map(|(e, _)| e.clone()).collect();
+    let dups: Vec<Ev> = list
+        .iter()
+        .zip(dup_mask.iter().cycle())
+        .filter(|(_, d)| **d)
+        .map(|(e, _)| e.clone())
+        .collect();
     list.extend(dups);
     let mut shuffled: Vec<Ev> = Vec::with_capacity(list.len());
     let mut pool = list;
@@ -58,12 +80,18 @@ fn plan(evs: &[(u8, u8, usize, u64)], dup_mask: &[bool], order: &[usize], cuts: 
         rest = &rest[n..];
         arrival += 250;
     }
-    Plan { batches, expected_views: expected.len() }
+    Plan {
+        batches,
+        expected_views: expected.len(),
+    }
 }
 
 fn drive(d: &mut dyn Driver, p: &Plan) -> Vec<u8> {
     for (evs, at) in &p.batches {
-        let facts = tally_collector::RequestFacts { arrival_ms: *at, ..Kit::default().facts(0) };
+        let facts = tally_collector::RequestFacts {
+            arrival_ms: *at,
+            ..Kit::default().facts(0)
+        };
         let out = d.ingest(&body(evs), &facts).expect("batch parses");
         assert!(out.rejected.is_empty(), "{:?}", out.rejected);
     }

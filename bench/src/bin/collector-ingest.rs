@@ -69,7 +69,12 @@ fn native(beacons: &[Beacon], cfg: &Config) -> Result<Measure> {
             },
         )?
     };
-    Ok(Measure { secs, frame_bytes, views, memory: c.stats().memory_bytes as usize })
+    Ok(Measure {
+        secs,
+        frame_bytes,
+        views,
+        memory: c.stats().memory_bytes as usize,
+    })
 }
 
 fn wasm(engine: &CollectorEngine, beacons: &[Beacon], cfg: &Config) -> Result<Measure> {
@@ -90,7 +95,12 @@ fn wasm(engine: &CollectorEngine, beacons: &[Beacon], cfg: &Config) -> Result<Me
         },
     )?;
     let memory = c.borrow().linear_memory_bytes();
-    Ok(Measure { secs, frame_bytes, views, memory })
+    Ok(Measure {
+        secs,
+        frame_bytes,
+        views,
+        memory,
+    })
 }
 
 /// The straightforward version: serde_json::Value, String keys, SipHash maps; it checks
@@ -104,7 +114,9 @@ fn naive(beacons: &[Beacon]) -> Result<Measure> {
         let v: serde_json::Value = serde_json::from_slice(&b.body)?;
         for e in v["events"].as_array().into_iter().flatten() {
             let (s, id, video) = (e["session_id"].as_str(), e["event_id"].as_str(), e["video_id"].as_str());
-            let (Some(s), Some(id), Some(video)) = (s, id, video) else { continue };
+            let (Some(s), Some(id), Some(video)) = (s, id, video) else {
+                continue;
+            };
             if !seen.insert((s.to_owned(), id.to_owned())) {
                 continue;
             }
@@ -113,11 +125,18 @@ fn naive(beacons: &[Beacon]) -> Result<Measure> {
             }
         }
     }
-    Ok(Measure { secs: start.elapsed().as_secs_f64(), frame_bytes: 0, views: counts.values().sum(), memory: 0 })
+    Ok(Measure {
+        secs: start.elapsed().as_secs_f64(),
+        frame_bytes: 0,
+        views: counts.values().sum(),
+        memory: 0,
+    })
 }
 
 fn best(ms: Vec<Measure>) -> Measure {
-    ms.into_iter().min_by(|a, b| a.secs.total_cmp(&b.secs)).expect("at least one round")
+    ms.into_iter()
+        .min_by(|a, b| a.secs.total_cmp(&b.secs))
+        .expect("at least one round")
 }
 
 fn main() -> Result<()> {
@@ -140,7 +159,10 @@ fn main() -> Result<()> {
     );
     let t = Instant::now();
     let engine = CollectorEngine::embedded()?;
-    println!("collector.wasm compiled by wasmtime in {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "collector.wasm compiled by wasmtime in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 
     let mut nat = Vec::new();
     let mut was = Vec::new();
@@ -148,11 +170,24 @@ fn main() -> Result<()> {
     // BENCH_ONLY=native|wasm runs just that one (for profiling); the others report 0.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let skip = |name: &str| !only.is_empty() && only != name;
-    let none = || Measure { secs: f64::INFINITY, frame_bytes: 0, views: 0, memory: 0 };
+    let none = || Measure {
+        secs: f64::INFINITY,
+        frame_bytes: 0,
+        views: 0,
+        memory: 0,
+    };
     for _ in 0..rounds {
         nai.push(if skip("naive") { none() } else { naive(&beacons)? });
-        nat.push(if skip("native") { none() } else { native(&beacons, &cfg)? });
-        was.push(if skip("wasm") { none() } else { wasm(&engine, &beacons, &cfg)? });
+        nat.push(if skip("native") {
+            none()
+        } else {
+            native(&beacons, &cfg)?
+        });
+        was.push(if skip("wasm") {
+            none()
+        } else {
+            wasm(&engine, &beacons, &cfg)?
+        });
     }
     let (nai, nat, was) = (best(nai), best(nat), best(was));
     if only.is_empty() {
@@ -160,17 +195,41 @@ fn main() -> Result<()> {
     }
     let rate = |m: &Measure| events as f64 / m.secs;
     println!("best of {rounds} rounds, one core each:");
-    println!("  naive serde_json+HashMap (native) {:>12.0} events/s  (views {})", rate(&nai), nai.views);
-    println!("  collector native                  {:>12.0} events/s  (views {})", rate(&nat), nat.views);
-    println!("  collector.wasm in wasmtime        {:>12.0} events/s  (views {})", rate(&was), was.views);
-    println!("  wasm/native time ratio            {:>12.2}   (target <= 1.5)", was.secs / nat.secs);
-    println!("  native collector vs naive         {:>12.2}x faster", nai.secs / nat.secs);
+    println!(
+        "  naive serde_json+HashMap (native) {:>12.0} events/s  (views {})",
+        rate(&nai),
+        nai.views
+    );
+    println!(
+        "  collector native                  {:>12.0} events/s  (views {})",
+        rate(&nat),
+        nat.views
+    );
+    println!(
+        "  collector.wasm in wasmtime        {:>12.0} events/s  (views {})",
+        rate(&was),
+        was.views
+    );
+    println!(
+        "  wasm/native time ratio            {:>12.2}   (target <= 1.5)",
+        was.secs / nat.secs
+    );
+    println!(
+        "  native collector vs naive         {:>12.2}x faster",
+        nai.secs / nat.secs
+    );
     println!(
         "  delta frame bytes per event       {:>12.2}   ({:.2}% of beacon JSON bytes)",
         nat.frame_bytes as f64 / events as f64,
         100.0 * nat.frame_bytes as f64 / body_bytes as f64
     );
-    println!("  collector memory (native, dedup/session tables) {:.1} MiB", nat.memory as f64 / (1 << 20) as f64);
-    println!("  collector memory (wasm linear memory)           {:.1} MiB", was.memory as f64 / (1 << 20) as f64);
+    println!(
+        "  collector memory (native, dedup/session tables) {:.1} MiB",
+        nat.memory as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  collector memory (wasm linear memory)           {:.1} MiB",
+        was.memory as f64 / (1 << 20) as f64
+    );
     Ok(())
 }

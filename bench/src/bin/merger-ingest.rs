@@ -25,7 +25,10 @@ fn build_frames(edge: &str, shape: &Shape, events_per_s: usize, seconds: u64, se
     let beacons_per_s = events_per_s / shape.events_per_beacon;
     let beacons = traffic::generate(shape, beacons_per_s * seconds as usize, seconds, seed);
     let mut c = Collector::new(Config::new("bench", edge, 1, &shape.key))?;
-    let mut facts = RequestFacts { country: "DE".into(), ..RequestFacts::default() };
+    let mut facts = RequestFacts {
+        country: "DE".into(),
+        ..RequestFacts::default()
+    };
     let mut frames = Vec::new();
     let mut next = shape.t0 + 1000;
     for b in &beacons {
@@ -34,7 +37,11 @@ fn build_frames(edge: &str, shape: &Shape, events_per_s: usize, seconds: u64, se
             next += 1000;
         }
         facts.arrival_ms = b.arrival_ms;
-        c.ingest(&b.body, &facts)?.rejected.is_empty().then_some(()).context("generated beacon rejected")?;
+        c.ingest(&b.body, &facts)?
+            .rejected
+            .is_empty()
+            .then_some(())
+            .context("generated beacon rejected")?;
     }
     frames.push(c.flush(next).encode());
     Ok(frames)
@@ -69,7 +76,11 @@ async fn main() -> Result<()> {
     );
 
     // Baseline: the merge itself, in memory.
-    let decoded: Vec<DeltaFrame> = per_edge.iter().flatten().map(|f| DeltaFrame::decode(f)).collect::<Result<_, _>>()?;
+    let decoded: Vec<DeltaFrame> = per_edge
+        .iter()
+        .flatten()
+        .map(|f| DeltaFrame::decode(f))
+        .collect::<Result<_, _>>()?;
     let rows: usize = decoded.iter().map(|f| f.counters.len()).sum();
     let t = Instant::now();
     let mut m = MergedDeltas::default();
@@ -102,12 +113,22 @@ async fn main() -> Result<()> {
         clients.push(MergerClient::connect(merger.quic_addr, &merger.fingerprint, e, SECRET).await?);
     }
     let t = Instant::now();
-    let sends = per_edge.iter().zip(&clients).flat_map(|(fs, c)| fs.iter().map(move |f| c.send_frame(f)));
+    let sends = per_edge
+        .iter()
+        .zip(&clients)
+        .flat_map(|(fs, c)| fs.iter().map(move |f| c.send_frame(f)));
     let acks = futures_util::future::join_all(sends).await;
     let took = t.elapsed().as_secs_f64();
-    anyhow::ensure!(acks.iter().all(|a| matches!(a, Ok(Ack::Applied))), "not every frame applied");
+    anyhow::ensure!(
+        acks.iter().all(|a| matches!(a, Ok(Ack::Applied))),
+        "not every frame applied"
+    );
     println!("throughput (all frames at once, acked after fsync):");
-    println!("  in-memory merge baseline   {:>10.0} frames/s  {:>12.0} counter rows/s", frames as f64 / base, rows as f64 / base);
+    println!(
+        "  in-memory merge baseline   {:>10.0} frames/s  {:>12.0} counter rows/s",
+        frames as f64 / base,
+        rows as f64 / base
+    );
     println!(
         "  merger over QUIC           {:>10.0} frames/s  {:>12.0} counter rows/s  ({:.0} events/s carried; {:.1}x slower than the baseline)",
         frames as f64 / took,
@@ -115,10 +136,17 @@ async fn main() -> Result<()> {
         (events_per_s as f64 * seconds as f64) / took,
         took / base
     );
-    let (top_video, top_views) = expected.iter().max_by_key(|(_, v)| **v).map(|(k, v)| (k.clone(), *v)).context("no views")?;
+    let (top_video, top_views) = expected
+        .iter()
+        .max_by_key(|(_, v)| **v)
+        .map(|(k, v)| (k.clone(), *v))
+        .context("no views")?;
     let http = format!("http://{}", merger.http_addr);
     let got: u64 = reqwest_views(&http, &top_video).await?;
-    anyhow::ensure!(got == top_views, "merger shows {got} views of {top_video}, frames carry {top_views}");
+    anyhow::ensure!(
+        got == top_views,
+        "merger shows {got} views of {top_video}, frames carry {top_views}"
+    );
     merger.shutdown().await;
 
     // 2. Staleness at the paced rate.
@@ -144,7 +172,14 @@ async fn main() -> Result<()> {
             }
             let sent = Instant::now();
             c.send_frame(f).await?;
-            let Some(probe) = frame.counters.iter().filter(|r| r.counts.views > 0).max_by_key(|r| r.counts.views) else { continue };
+            let Some(probe) = frame
+                .counters
+                .iter()
+                .filter(|r| r.counts.views > 0)
+                .max_by_key(|r| r.counts.views)
+            else {
+                continue;
+            };
             let video = frame.str(probe.video).to_owned();
             let want = totals[&video];
             let deadline = sent + Duration::from_secs(10);

@@ -8,7 +8,10 @@ use tally_delta::UniqueSketch;
 
 fn main() {
     println!("mean absolute relative error over independent trials; sizes of the last trial");
-    println!("{:>9} {:>6} | {:>14} {:>12} {:>9} | {:>14} {:>9}", "viewers", "trials", "datasketches B", "heap B", "error %", "hyperloglog B", "error %");
+    println!(
+        "{:>9} {:>6} | {:>14} {:>12} {:>9} | {:>14} {:>9}",
+        "viewers", "trials", "datasketches B", "heap B", "error %", "hyperloglog B", "error %"
+    );
     for &n in &[1u64, 5, 20, 100, 1_000, 10_000, 100_000, 1_000_000] {
         let trials = if n <= 10_000 { 50 } else { 5 };
         let (mut ds_err, mut hl_err) = (0.0, 0.0);
@@ -27,7 +30,10 @@ fn main() {
             // the hyperloglog crate has no wire format: one byte per register is its size
             sizes = (ds.to_bytes().len(), ds.memory_bytes(), hll_registers(0.016));
         }
-        println!("{:>9} {:>6} | {:>14} {:>12} {:>9.2} | {:>14} {:>9.2}", n, trials, sizes.0, sizes.1, ds_err, sizes.2, hl_err);
+        println!(
+            "{:>9} {:>6} | {:>14} {:>12} {:>9.2} | {:>14} {:>9.2}",
+            n, trials, sizes.0, sizes.1, ds_err, sizes.2, hl_err
+        );
     }
     println!("datasketches: sparse list/set modes below ~3k viewers, then 4-bit registers on the wire");
 }

@@ -3,8 +3,8 @@
 //! Every field is read leniently (any JSON value), so that a wrongly typed field rejects
 //! only its own event with a reason, while malformed JSON rejects the whole batch.
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 use tally_delta::{Device, Source};
@@ -53,7 +53,15 @@ impl EventType {
 
     /// Whether the event is part of playback (and so can start a view).
     pub fn is_playback(self) -> bool {
-        matches!(self, EventType::Play | EventType::Heartbeat | EventType::Pause | EventType::Resume | EventType::Complete | EventType::Leave)
+        matches!(
+            self,
+            EventType::Play
+                | EventType::Heartbeat
+                | EventType::Pause
+                | EventType::Resume
+                | EventType::Complete
+                | EventType::Leave
+        )
     }
 }
 
@@ -380,10 +388,18 @@ mod tests {
     #[test]
     fn both_shapes_parse() {
         assert_eq!(parse_batch(format!("[{GOOD}]").as_bytes()).unwrap().len(), 1);
-        assert_eq!(parse_batch(format!(r#"{{"events":[{GOOD},{GOOD}]}}"#).as_bytes()).unwrap().len(), 2);
+        assert_eq!(
+            parse_batch(format!(r#"{{"events":[{GOOD},{GOOD}]}}"#).as_bytes())
+                .unwrap()
+                .len(),
+            2
+        );
         let one = format!("[{GOOD}]");
         let e = parse_batch(one.as_bytes()).unwrap().pop().unwrap().validate().unwrap();
-        assert_eq!((e.kind, e.ts_ms, e.position_ms, e.device), (EventType::Play, 1_700_000_000_000, Some(1500), Some(Device::Tv)));
+        assert_eq!(
+            (e.kind, e.ts_ms, e.position_ms, e.device),
+            (EventType::Play, 1_700_000_000_000, Some(1500), Some(Device::Tv))
+        );
     }
 
     #[test]
@@ -399,9 +415,20 @@ mod tests {
                        {"event_id":5,"session_id":"s","video_id":"v","type":"play","ts":1,"token":"t"},
                        {"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":-1,"token":"t"},
                        {"event_id":"e","session_id":"s","video_id":"v","type":"play","ts":1}]"#;
-        let reasons: Vec<String> =
-            parse_batch(body.as_bytes()).unwrap().into_iter().map(|mut r| r.validate().unwrap_err()).collect();
-        assert_eq!(reasons, ["unknown type \"jump\"", "event_id must be a string", "ts is out of range", "token is missing"]);
+        let reasons: Vec<String> = parse_batch(body.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|mut r| r.validate().unwrap_err())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "unknown type \"jump\"",
+                "event_id must be a string",
+                "ts is out of range",
+                "token is missing"
+            ]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::{BatchError, Config, ConfigError, IngestOutcome, RejectReason, Reject
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use tally_delta::{
-    CounterRow, Counts, Country, DeltaFrame, Device, EdgeCounts, FrameHeader, FrameId, LiveGauge, Source, UniqueRow,
+    CounterRow, Country, Counts, DeltaFrame, Device, EdgeCounts, FrameHeader, FrameId, LiveGauge, Source, UniqueRow,
     UniqueSketch,
 };
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -159,10 +159,16 @@ impl Collector {
         self.advance(facts.arrival_ms);
         let country = Country::from_header(&facts.country);
         let mut ua_device = None;
-        let mut out = IngestOutcome { accepted: 0, duplicates: 0, rejected: Vec::new() };
+        let mut out = IngestOutcome {
+            accepted: 0,
+            duplicates: 0,
+            rejected: Vec::new(),
+        };
         for (index, raw) in raw.iter_mut().enumerate() {
             let result = raw.validate().map_err(RejectReason::Invalid).and_then(|ev| {
-                let device = ev.device.unwrap_or_else(|| *ua_device.get_or_insert_with(|| Device::from_user_agent(&facts.user_agent)));
+                let device = ev
+                    .device
+                    .unwrap_or_else(|| *ua_device.get_or_insert_with(|| Device::from_user_agent(&facts.user_agent)));
                 self.event(&ev, facts.arrival_ms, country, device)
             });
             match result {
@@ -172,7 +178,10 @@ impl Collector {
                         out.duplicates += 1;
                     }
                 }
-                Err(reason) => out.rejected.push(Rejection { index: index as u32, reason }),
+                Err(reason) => out.rejected.push(Rejection {
+                    index: index as u32,
+                    reason,
+                }),
             }
         }
         let (acc, dup, rej) = (out.accepted as u64, out.duplicates as u64, out.rejected.len() as u64);
@@ -188,11 +197,17 @@ impl Collector {
 
     fn parse<'b>(&self, body: &'b [u8]) -> Result<Vec<beacon::RawEvent<'b>>, BatchError> {
         if body.len() > self.cfg.max_body_bytes as usize {
-            return Err(BatchError::TooLarge { size: body.len(), limit: self.cfg.max_body_bytes });
+            return Err(BatchError::TooLarge {
+                size: body.len(),
+                limit: self.cfg.max_body_bytes,
+            });
         }
         let raw = beacon::parse_batch(body).map_err(BatchError::Malformed)?;
         if raw.len() > self.cfg.max_batch_events as usize {
-            return Err(BatchError::TooManyEvents { count: raw.len(), limit: self.cfg.max_batch_events });
+            return Err(BatchError::TooManyEvents {
+                count: raw.len(),
+                limit: self.cfg.max_batch_events,
+            });
         }
         Ok(raw)
     }
@@ -211,13 +226,20 @@ impl Collector {
     /// Applies one valid event; `Ok(false)` when it was a duplicate.
     fn event(&mut self, ev: &Event<'_>, arrival: u64, country: Country, device: Device) -> Result<bool, RejectReason> {
         if ev.ts_ms + self.cfg.lateness_ms < arrival {
-            return Err(RejectReason::TooLate { lateness_ms: self.cfg.lateness_ms });
+            return Err(RejectReason::TooLate {
+                lateness_ms: self.cfg.lateness_ms,
+            });
         }
         if ev.ts_ms > arrival + self.cfg.future_skew_ms {
-            return Err(RejectReason::InFuture { skew_ms: self.cfg.future_skew_ms });
+            return Err(RejectReason::InFuture {
+                skew_ms: self.cfg.future_skew_ms,
+            });
         }
         let video = xxh3_64(ev.video_id.as_bytes());
-        let claims_idx = self.tokens.resolve(&self.cfg.token_key, video, &ev.token).map_err(RejectReason::Token)?;
+        let claims_idx = self
+            .tokens
+            .resolve(&self.cfg.token_key, video, &ev.token)
+            .map_err(RejectReason::Token)?;
         let claims = &self.tokens.claims[claims_idx as usize];
         if claims.video != ev.video_id {
             return Err(RejectReason::TokenForOtherVideo);
@@ -235,8 +257,17 @@ impl Collector {
         if ev.ts_ms / 60_000 + 1 < arrival / 60_000 {
             self.stats.late_events += 1;
         }
-        let agg = AggKey { minute, claims: claims_idx, country, device, source: ev.source };
-        let viewer = ev.user_id.as_deref().map_or(session, |u| xxh3_64_with_seed(u.as_bytes(), 1));
+        let agg = AggKey {
+            minute,
+            claims: claims_idx,
+            country,
+            device,
+            source: ev.source,
+        };
+        let viewer = ev
+            .user_id
+            .as_deref()
+            .map_or(session, |u| xxh3_64_with_seed(u.as_bytes(), 1));
         let ids = Ids { session, video, viewer };
 
         match ev.kind {
@@ -255,7 +286,9 @@ impl Collector {
             }
             EventType::Like | EventType::Unlike => {
                 let like = ev.kind == EventType::Like;
-                let (liked, _) = self.likes.touch_or_insert(Key(ids.viewer, ids.video), arrival, || false);
+                let (liked, _) = self
+                    .likes
+                    .touch_or_insert(Key(ids.viewer, ids.video), arrival, || false);
                 if *liked != like {
                     *liked = like;
                     self.counters.entry(agg).or_default().likes += if like { 1 } else { -1 };
@@ -272,16 +305,31 @@ impl Collector {
     fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) -> Counts {
         let window = self.cfg.dedup_window_ms;
         let min_watch = self.cfg.min_watch_ms;
-        let (sv, created) = self.sessions.touch_or_insert(Key(ids.session, ids.video), arrival, || {
-            SessionVideo { last_activity: ev.ts_ms, last_pos: None, watched_ms: 0, viewed: false, completed: false }
-        });
+        let (sv, created) = self
+            .sessions
+            .touch_or_insert(Key(ids.session, ids.video), arrival, || SessionVideo {
+                last_activity: ev.ts_ms,
+                last_pos: None,
+                watched_ms: 0,
+                viewed: false,
+                completed: false,
+            });
         if !created && ev.ts_ms > sv.last_activity + window {
             // The session came back after a window of inactivity: a new view window.
-            *sv = SessionVideo { last_activity: ev.ts_ms, last_pos: None, watched_ms: 0, viewed: false, completed: false };
+            *sv = SessionVideo {
+                last_activity: ev.ts_ms,
+                last_pos: None,
+                watched_ms: 0,
+                viewed: false,
+                completed: false,
+            };
         }
         sv.last_activity = sv.last_activity.max(ev.ts_ms);
         let mut delta = Counts::default();
-        if let Some(pos) = ev.position_ms.or(if ev.kind == EventType::Play { Some(0) } else { None }) {
+        if let Some(pos) = ev
+            .position_ms
+            .or(if ev.kind == EventType::Play { Some(0) } else { None })
+        {
             match sv.last_pos {
                 Some((last_pos, last_ts)) if ev.ts_ms > last_ts => {
                     if ev.kind != EventType::Play && ev.kind != EventType::Resume && pos > last_pos {
@@ -319,14 +367,24 @@ impl Collector {
             }
             return;
         }
-        let gauge = self.streams.entry(stream).or_insert_with(|| StreamGauge { name: ev.video_id.to_string(), ..Default::default() });
+        let gauge = self.streams.entry(stream).or_insert_with(|| StreamGauge {
+            name: ev.video_id.to_string(),
+            ..Default::default()
+        });
         if let Some(p) = prev {
             *gauge.slot(p) -= 1;
         }
         match next {
             Some(n) => {
                 *gauge.slot(n) += 1;
-                self.live.insert(k, LiveSession { stream, status: n, last_beat: arrival });
+                self.live.insert(
+                    k,
+                    LiveSession {
+                        stream,
+                        status: n,
+                        last_beat: arrival,
+                    },
+                );
             }
             None => {
                 self.live.remove(&k);
@@ -411,18 +469,30 @@ impl Collector {
         uniques.sort_unstable_by_key(|(k, _)| *k);
         let uniques = uniques
             .into_iter()
-            .map(|((minute, c), sketch)| UniqueRow { minute, video: strings.get(&claims[c as usize].video), sketch: sketch.to_bytes() })
+            .map(|((minute, c), sketch)| UniqueRow {
+                minute,
+                video: strings.get(&claims[c as usize].video),
+                sketch: sketch.to_bytes(),
+            })
             .collect();
         let mut gauges: Vec<&StreamGauge> = self.streams.values().collect();
         gauges.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let live = gauges
             .into_iter()
-            .map(|g| LiveGauge { stream: strings.get(&g.name), watching: g.watching, connected: g.connected })
+            .map(|g| LiveGauge {
+                stream: strings.get(&g.name),
+                watching: g.watching,
+                connected: g.connected,
+            })
             .collect();
 
         let frame = DeltaFrame {
             header: FrameHeader {
-                id: FrameId { edge_id: self.cfg.edge_id.clone(), epoch: self.cfg.epoch, seq: self.seq },
+                id: FrameId {
+                    edge_id: self.cfg.edge_id.clone(),
+                    epoch: self.cfg.epoch,
+                    seq: self.seq,
+                },
                 pop_id: self.cfg.pop_id.clone(),
                 interval_start_ms: self.interval_start,
                 interval_end_ms: now,

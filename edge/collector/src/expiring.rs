@@ -57,7 +57,12 @@ pub(crate) struct ExpiringMap<V> {
 
 impl<V> ExpiringMap<V> {
     pub(crate) fn new(window: u64) -> Self {
-        Self { map: HashMap::default(), queue: VecDeque::new(), window, requeue_after: window / 16 }
+        Self {
+            map: HashMap::default(),
+            queue: VecDeque::new(),
+            window,
+            requeue_after: window / 16,
+        }
     }
 
     /// The entry for `key`, touched at `now`, and whether it was just created by `make`.
@@ -65,7 +70,10 @@ impl<V> ExpiringMap<V> {
         let mut created = false;
         let slot = self.map.entry(key).or_insert_with(|| {
             created = true;
-            Slot { value: make(), queued_at: now }
+            Slot {
+                value: make(),
+                queued_at: now,
+            }
         });
         if created {
             self.queue.push_back((key, now));

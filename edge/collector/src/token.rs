@@ -69,7 +69,11 @@ pub fn verify(key: &[u8], token: &str) -> Result<Claims, TokenError> {
 impl Claims {
     /// Fails when the token had expired at `at_ms`.
     pub fn check_expiry(&self, at_ms: u64) -> Result<(), TokenError> {
-        if at_ms / 1000 >= self.expires_s { Err(TokenError::Expired) } else { Ok(()) }
+        if at_ms / 1000 >= self.expires_s {
+            Err(TokenError::Expired)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -85,7 +89,13 @@ mod tests {
     use super::*;
 
     fn claims() -> Claims {
-        Claims { video: "v1".into(), channel: "c1".into(), category: "music".into(), expires_s: 2_000, live: true }
+        Claims {
+            video: "v1".into(),
+            channel: "c1".into(),
+            category: "music".into(),
+            expires_s: 2_000,
+            live: true,
+        }
     }
 
     #[test]
@@ -98,7 +108,13 @@ mod tests {
     fn wrong_key_tampering_and_garbage_fail() {
         let t = mint(b"k", &claims());
         assert_eq!(verify(b"other", &t), Err(TokenError::BadSignature));
-        let forged = mint(b"k", &Claims { channel: "evil".into(), ..claims() });
+        let forged = mint(
+            b"k",
+            &Claims {
+                channel: "evil".into(),
+                ..claims()
+            },
+        );
         let spliced = format!("{}.{}", forged.split('.').next().unwrap(), t.split('.').nth(1).unwrap());
         assert_eq!(verify(b"k", &spliced), Err(TokenError::BadSignature));
         assert_eq!(verify(b"k", "nodot"), Err(TokenError::Malformed));

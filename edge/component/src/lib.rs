@@ -52,13 +52,24 @@ impl api::GuestCollector for Collector {
             Ok(o) => Ok(api::IngestOutcome {
                 accepted: o.accepted,
                 duplicates: o.duplicates,
-                rejected: o.rejected.into_iter().map(|r| api::Rejection { index: r.index, reason: reason(r.reason) }).collect(),
+                rejected: o
+                    .rejected
+                    .into_iter()
+                    .map(|r| api::Rejection {
+                        index: r.index,
+                        reason: reason(r.reason),
+                    })
+                    .collect(),
             }),
-            Err(core::BatchError::TooLarge { size, limit }) => {
-                Err(api::BatchError::TooLarge(api::OverLimit { actual: size as u64, limit }))
-            }
+            Err(core::BatchError::TooLarge { size, limit }) => Err(api::BatchError::TooLarge(api::OverLimit {
+                actual: size as u64,
+                limit,
+            })),
             Err(core::BatchError::TooManyEvents { count, limit }) => {
-                Err(api::BatchError::TooManyEvents(api::OverLimit { actual: count as u64, limit }))
+                Err(api::BatchError::TooManyEvents(api::OverLimit {
+                    actual: count as u64,
+                    limit,
+                }))
             }
             Err(core::BatchError::Malformed(m)) => Err(api::BatchError::Malformed(m)),
         }

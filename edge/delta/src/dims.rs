@@ -20,7 +20,13 @@ pub enum Device {
 
 impl Device {
     /// All devices, in wire order.
-    pub const ALL: [Device; 5] = [Device::Mobile, Device::Desktop, Device::Tablet, Device::Tv, Device::Other];
+    pub const ALL: [Device; 5] = [
+        Device::Mobile,
+        Device::Desktop,
+        Device::Tablet,
+        Device::Tv,
+        Device::Other,
+    ];
 
     /// Parses the beacon spelling (`mobile`, `desktop`, `tablet`, `tv`, `other`).
     pub fn parse(s: &str) -> Option<Device> {
@@ -47,7 +53,11 @@ impl Device {
 
     /// A best guess from a User-Agent header, for beacons that do not state a device.
     pub fn from_user_agent(ua: &str) -> Device {
-        let has = |needle: &str| ua.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+        let has = |needle: &str| {
+            ua.as_bytes()
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        };
         if ua.is_empty() {
             Device::Other
         } else if has("smart-tv") || has("smarttv") || has("appletv") || has("tizen") || has("webos") || has("crkey") {
@@ -190,10 +200,22 @@ mod tests {
 
     #[test]
     fn user_agent_guesses() {
-        assert_eq!(Device::from_user_agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)"), Device::Mobile);
-        assert_eq!(Device::from_user_agent("Mozilla/5.0 (iPad; CPU OS 17_0)"), Device::Tablet);
-        assert_eq!(Device::from_user_agent("Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0)"), Device::Tv);
-        assert_eq!(Device::from_user_agent("Mozilla/5.0 (X11; Linux x86_64)"), Device::Desktop);
+        assert_eq!(
+            Device::from_user_agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)"),
+            Device::Mobile
+        );
+        assert_eq!(
+            Device::from_user_agent("Mozilla/5.0 (iPad; CPU OS 17_0)"),
+            Device::Tablet
+        );
+        assert_eq!(
+            Device::from_user_agent("Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0)"),
+            Device::Tv
+        );
+        assert_eq!(
+            Device::from_user_agent("Mozilla/5.0 (X11; Linux x86_64)"),
+            Device::Desktop
+        );
         assert_eq!(Device::from_user_agent(""), Device::Other);
     }
 }

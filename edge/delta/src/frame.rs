@@ -193,7 +193,9 @@ impl DeltaFrame {
             if (i as usize) < n {
                 Ok(())
             } else {
-                Err(FrameError::Inconsistent(format!("{what} index {i} outside string table of {n}")))
+                Err(FrameError::Inconsistent(format!(
+                    "{what} index {i} outside string table of {n}"
+                )))
             }
         };
         for r in &self.counters {
@@ -234,7 +236,11 @@ mod tests {
     fn sample() -> DeltaFrame {
         DeltaFrame {
             header: FrameHeader {
-                id: FrameId { edge_id: "fra-1".into(), epoch: 7, seq: 3 },
+                id: FrameId {
+                    edge_id: "fra-1".into(),
+                    epoch: 7,
+                    seq: 3,
+                },
                 pop_id: "fra".into(),
                 interval_start_ms: 1_000,
                 interval_end_ms: 2_000,
@@ -249,11 +255,30 @@ mod tests {
                 device: Device::Mobile,
                 source: Source::Search,
                 live: false,
-                counts: Counts { views: 3, watch_ms: 1_500, completions: 1, likes: -1, shares: 0, comments: 2 },
+                counts: Counts {
+                    views: 3,
+                    watch_ms: 1_500,
+                    completions: 1,
+                    likes: -1,
+                    shares: 0,
+                    comments: 2,
+                },
             }],
-            uniques: vec![UniqueRow { minute: 29_000_000, video: 0, sketch: vec![1, 2, 3] }],
-            live: vec![LiveGauge { stream: 0, watching: 5, connected: 1 }],
-            intake: EdgeCounts { accepted: 10, duplicates: 2, rejected: 1 },
+            uniques: vec![UniqueRow {
+                minute: 29_000_000,
+                video: 0,
+                sketch: vec![1, 2, 3],
+            }],
+            live: vec![LiveGauge {
+                stream: 0,
+                watching: 5,
+                connected: 1,
+            }],
+            intake: EdgeCounts {
+                accepted: 10,
+                duplicates: 2,
+                rejected: 1,
+            },
         }
     }
 
@@ -282,6 +307,9 @@ mod tests {
     fn dangling_string_index_is_refused() {
         let mut f = sample();
         f.counters[0].channel = 9;
-        assert!(matches!(DeltaFrame::decode(&f.encode()), Err(FrameError::Inconsistent(_))));
+        assert!(matches!(
+            DeltaFrame::decode(&f.encode()),
+            Err(FrameError::Inconsistent(_))
+        ));
     }
 }

@@ -16,8 +16,7 @@ mod sketch;
 
 pub use dims::{Country, Device, Source};
 pub use frame::{
-    CounterRow, Counts, DeltaFrame, EdgeCounts, FrameError, FrameHeader, FrameId, FRAME_VERSION,
-    LiveGauge, UniqueRow,
+    CounterRow, Counts, DeltaFrame, EdgeCounts, FRAME_VERSION, FrameError, FrameHeader, FrameId, LiveGauge, UniqueRow,
 };
 pub use merge::{DimKey, MergedDeltas};
 pub use sketch::{SketchError, UniqueSketch};

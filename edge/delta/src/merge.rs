@@ -1,6 +1,6 @@
 //! How deltas combine: counters add, sketches union, live gauges are replaced per edge.
 
-use crate::{Counts, Country, DeltaFrame, Device, EdgeCounts, FrameError, Source, UniqueSketch};
+use crate::{Country, Counts, DeltaFrame, Device, EdgeCounts, FrameError, Source, UniqueSketch};
 use std::collections::BTreeMap;
 
 impl Counts {
@@ -124,7 +124,10 @@ impl MergedDeltas {
 
     /// Live viewers of a stream summed over edges: (watching, connected).
     pub fn live_of(&self, stream: &str) -> (u32, u32) {
-        self.live.values().filter_map(|m| m.get(stream)).fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc))
+        self.live
+            .values()
+            .filter_map(|m| m.get(stream))
+            .fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc))
     }
 }
 
@@ -134,8 +137,16 @@ mod tests {
 
     #[test]
     fn totals_saturate_instead_of_overflowing() {
-        let mut c = Counts { views: u64::MAX - 1, likes: i64::MIN + 1, ..Counts::default() };
-        c.add(&Counts { views: 5, likes: -5, ..Counts::default() });
+        let mut c = Counts {
+            views: u64::MAX - 1,
+            likes: i64::MIN + 1,
+            ..Counts::default()
+        };
+        c.add(&Counts {
+            views: 5,
+            likes: -5,
+            ..Counts::default()
+        });
         assert_eq!((c.views, c.likes), (u64::MAX, i64::MIN));
     }
 }

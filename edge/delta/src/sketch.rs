@@ -83,7 +83,9 @@ impl UniqueSketch {
 
 impl fmt::Debug for UniqueSketch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UniqueSketch").field("estimate", &self.estimate()).finish()
+        f.debug_struct("UniqueSketch")
+            .field("estimate", &self.estimate())
+            .finish()
     }
 }
 

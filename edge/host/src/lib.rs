@@ -62,7 +62,10 @@ impl ResourceLimiter for MemoryLimit {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -83,7 +86,12 @@ impl CollectorEngine {
         let component = Component::new(&engine, wasm).map_err(HostError::Compile)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(HostError::Instantiate)?;
-        Ok(CollectorEngine { engine, component, linker, memory_limit: 1 << 30 })
+        Ok(CollectorEngine {
+            engine,
+            component,
+            linker,
+            memory_limit: 1 << 30,
+        })
     }
 
     /// Compiles the `collector.wasm` built from this workspace.
@@ -102,7 +110,10 @@ impl CollectorEngine {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            memory: MemoryLimit { limit: self.memory_limit, grown_to: 0 },
+            memory: MemoryLimit {
+                limit: self.memory_limit,
+                grown_to: 0,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -141,36 +152,62 @@ pub struct WasmCollector {
 
 impl WasmCollector {
     /// Ingests one beacon body; see `tally_collector::Collector::ingest`.
-    pub fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> Result<Result<IngestOutcome, BatchError>, HostError> {
+    pub fn ingest(
+        &mut self,
+        body: &[u8],
+        facts: &RequestFacts,
+    ) -> Result<Result<IngestOutcome, BatchError>, HostError> {
         let facts = api::RequestFacts {
             country: facts.country.clone(),
             client_addr: facts.client_addr.clone(),
             user_agent: facts.user_agent.clone(),
             arrival_ms: facts.arrival_ms,
         };
-        let r = self.api.collector().call_ingest(&mut self.store, self.handle, body, &facts).map_err(HostError::Trap)?;
+        let r = self
+            .api
+            .collector()
+            .call_ingest(&mut self.store, self.handle, body, &facts)
+            .map_err(HostError::Trap)?;
         Ok(match r {
             Ok(o) => Ok(IngestOutcome {
                 accepted: o.accepted,
                 duplicates: o.duplicates,
-                rejected: o.rejected.into_iter().map(|r| Rejection { index: r.index, reason: reason(r.reason) }).collect(),
+                rejected: o
+                    .rejected
+                    .into_iter()
+                    .map(|r| Rejection {
+                        index: r.index,
+                        reason: reason(r.reason),
+                    })
+                    .collect(),
             }),
-            Err(api::BatchError::TooLarge(l)) => Err(BatchError::TooLarge { size: l.actual as usize, limit: l.limit }),
-            Err(api::BatchError::TooManyEvents(l)) => {
-                Err(BatchError::TooManyEvents { count: l.actual as usize, limit: l.limit })
-            }
+            Err(api::BatchError::TooLarge(l)) => Err(BatchError::TooLarge {
+                size: l.actual as usize,
+                limit: l.limit,
+            }),
+            Err(api::BatchError::TooManyEvents(l)) => Err(BatchError::TooManyEvents {
+                count: l.actual as usize,
+                limit: l.limit,
+            }),
             Err(api::BatchError::Malformed(m)) => Err(BatchError::Malformed(m)),
         })
     }
 
     /// Closes the interval and returns the encoded delta frame.
     pub fn flush(&mut self, now_ms: u64) -> Result<Vec<u8>, HostError> {
-        self.api.collector().call_flush(&mut self.store, self.handle, now_ms).map_err(HostError::Trap)
+        self.api
+            .collector()
+            .call_flush(&mut self.store, self.handle, now_ms)
+            .map_err(HostError::Trap)
     }
 
     /// Counters and table sizes.
     pub fn stats(&mut self) -> Result<Stats, HostError> {
-        let s = self.api.collector().call_stats(&mut self.store, self.handle).map_err(HostError::Trap)?;
+        let s = self
+            .api
+            .collector()
+            .call_stats(&mut self.store, self.handle)
+            .map_err(HostError::Trap)?;
         Ok(Stats {
             batches: s.batches,
             batches_rejected: s.batches_rejected,
