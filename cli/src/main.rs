@@ -107,7 +107,7 @@ struct TokenArgs {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Token(a) => mint(a),
-        Command::Demo => not_yet("demo", "the merger (issue 3) and the edge agent (issue 4)"),
+        Command::Demo => not_yet("demo", "the edge agent (issue 4)"),
         Command::Merger(a) => merger(a),
         Command::Query(a) => query(a),
         Command::Edge => not_yet("edge", "issue 4"),
@@ -274,6 +274,6 @@ async fn shutdown_signal() {
 
 fn not_yet(cmd: &str, needs: &str) -> Result<()> {
     bail!(
-        "`tally {cmd}` is not built yet: it needs {needs}. The collector (collector.wasm) and `tally token` work today; see README.md"
+        "`tally {cmd}` is not built yet: it needs {needs}. See README.md for what runs today"
     )
 }
