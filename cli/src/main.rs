@@ -273,7 +273,5 @@ async fn shutdown_signal() {
 }
 
 fn not_yet(cmd: &str, needs: &str) -> Result<()> {
-    bail!(
-        "`tally {cmd}` is not built yet: it needs {needs}. See README.md for what runs today"
-    )
+    bail!("`tally {cmd}` is not built yet: it needs {needs}. See README.md for what runs today")
 }

@@ -257,22 +257,12 @@ async fn http_ingest_and_api_errors_are_json() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ack"], "duplicate");
     let r = post(f.clone(), "nope-nope").await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(
-        r.json::<serde_json::Value>().await.unwrap()["error"]
-            .as_str()
-            .unwrap()
-            .contains("secret")
-    );
+    assert!(error_of(r).await.contains("secret"));
     let mut corrupt = f.clone();
     corrupt[5] ^= 0xff;
     let r = post(corrupt, SECRET).await.unwrap();
     assert_eq!(r.status(), 400);
-    assert!(
-        r.json::<serde_json::Value>().await.unwrap()["error"]
-            .as_str()
-            .unwrap()
-            .contains("checksum")
-    );
+    assert!(error_of(r).await.contains("checksum"));
     assert_eq!(m.views("v0").await, 2);
 
     let (status, e) = m.get("/v1/videos/nope/stats").await;
@@ -371,6 +361,14 @@ async fn merger_killed_mid_stream_restarts_with_every_acknowledged_frame() {
             "views of {video} after restart and resend"
         );
     }
+}
+
+/// The `error` message of a JSON error answer.
+async fn error_of(r: reqwest::Response) -> String {
+    r.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .expect("JSON error body")
+        .to_owned()
 }
 
 fn now_ms() -> u64 {

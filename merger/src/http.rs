@@ -70,7 +70,7 @@ pub fn router(api: Api) -> Router {
 const OPENAPI: &str = include_str!("openapi.json");
 
 async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let s = api.ingest.read();
     let blocked = s.is_blocked(&id);
     let body = match s.video(&id) {
         Some(v) => json!({
@@ -87,7 +87,7 @@ async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<R
 }
 
 fn live_json(api: &Api, stream: &str) -> serde_json::Value {
-    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let s = api.ingest.read();
     let v = s.live(stream, now_ms(), api.live_timeout_ms);
     json!({ "stream": stream, "watching": v.watching, "connected": v.connected, "peak": v.peak })
 }
@@ -157,8 +157,8 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
         }
     };
     let (from_min, to_min) = ((from / 60_000) as u32, to.div_ceil(60_000) as u32);
-    let items: Vec<serde_json::Value> = {
-        let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let live: Option<Vec<serde_json::Value>> = {
+        let s = api.ingest.read();
         match s.oldest_minute() {
             Some(oldest) if from_min < oldest => None,
             _ => Some(
@@ -168,32 +168,36 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
                     .collect(),
             ),
         }
-    }
-    .map_or_else(
-        || -> Result<Vec<serde_json::Value>, ApiError> {
+    };
+    let items = match live {
+        Some(items) => items,
+        None => {
             // Older than the live state: the same exact ranking from the tiers.
             let f = Filter {
                 eq: country.map(|c| vec![("country", c.to_string())]).unwrap_or_default(),
                 from_ms: from,
                 to_ms: to,
             };
-            let rows = api
-                .analytics
-                .breakdown(&f, "video", k)
-                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
-            Ok(rows
-                .into_iter()
+            let rows = query(&api, move |a| a.breakdown(&f, "video", k)).await?;
+            rows.into_iter()
                 .filter(|r| r.views > 0)
                 .map(|r| json!({ "video": r.key, "views": r.views }))
-                .collect())
-        },
-        Ok,
-    )?;
+                .collect()
+        }
+    };
     Ok(Json(json!({
         "country": country.map(|c| c.to_string()),
         "from": from_min as u64 * 60_000, "to": to_min as u64 * 60_000, "k": k,
         "error_bound": 0, "exact": true, "items": items,
     })))
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -203,11 +207,7 @@ fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
             "operator endpoints are disabled: start the merger with --operator-token",
         ));
     };
-    match headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
+    match bearer(&headers) {
         Some(t) if t.as_bytes() == want.as_bytes() => Ok(()),
         _ => Err(err(
             StatusCode::UNAUTHORIZED,
@@ -216,32 +216,23 @@ fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn block(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(&api, &headers)?;
-    api.ingest
-        .state()
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_blocked(&id, true);
-    Ok(Json(json!({ "video": id, "blocked": true })))
+async fn block(api: State<Api>, headers: HeaderMap, id: Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    set_blocked(api, headers, id, true)
 }
 
-async fn unblock(
+async fn unblock(api: State<Api>, headers: HeaderMap, id: Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    set_blocked(api, headers, id, false)
+}
+
+fn set_blocked(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    blocked: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     operator(&api, &headers)?;
-    api.ingest
-        .state()
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_blocked(&id, false);
-    Ok(Json(json!({ "video": id, "blocked": false })))
+    api.ingest.write().set_blocked(&id, blocked);
+    Ok(Json(json!({ "video": id, "blocked": blocked })))
 }
 
 /// Frames over HTTP for edges that cannot speak QUIC: `X-Tally-Edge` names the edge,
@@ -255,10 +246,7 @@ async fn post_frame(
         .get("x-tally-edge")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "X-Tally-Edge header required"))?;
-    let secret = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let secret = bearer(&headers)
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "Authorization: Bearer <edge secret> required"))?;
     api.ingest
         .authenticate(edge, secret)
@@ -272,7 +260,7 @@ async fn post_frame(
 }
 
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {
-    let s = api.ingest.state().read().unwrap_or_else(|p| p.into_inner());
+    let s = api.ingest.read();
     let c = s.counters;
     let lag_ms = if c.last_frame_end_ms == 0 {
         0
@@ -299,6 +287,18 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Runs a tier query on the blocking pool (DuckDB calls block), mapping failures to 500s.
+async fn query<T: Send + 'static>(
+    api: &Api,
+    q: impl FnOnce(&Analytics) -> Result<T, duckdb::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let a = api.analytics.clone();
+    tokio::task::spawn_blocking(move || q(&a))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))
 }
 
 /// Reads filters and range from query parameters (`from`/`to` in ms; default: last 24 h).
@@ -353,12 +353,8 @@ async fn timeseries(
         }
         None => Granularity::for_range(f.to_ms - f.from_ms),
     };
-    let a = api.analytics.clone();
     let fc = f.clone();
-    let rows = tokio::task::spawn_blocking(move || a.timeseries(&fc, g))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+    let rows = query(&api, move |a| a.timeseries(&fc, g)).await?;
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows }),
     ))
@@ -389,12 +385,8 @@ async fn breakdown(
             .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
         None => 20,
     };
-    let a = api.analytics.clone();
     let fc = f.clone();
-    let rows = tokio::task::spawn_blocking(move || a.breakdown(&fc, by, limit))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+    let rows = query(&api, move |a| a.breakdown(&fc, by, limit)).await?;
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows }),
     ))

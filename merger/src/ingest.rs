@@ -5,7 +5,7 @@ use crate::log::{FrameLog, LogPos};
 use crate::protocol::Ack;
 use crate::state::State;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tally_delta::{DeltaFrame, FrameId};
 use tokio::sync::{mpsc, oneshot};
@@ -14,6 +14,16 @@ use tokio::sync::{mpsc, oneshot};
 const QUEUE: usize = 512;
 /// Frames written per group commit at most.
 const GROUP: usize = 256;
+
+/// Reads the state; a panic elsewhere while holding the lock does not poison readers.
+pub fn read(state: &RwLock<State>) -> RwLockReadGuard<'_, State> {
+    state.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes the state (see [`read`]).
+pub fn write(state: &RwLock<State>) -> RwLockWriteGuard<'_, State> {
+    state.write().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -55,7 +65,7 @@ impl Ingest {
             None => (None, None),
         };
         {
-            let mut s = state.write().unwrap_or_else(|p| p.into_inner());
+            let mut s = write(&state);
             let now = now_ms();
             for (pos, r) in records {
                 match DeltaFrame::decode(&r) {
@@ -88,7 +98,7 @@ impl Ingest {
                     let mut seen: HashSet<FrameId> = HashSet::new();
                     let mut dups = 0;
                     {
-                        let s = st.read().unwrap_or_else(|p| p.into_inner());
+                        let s = read(&st);
                         for j in batch {
                             let id = j.frame.header.id.clone();
                             if s.is_applied(&id) || !seen.insert(id) {
@@ -100,7 +110,7 @@ impl Ingest {
                         }
                     }
                     if dups > 0 {
-                        st.write().unwrap_or_else(|p| p.into_inner()).counters.frames_duplicate += dups;
+                        write(&st).counters.frames_duplicate += dups;
                     }
                     if fresh.is_empty() {
                         continue;
@@ -120,7 +130,7 @@ impl Ingest {
                     };
                     let mut to_tiers = Vec::new();
                     {
-                        let mut s = st.write().unwrap_or_else(|p| p.into_inner());
+                        let mut s = write(&st);
                         let now = now_ms();
                         for (j, pos) in fresh.into_iter().zip(positions) {
                             let applied = s.apply(&j.frame, now);
@@ -161,36 +171,19 @@ impl Ingest {
         let frame = match DeltaFrame::decode(&bytes) {
             Ok(f) => f,
             Err(e) => {
-                self.state
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .counters
-                    .frames_rejected += 1;
+                write(&self.state).counters.frames_rejected += 1;
                 return Ok(Ack::Rejected(e.to_string()));
             }
         };
         if frame.header.id.edge_id != edge_id {
-            self.state
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .counters
-                .frames_rejected += 1;
+            write(&self.state).counters.frames_rejected += 1;
             return Ok(Ack::Rejected(format!(
                 "frame is from edge {} but the connection is authenticated as {edge_id}",
                 frame.header.id.edge_id
             )));
         }
-        if self
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_applied(&frame.header.id)
-        {
-            self.state
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .counters
-                .frames_duplicate += 1;
+        if read(&self.state).is_applied(&frame.header.id) {
+            write(&self.state).counters.frames_duplicate += 1;
             return Ok(Ack::Duplicate);
         }
         let (reply, rx) = oneshot::channel();
@@ -201,8 +194,13 @@ impl Ingest {
         rx.await.map_err(|_| "frame log write failed; resend".to_string())
     }
 
-    /// The shared state.
-    pub fn state(&self) -> &Arc<RwLock<State>> {
-        &self.state
+    /// Reads the shared state.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        read(&self.state)
+    }
+
+    /// Writes the shared state.
+    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+        write(&self.state)
     }
 }

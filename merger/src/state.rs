@@ -160,8 +160,8 @@ impl State {
             streams.remove(&id.edge_id);
         }
         for g in &frame.live {
-            let stream = frame.str(g.stream).to_owned();
-            self.live.entry(stream).or_default().insert(
+            let stream = frame.str(g.stream);
+            self.live.entry(stream.to_owned()).or_default().insert(
                 id.edge_id.clone(),
                 EdgeGauge {
                     watching: g.watching,
@@ -169,9 +169,6 @@ impl State {
                     at_ms: now_ms,
                 },
             );
-        }
-        for g in &frame.live {
-            let stream = frame.str(g.stream);
             let watching = self.live_raw(stream, now_ms, u64::MAX).0;
             let peak = self.peaks.entry(stream.to_owned()).or_default();
             *peak = (*peak).max(watching);

@@ -455,43 +455,38 @@ impl Tiers {
         Ok(())
     }
 
+    /// Deletes published and cold partitions older than their tier's retention.
     fn remove_expired(&self, today: i64) -> Result<()> {
         let r = self.retention;
-        let sweep = |sub: &str, before_day: i64, by_hour: bool| -> Result<()> {
-            let dir = self.dir.join(sub);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+        // Removes every partition directory under `sub` whose name `expired` accepts.
+        let sweep = |sub: &str, expired: &dyn Fn(&str) -> bool| -> Result<()> {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
                 return Ok(());
             };
             for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let day = if by_hour {
-                    name.strip_prefix("hour=")
-                        .and_then(|h| h.parse::<i64>().ok())
-                        .map(|h| h.div_euclid(24))
-                } else {
-                    name.strip_prefix("day=").and_then(|d| d.parse::<i64>().ok())
-                };
-                if day.is_some_and(|d| d < before_day) {
+                if expired(&e.file_name().to_string_lossy()) {
                     std::fs::remove_dir_all(e.path())?;
                 }
             }
             Ok(())
         };
-        sweep("published/minute", today - r.hot_days, true)?;
-        sweep("published/minute_uniques", today - r.hot_days, true)?;
-        sweep("published/hour", today - r.warm_days, false)?;
-        sweep("published/hour_uniques", today - r.warm_days, false)?;
+        // The epoch day of a `hour=<n>` (per_day 24) or `day=<n>` (per_day 1) partition.
+        let day_of = |name: &str, prefix: &str, per_day: i64| {
+            name.strip_prefix(prefix)
+                .and_then(|n| n.parse::<i64>().ok())
+                .map(|n| n.div_euclid(per_day))
+        };
+        let cold_before = date_of_day(today - r.cold_days);
+        for sub in ["published/minute", "published/minute_uniques"] {
+            sweep(sub, &|n| day_of(n, "hour=", 24).is_some_and(|d| d < today - r.hot_days))?;
+        }
+        for sub in ["published/hour", "published/hour_uniques"] {
+            sweep(sub, &|n| day_of(n, "day=", 1).is_some_and(|d| d < today - r.warm_days))?;
+        }
         for sub in ["cold/hour", "cold/day", "cold/day_uniques"] {
-            let dir = self.dir.join(sub);
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(date) = name.strip_prefix("date=")
-                    && date < date_of_day(today - r.cold_days).as_str()
-                {
-                    std::fs::remove_dir_all(e.path())?;
-                }
-            }
+            sweep(sub, &|n| {
+                n.strip_prefix("date=").is_some_and(|d| d < cold_before.as_str())
+            })?;
         }
         Ok(())
     }

@@ -133,6 +133,21 @@ impl Script {
     }
 }
 
+/// 2,000 sessions play v1 over 20 s, then session 0 refreshes at 30 s.
+fn sessions_then_refresh(s: &mut Script, k: &Kit) {
+    for chunk in 0..20u64 {
+        let evs: Vec<Ev> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
+            })
+            .collect();
+        s.send(chunk * 1_000, &evs);
+    }
+    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)])
+        .flush(31_000);
+}
+
 fn rejected(run: &Run, i: usize) -> Vec<(u32, RejectReason)> {
     run.ok(i).rejected.iter().map(|r| (r.index, r.reason.clone())).collect()
 }
@@ -441,17 +456,7 @@ pub fn all() -> Vec<Scenario> {
 
     // 2,000 sessions overflow a 64 KiB budget: the oldest entries are evicted, counted in
     // stats, and a refresh of an evicted session counts again (the stated policy).
-    for chunk in 0..20u64 {
-        let evs: Vec<Ev> = (0..100)
-            .map(|i| {
-                let n = chunk * 100 + i;
-                k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
-            })
-            .collect();
-        s.send(chunk * 1_000, &evs);
-    }
-    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)])
-        .flush(31_000);
+    sessions_then_refresh(&mut s, &k);
     let mut cfg = k.config();
     cfg.memory_budget_bytes = 64 << 10;
     out.push(s.done_with(
@@ -467,17 +472,7 @@ pub fn all() -> Vec<Scenario> {
             assert_eq!(r.total().views, 2_001, "the evicted session's refresh counted again");
         },
     ));
-    for chunk in 0..20u64 {
-        let evs: Vec<Ev> = (0..100)
-            .map(|i| {
-                let n = chunk * 100 + i;
-                k.ev(&format!("p{n}"), &format!("s{n}"), "v1", "play", chunk * 1_000)
-            })
-            .collect();
-        s.send(chunk * 1_000, &evs);
-    }
-    s.send(30_000, &[k.ev("refresh", "s0", "v1", "play", 30_000)])
-        .flush(31_000);
+    sessions_then_refresh(&mut s, &k);
     out.push(s.done("within the memory budget dedup is exact", |r| {
         assert_eq!(r.stats.dedup_evictions, 0);
         assert_eq!(r.total().views, 2_000);

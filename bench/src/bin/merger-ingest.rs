@@ -90,28 +90,8 @@ async fn main() -> Result<()> {
     let base = t.elapsed().as_secs_f64();
     let expected: HashMap<String, u64> = m.by_video().into_iter().map(|(v, c)| (v, c.views)).collect();
 
-    let run = |label: &'static str| async move {
-        let dir = tempfile::tempdir()?;
-        let mut cfg = tally_merger::MergerConfig {
-            data_dir: dir.path().to_owned(),
-            quic_listen: "127.0.0.1:0".parse()?,
-            http_listen: "127.0.0.1:0".parse()?,
-            ..Default::default()
-        };
-        for e in edges {
-            cfg.edges.insert(e.into(), SECRET.into());
-        }
-        let merger = tally_merger::start(cfg).await?;
-        let _ = label;
-        anyhow::Ok((dir, merger))
-    };
-
     // 1. Throughput.
-    let (_dir, merger) = run("throughput").await?;
-    let mut clients = Vec::new();
-    for e in edges {
-        clients.push(MergerClient::connect(merger.quic_addr, &merger.fingerprint, e, SECRET).await?);
-    }
+    let (_dir, merger, clients) = start_merger(&edges).await?;
     let t = Instant::now();
     let sends = per_edge
         .iter()
@@ -150,12 +130,8 @@ async fn main() -> Result<()> {
     merger.shutdown().await;
 
     // 2. Staleness at the paced rate.
-    let (_dir2, merger) = run("staleness").await?;
+    let (_dir2, merger, clients) = start_merger(&edges).await?;
     let http = format!("http://{}", merger.http_addr);
-    let mut clients = Vec::new();
-    for e in edges {
-        clients.push(MergerClient::connect(merger.quic_addr, &merger.fingerprint, e, SECRET).await?);
-    }
     let mut totals: HashMap<String, u64> = HashMap::new();
     let mut stale = Vec::new();
     let start = Instant::now();
@@ -201,6 +177,26 @@ async fn main() -> Result<()> {
     );
     merger.shutdown().await;
     Ok(())
+}
+
+/// A merger on loopback in a fresh temp dir, with one connected client per edge.
+async fn start_merger(edges: &[&str]) -> Result<(tempfile::TempDir, tally_merger::Running, Vec<MergerClient>)> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tally_merger::MergerConfig {
+        data_dir: dir.path().to_owned(),
+        quic_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    for e in edges {
+        cfg.edges.insert((*e).into(), SECRET.into());
+    }
+    let merger = tally_merger::start(cfg).await?;
+    let mut clients = Vec::new();
+    for e in edges {
+        clients.push(MergerClient::connect(merger.quic_addr, &merger.fingerprint, e, SECRET).await?);
+    }
+    Ok((dir, merger, clients))
 }
 
 async fn reqwest_views(base: &str, video: &str) -> Result<u64> {
