@@ -5,34 +5,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tally_collector::{Claims, token};
-
-/// Samples ranks 0..n with probability proportional to 1 / (rank + 1)^s.
-pub struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    /// A Zipf distribution over `n` items with exponent `s`.
-    pub fn new(n: usize, s: f64) -> Zipf {
-        let mut acc = 0.0;
-        let cdf = (0..n)
-            .map(|i| {
-                acc += 1.0 / ((i + 1) as f64).powf(s);
-                acc
-            })
-            .collect::<Vec<_>>();
-        let total = acc;
-        Zipf {
-            cdf: cdf.into_iter().map(|c| c / total).collect(),
-        }
-    }
-
-    /// Draws a rank.
-    pub fn sample(&self, rng: &mut impl Rng) -> usize {
-        let u: f64 = rng.random();
-        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
-    }
-}
+pub use tally_traffic::Zipf;
 
 /// Traffic shape.
 #[derive(Clone, Debug)]

@@ -3,113 +3,17 @@
 //! kill -9 in the middle of a stream followed by a restart.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tally_collector::Collector;
 use tally_delta::{DeltaFrame, MergedDeltas};
-use tally_merger::client::{ClientError, MergerClient};
-use tally_merger::protocol::Ack;
+use tally_link::client::{ClientError, MergerClient};
+use tally_link::protocol::Ack;
 use tally_wasm_tests::{Kit, body};
 
-const SECRET: &str = "edge-secret-123";
-
-struct Merger {
-    child: Child,
-    quic: SocketAddr,
-    http: SocketAddr,
-    fingerprint: String,
-}
-
-impl Merger {
-    fn start(dir: &Path) -> Merger {
-        Merger::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &Path, extra: &[&str]) -> Merger {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args([
-                "merger",
-                "--quic-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--operator-token",
-                "op-token",
-            ])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "--edge",
-                &format!("fra-1={SECRET}"),
-                "--edge",
-                &format!("ams-1={SECRET}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tally merger starts");
-        // readiness: the one JSON line on stdout (the process is killed if it never comes)
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if !l.is_empty() => l,
-            _ => {
-                let _ = child.kill();
-                panic!("merger did not report ready");
-            }
-        };
-        let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
-        Merger {
-            child,
-            quic: v["quic"].as_str().unwrap().parse().unwrap(),
-            http: v["http"].as_str().unwrap().parse().unwrap(),
-            fingerprint: v["fingerprint"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    async fn client(&self, edge: &str) -> MergerClient {
-        MergerClient::connect(self.quic, &self.fingerprint, edge, SECRET)
-            .await
-            .expect("edge connects")
-    }
-
-    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::get(format!("http://{}{path}", self.http))
-            .await
-            .expect("HTTP answers");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(serde_json::Value::Null))
-    }
-
-    async fn views(&self, video: &str) -> u64 {
-        let (status, v) = self.get(&format!("/v1/videos/{video}/stats")).await;
-        if status == 404 {
-            0
-        } else {
-            v["views"].as_u64().expect("views")
-        }
-    }
-}
-
-impl Drop for Merger {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+mod common;
+use common::{Merger, SECRET};
 
 /// `n` real frames from a collector: each interval, plays from 5 new sessions on 3 videos.
 fn frames(edge: &str, epoch: u64, n: usize) -> Vec<Vec<u8>> {

@@ -2,9 +2,11 @@
 //! the published catalog): each hour is read once, from minutes where hot has them, else
 //! from warm hours, else from cold Parquet.
 
+use crate::tiers::{date_of_day, day_of_date};
 use duckdb::Connection;
 use duckdb::types::Value;
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Dimensions one can filter and group by.
@@ -86,7 +88,7 @@ pub struct Row {
 /// A read connection to the merger's tiers (a clone of the tier writer's database).
 pub struct Analytics {
     conn: Mutex<Connection>,
-    cold_glob: String,
+    dir: PathBuf,
 }
 
 fn to_u64(v: &Value) -> u64 {
@@ -112,30 +114,101 @@ fn to_i64(v: &Value) -> i64 {
 impl Analytics {
     /// Wraps a connection to the tier database; `dir` is the data directory.
     pub fn new(conn: Connection, dir: &Path) -> Analytics {
-        let cold_glob = format!("{}/cold/hour/*/*.parquet", dir.to_string_lossy()).replace('\'', "''");
         Analytics {
             conn: Mutex::new(conn),
-            cold_glob,
+            dir: dir.to_owned(),
         }
     }
 
+    /// Days present in a cold sub-directory (`cold/hour`, `cold/day`) within `[lo, hi]`.
+    fn cold_days(&self, sub: &str, lo: i64, hi: i64) -> BTreeSet<i64> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
+            return BTreeSet::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| day_of_date(e.file_name().to_str()?.strip_prefix("date=")?))
+            .filter(|d| (lo..=hi).contains(d))
+            .collect()
+    }
+
+    fn file_list(&self, sub: &str, days: &BTreeSet<i64>) -> String {
+        let files: Vec<String> = days
+            .iter()
+            .map(|d| {
+                let p = self.dir.join(format!("{sub}/date={}/data.parquet", date_of_day(*d)));
+                format!("'{}'", p.to_string_lossy().replace('\'', "''"))
+            })
+            .collect();
+        format!("[{}]", files.join(", "))
+    }
+
+    /// The first hour hot or warm still hold (cold alone holds what is older).
+    fn live_tiers_start_hour(&self, conn: &Connection) -> Result<i64, duckdb::Error> {
+        let (w, m): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT (SELECT min(hour) FROM warm.hour_counts), (SELECT min(minute) FROM main.minute_counts)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok([w, m.map(|m| m.div_euclid(60))]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(i64::MAX))
+    }
+
     /// The rows of every tier in the range, each hour once, with the filters applied.
-    fn source(&self, f: &Filter) -> (String, Vec<Value>) {
+    /// Cold data is read from the files of the days in the range only, and, when
+    /// `whole_days` allows it, from day rollups for days that lie wholly in the range and
+    /// are older than anything hot or warm hold.
+    fn source(&self, conn: &Connection, f: &Filter, whole_days: bool) -> Result<(String, Vec<Value>), duckdb::Error> {
         let (lo_m, hi_m) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
         let (lo_h, hi_h) = (lo_m.div_euclid(60), (hi_m + 59).div_euclid(60));
+        let (lo_d, hi_d) = (lo_h.div_euclid(24), (hi_h - 1).div_euclid(24));
+        let mut hour_days = self.cold_days("cold/hour", lo_d, hi_d);
+        let mut day_days = BTreeSet::new();
+        if whole_days {
+            let live_start = self.live_tiers_start_hour(conn)?;
+            let day_ms = 86_400_000u64;
+            day_days = self
+                .cold_days("cold/day", lo_d, hi_d)
+                .into_iter()
+                .filter(|d| {
+                    let (start, end) = (*d as u64 * day_ms, (*d as u64 + 1) * day_ms);
+                    start >= f.from_ms && end <= f.to_ms && (*d + 1) * 24 <= live_start
+                })
+                .collect();
+            hour_days.retain(|d| !day_days.contains(d));
+        }
         let cols = "pop, video, channel, category, country, device, source, views, watch_ms, completions, likes, shares, comments";
+        let mut cold = Vec::new();
+        if !hour_days.is_empty() {
+            cold.push(format!(
+                "SELECT ts, {cols} FROM read_parquet({files})
+                 WHERE ts >= epoch_ms({lo_h}::BIGINT * 3600000) AND ts < epoch_ms({hi_h}::BIGINT * 3600000)
+                   AND epoch_ms(ts) // 3600000 NOT IN (SELECT h FROM mh) AND epoch_ms(ts) // 3600000 NOT IN (SELECT h FROM wh)",
+                files = self.file_list("cold/hour", &hour_days)
+            ));
+        }
+        if !day_days.is_empty() {
+            cold.push(format!(
+                "SELECT ts, {cols} FROM read_parquet({files})",
+                files = self.file_list("cold/day", &day_days)
+            ));
+        }
+        if cold.is_empty() {
+            cold.push(format!("SELECT ts, {cols} FROM m WHERE false"));
+        }
         let mut sql = format!(
             "WITH m AS (SELECT epoch_ms(minute * 60000) AS ts, {cols} FROM main.minute_counts WHERE minute >= {lo_m} AND minute < {hi_m}),
                   mh AS (SELECT DISTINCT minute // 60 AS h FROM main.minute_counts WHERE minute >= {lo_h} * 60 AND minute < {hi_h} * 60),
                   w AS (SELECT epoch_ms(hour * 3600000) AS ts, {cols} FROM warm.hour_counts
                         WHERE hour >= {lo_h} AND hour < {hi_h} AND hour NOT IN (SELECT h FROM mh)),
                   wh AS (SELECT DISTINCT hour AS h FROM warm.hour_counts WHERE hour >= {lo_h} AND hour < {hi_h}),
-                  c AS (SELECT ts, {cols} FROM read_parquet('{cold}')
-                        WHERE ts >= epoch_ms({lo_h}::BIGINT * 3600000) AND ts < epoch_ms({hi_h}::BIGINT * 3600000)
-                          AND epoch_ms(ts) // 3600000 NOT IN (SELECT h FROM mh) AND epoch_ms(ts) // 3600000 NOT IN (SELECT h FROM wh)),
+                  c AS ({cold}),
                   src AS (SELECT * FROM m UNION ALL SELECT * FROM w UNION ALL SELECT * FROM c)
              SELECT * FROM src WHERE ts >= epoch_ms(?::BIGINT) AND ts < epoch_ms(?::BIGINT)",
-            cold = self.cold_glob
+            cold = cold.join(" UNION ALL ")
         );
         let mut args = vec![Value::BigInt(f.from_ms as i64), Value::BigInt(f.to_ms as i64)];
         for (dim, val) in &f.eq {
@@ -143,11 +216,10 @@ impl Analytics {
             sql.push_str(&format!(" AND {dim} = ?"));
             args.push(Value::Text(val.clone()));
         }
-        (sql, args)
+        Ok((sql, args))
     }
 
-    fn run(&self, sql: &str, args: Vec<Value>, key_is_time: bool) -> Result<Vec<Row>, duckdb::Error> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+    fn run(conn: &Connection, sql: &str, args: Vec<Value>, key_is_time: bool) -> Result<Vec<Row>, duckdb::Error> {
         let mut stmt = conn.prepare(sql)?;
         let mut rows = stmt.query(duckdb::params_from_iter(args))?;
         let mut out = Vec::new();
@@ -174,24 +246,26 @@ impl Analytics {
 
     /// Measures per time bucket.
     pub fn timeseries(&self, f: &Filter, g: Granularity) -> Result<Vec<Row>, duckdb::Error> {
-        let (src, args) = self.source(f);
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (src, args) = self.source(&conn, f, g == Granularity::Day)?;
         let sql = format!(
             "SELECT epoch_ms(date_trunc('{g}', ts)) AS bucket, sum(views)::UBIGINT, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT,
                     sum(likes)::BIGINT, sum(shares)::UBIGINT, sum(comments)::UBIGINT
              FROM ({src}) GROUP BY 1 ORDER BY 1",
             g = g.as_str()
         );
-        self.run(&sql, args, true)
+        Self::run(&conn, &sql, args, true)
     }
 
     /// Measures per value of one dimension, most viewed first.
     pub fn breakdown(&self, f: &Filter, by: &'static str, limit: usize) -> Result<Vec<Row>, duckdb::Error> {
-        let (src, args) = self.source(f);
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (src, args) = self.source(&conn, f, true)?;
         let sql = format!(
             "SELECT {by}, sum(views)::UBIGINT AS v, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT, sum(likes)::BIGINT,
                     sum(shares)::UBIGINT, sum(comments)::UBIGINT
              FROM ({src}) GROUP BY 1 ORDER BY v DESC, 1 LIMIT {limit}"
         );
-        self.run(&sql, args, false)
+        Self::run(&conn, &sql, args, false)
     }
 }

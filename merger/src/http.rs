@@ -2,7 +2,6 @@
 
 use crate::analytics::{Analytics, DIMENSIONS, Filter, Granularity};
 use crate::ingest::{Ingest, now_ms};
-use crate::protocol::Ack;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -17,6 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_delta::Country;
+use tally_link::protocol::Ack;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -69,33 +69,38 @@ pub fn router(api: Api) -> Router {
 
 const OPENAPI: &str = include_str!("openapi.json");
 
-async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = api.ingest.read();
-    let blocked = s.is_blocked(&id);
-    let body = match s.video(&id) {
-        Some(v) => json!({
+/// The stats body of a video, `None` when nothing is recorded for it.
+pub fn video_json(s: &crate::state::State, id: &str) -> Option<serde_json::Value> {
+    let blocked = s.is_blocked(id);
+    match s.video(id) {
+        Some(v) => Some(json!({
             "video": id, "channel": v.channel, "category": v.category,
             "views": v.counts.views, "uniques": v.uniques.estimate().round() as u64,
             "watch_time_s": v.counts.watch_ms / 1000, "completions": v.counts.completions,
             "likes": v.counts.likes, "shares": v.counts.shares, "comments": v.counts.comments,
             "blocked": blocked,
-        }),
-        None if blocked => json!({ "video": id, "views": 0, "blocked": true }),
-        None => return Err(err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}"))),
-    };
-    Ok(([(header::CACHE_CONTROL, "public, max-age=1")], Json(body)).into_response())
+        })),
+        None if blocked => Some(json!({ "video": id, "views": 0, "blocked": true })),
+        None => None,
+    }
 }
 
-fn live_json(api: &Api, stream: &str) -> serde_json::Value {
-    let s = api.ingest.read();
-    let v = s.live(stream, now_ms(), api.live_timeout_ms);
+/// The live gauge body of a stream.
+pub fn live_json(s: &crate::state::State, stream: &str, timeout_ms: u64) -> serde_json::Value {
+    let v = s.live(stream, now_ms(), timeout_ms);
     json!({ "stream": stream, "watching": v.watching, "connected": v.connected, "peak": v.peak })
+}
+
+async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let body = video_json(&api.ingest.read(), &id)
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}")))?;
+    Ok(([(header::CACHE_CONTROL, "public, max-age=1")], Json(body)).into_response())
 }
 
 async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, "public, max-age=1")],
-        Json(live_json(&api, &stream)),
+        Json(live_json(&api.ingest.read(), &stream, api.live_timeout_ms)),
     )
 }
 
@@ -110,7 +115,7 @@ async fn live_sse(
         async move {
             loop {
                 ticks.tick().await;
-                let now = live_json(&api, &stream);
+                let now = live_json(&api.ingest.read(), &stream, api.live_timeout_ms);
                 if last.as_ref() != Some(&now) {
                     let ev = Event::default().event("live").data(now.to_string());
                     return Some((Ok(ev), (ticks, Some(now))));
@@ -275,6 +280,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
          # HELP tally_counter_rows_total Counter rows applied.\n# TYPE tally_counter_rows_total counter\ntally_counter_rows_total {}\n\
          # HELP tally_ingest_lag_ms Merger time minus the newest frame's interval end.\n# TYPE tally_ingest_lag_ms gauge\ntally_ingest_lag_ms {}\n\
          # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n\
+         # HELP tally_views_total Views of all videos, all time.\n# TYPE tally_views_total counter\ntally_views_total {}\n\
          # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n",
         c.frames_applied,
         c.frames_duplicate,
@@ -284,6 +290,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         c.counter_rows,
         lag_ms,
         s.video_count(),
+        s.total_views(),
         api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

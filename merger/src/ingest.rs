@@ -2,13 +2,23 @@
 //! the log with group commit, apply, acknowledge.
 
 use crate::log::{FrameLog, LogPos};
-use crate::protocol::Ack;
 use crate::state::State;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tally_delta::{DeltaFrame, FrameId};
+use tally_link::protocol::Ack;
 use tokio::sync::{mpsc, oneshot};
+
+/// Whether a frame's edge id may be sent by a connection authenticated as `edge`: the
+/// same id, or one of its collectors `edge/<name>` (an agent runs several instances,
+/// each numbering its own frames).
+pub fn frame_belongs_to(frame_edge: &str, edge: &str) -> bool {
+    frame_edge == edge
+        || frame_edge
+            .strip_prefix(edge)
+            .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+}
 
 /// Frames waiting for the log writer; when full, ingest waits (backpressure).
 const QUEUE: usize = 512;
@@ -175,7 +185,7 @@ impl Ingest {
                 return Ok(Ack::Rejected(e.to_string()));
             }
         };
-        if frame.header.id.edge_id != edge_id {
+        if !frame_belongs_to(&frame.header.id.edge_id, edge_id) {
             write(&self.state).counters.frames_rejected += 1;
             return Ok(Ack::Rejected(format!(
                 "frame is from edge {} but the connection is authenticated as {edge_id}",

@@ -3,15 +3,14 @@
 //! counts over HTTP.
 
 pub mod analytics;
-pub mod client;
+pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod log;
-pub mod protocol;
+pub mod push;
 pub mod quic;
 pub mod state;
 pub mod tiers;
-pub mod tls;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -156,7 +155,7 @@ pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
 /// Starts the merger: replays the log, binds QUIC and HTTP.
 pub async fn start(cfg: MergerConfig) -> Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let (identity, created_cert) = tls::load_or_generate(
+    let (identity, created_cert) = tally_link::tls::load_or_generate(
         cfg.tls_cert.as_deref(),
         cfg.tls_key.as_deref(),
         &cfg.data_dir.join("tls"),
@@ -184,10 +183,10 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let ingest = ingest::Ingest::start(log, records, state, cfg.edges.clone(), Some((tier_tx, watermark)));
     tracing::info!(frames = replayed, "frame log replayed");
 
-    let endpoint = quinn::Endpoint::server(tls::server_config(&identity)?, cfg.quic_listen)
+    let endpoint = quinn::Endpoint::server(tally_link::tls::server_config(&identity)?, cfg.quic_listen)
         .with_context(|| format!("binding QUIC on {}", cfg.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;
-    tokio::spawn(quic::serve(endpoint.clone(), ingest.clone()));
+    tokio::spawn(quic::serve(endpoint.clone(), ingest.clone(), cfg.live_timeout_ms));
 
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await

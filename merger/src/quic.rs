@@ -1,26 +1,24 @@
 //! The QUIC endpoint edges ship frames to.
 
 use crate::ingest::Ingest;
-use crate::protocol::{self, Ack, Hello, HelloReply, MAX_MESSAGE};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-
-/// Error code a connection is closed with when its edge is refused.
-pub const REFUSED: u32 = 1;
+use tally_link::protocol::{self, Ack, Hello, HelloReply, MAX_MESSAGE, REFUSED};
 
 /// Accepts connections until the endpoint closes.
-pub async fn serve(endpoint: Endpoint, ingest: Ingest) {
+/// `live_timeout_ms` is passed to the count pushes (see [`crate::push`]).
+pub async fn serve(endpoint: Endpoint, ingest: Ingest, live_timeout_ms: u64) {
     while let Some(incoming) = endpoint.accept().await {
         let ingest = ingest.clone();
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => connection(conn, ingest).await,
+                Ok(conn) => connection(conn, ingest, live_timeout_ms).await,
                 Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
             }
         });
     }
 }
 
-async fn connection(conn: Connection, ingest: Ingest) {
+async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
     let remote = conn.remote_address();
     let edge = match hello(&conn, &ingest).await {
         Ok(edge) => edge,
@@ -33,6 +31,12 @@ async fn connection(conn: Connection, ingest: Ingest) {
         }
     };
     tracing::info!(%remote, edge = %edge, "edge connected");
+    tokio::spawn(crate::push::serve(
+        conn.clone(),
+        ingest.clone(),
+        live_timeout_ms,
+        std::time::Duration::from_secs(1),
+    ));
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {

@@ -204,6 +204,11 @@ impl State {
         self.videos.get(id)
     }
 
+    /// Views of every video, all time.
+    pub fn total_views(&self) -> u64 {
+        self.videos.values().map(|v| v.counts.views).sum()
+    }
+
     /// Top `k` videos by views over minutes `[from, to)`, optionally in one country,
     /// exact over the minutes held in memory.
     pub fn top(&self, country: Option<Country>, from: u32, to: u32, k: usize) -> Vec<(String, u64)> {

@@ -6,7 +6,8 @@
 //! * warm: `warm.duckdb`, hour rows (default 90 days), recomputed from hot for every hour
 //!   that changed (replace, never add: a crash mid-rollup just redoes it);
 //! * cold: Parquet, `cold/hour/date=YYYY-MM-DD/` and `cold/day/date=YYYY-MM-DD/`, written
-//!   (atomically, by rename) once a day can no longer change; kept 3 years.
+//!   (atomically, by rename) once a day can no longer change, sorted by video so that a
+//!   video's rows sit in few row groups; kept 3 years.
 //!
 //! The merger holds the DuckDB files open for writing, so analysts read *published*
 //! Parquet: changed hours of hot and changed days of warm are exported under
@@ -29,6 +30,9 @@ pub enum TierError {
     /// File system.
     #[error("tier files: {0}")]
     Io(#[from] std::io::Error),
+    /// A request that cannot be done.
+    #[error("{0}")]
+    Invalid(String),
     /// A stored sketch is unreadable.
     #[error("{0}")]
     Sketch(#[from] tally_delta::SketchError),
@@ -57,7 +61,7 @@ impl Default for Retention {
     }
 }
 
-const DIMS: &str = "pop, video, channel, category, country, device, source, live";
+pub(crate) const DIMS: &str = "pop, video, channel, category, country, device, source, live";
 const MEASURES: &str = "views, watch_ms, completions, likes, shares, comments";
 
 /// Key of a minute row.
@@ -97,11 +101,13 @@ pub struct Tiers {
     pending_pos: Option<LogPos>,
 }
 
-fn sql_str(s: &str) -> String {
+/// A SQL string literal.
+pub(crate) fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn date_of_day(day: i64) -> String {
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+pub fn date_of_day(day: i64) -> String {
     // civil-from-days (Howard Hinnant), so no date crate is needed for directory names
     let z = day + 719_468;
     let era = z.div_euclid(146_097);
@@ -113,6 +119,23 @@ fn date_of_day(day: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The day number of a `YYYY-MM-DD` date (the inverse of [`date_of_day`]).
+pub fn day_of_date(date: &str) -> Option<i64> {
+    let mut it = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (it.next()??, it.next()??, it.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // days-from-civil (Howard Hinnant)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
 }
 
 impl Tiers {
@@ -423,7 +446,7 @@ impl Tiers {
         let date = date_of_day(day);
         let (lo, hi) = (day * 24, day * 24 + 24);
         self.copy_parquet(
-            &format!("SELECT epoch_ms(hour * 3600000) AS ts, {DIMS}, {MEASURES} FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi}"),
+            &format!("SELECT epoch_ms(hour * 3600000) AS ts, {DIMS}, {MEASURES} FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} ORDER BY video, hour"),
             &self.dir.join(format!("cold/hour/date={date}/data.parquet")),
         )?;
         self.copy_parquet(
@@ -431,7 +454,7 @@ impl Tiers {
                 "SELECT epoch_ms({day}::BIGINT * 86400000) AS ts, {DIMS}, sum(views)::UBIGINT AS views, sum(watch_ms)::UBIGINT AS watch_ms,
                    sum(completions)::UBIGINT AS completions, sum(likes)::BIGINT AS likes, sum(shares)::UBIGINT AS shares,
                    sum(comments)::UBIGINT AS comments
-                 FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL"
+                 FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL ORDER BY video"
             ),
             &self.dir.join(format!("cold/day/date={date}/data.parquet")),
         )?;
@@ -661,6 +684,18 @@ mod tests {
     use tally_delta::{CounterRow, Country, Device, EdgeCounts, FrameHeader, FrameId, Source, UniqueRow};
 
     const NOW: u64 = 1_795_000_000_000;
+
+    #[test]
+    fn dates_and_day_numbers_round_trip() {
+        assert_eq!(date_of_day(0), "1970-01-01");
+        assert_eq!(day_of_date("1970-01-01"), Some(0));
+        assert_eq!(day_of_date("2024-02-29"), Some(19_782));
+        for day in (-800..30_000).step_by(7) {
+            assert_eq!(day_of_date(&date_of_day(day)), Some(day), "day {day}");
+        }
+        assert_eq!(day_of_date("2024-13-01"), None);
+        assert_eq!(day_of_date("nope"), None);
+    }
 
     fn frame(seq: u64, minute: u32, video: &str, views: u64, viewer: u64) -> DeltaFrame {
         let mut sketch = UniqueSketch::new();

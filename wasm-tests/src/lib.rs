@@ -22,6 +22,10 @@ pub trait Driver {
     fn flush(&mut self, now_ms: u64) -> Vec<u8>;
     /// Counters and table sizes.
     fn stats(&mut self) -> Stats;
+    /// The memory a replacement takes over.
+    fn export_state(&mut self) -> Vec<u8>;
+    /// Takes over exported memory.
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String>;
 }
 
 impl Driver for Collector {
@@ -36,6 +40,12 @@ impl Driver for Collector {
     }
     fn stats(&mut self) -> Stats {
         Collector::stats(self)
+    }
+    fn export_state(&mut self) -> Vec<u8> {
+        Collector::export_state(self)
+    }
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        Collector::import_state(self, state).map_err(|e| e.to_string())
     }
 }
 
@@ -52,6 +62,12 @@ impl Driver for WasmCollector {
     }
     fn stats(&mut self) -> Stats {
         WasmCollector::stats(self).unwrap_or_else(|e| panic!("{e}"))
+    }
+    fn export_state(&mut self) -> Vec<u8> {
+        WasmCollector::export_state(self).unwrap_or_else(|e| panic!("{e}"))
+    }
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        WasmCollector::import_state(self, state).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

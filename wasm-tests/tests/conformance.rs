@@ -70,3 +70,92 @@ fn memory_limit_stops_a_runaway_instance_with_a_trap_not_a_crash() {
     // the engine is still fine for new instances
     assert!(engine().instantiate(&kit.config()).is_ok());
 }
+
+/// Events of 30 sessions on 4 videos at `t` ms after the kit's start: a play then
+/// heartbeats, likes and one live stream's joins.
+fn traffic(kit: &tally_wasm_tests::Kit, round: u64) -> Vec<u8> {
+    let evs: Vec<_> = (0..30)
+        .map(|i| {
+            let kind = if round == 0 {
+                "play"
+            } else {
+                ["heartbeat", "like", "heartbeat"][i % 3]
+            };
+            kit.ev(
+                &format!("r{round}-e{i}"),
+                &format!("s{i}"),
+                &format!("v{}", i % 4),
+                kind,
+                round * 10_000,
+            )
+            .at(round as f64 * 10.0)
+        })
+        .collect();
+    tally_wasm_tests::body(&evs)
+}
+
+fn views(frames: &[Vec<u8>]) -> u64 {
+    frames.iter().map(|f| tally_wasm_tests::decode(f).total_views()).sum()
+}
+
+#[test]
+fn memory_handed_over_in_a_swap_keeps_views_in_progress_from_counting_again() {
+    let kit = tally_wasm_tests::Kit::default();
+    // reference: one collector sees every round
+    let mut one = Collector::new(kit.config()).unwrap();
+    let mut reference = Vec::new();
+    for round in 0..4 {
+        one.ingest(&traffic(&kit, round), &kit.facts(round * 10_000)).unwrap();
+        reference.push(one.flush(kit.t0 + round * 10_000 + 5_000).encode());
+    }
+    assert_eq!(views(&reference), 30);
+    // swapped after round 1, both ways between the native core and collector.wasm, and
+    // without the handover (what a swap would count without it)
+    for (name, handover) in [
+        ("native -> wasm", true),
+        ("wasm -> native", true),
+        ("no handover", false),
+    ] {
+        let mut old: Box<dyn tally_wasm_tests::Driver> = if name.starts_with("wasm") {
+            Box::new(engine().instantiate(&kit.config()).unwrap())
+        } else {
+            Box::new(Collector::new(kit.config()).unwrap())
+        };
+        let mut frames = Vec::new();
+        for round in 0..2 {
+            old.ingest(&traffic(&kit, round), &kit.facts(round * 10_000)).unwrap();
+            frames.push(old.flush(kit.t0 + round * 10_000 + 5_000));
+        }
+        let state = old.export_state();
+        let mut new: Box<dyn tally_wasm_tests::Driver> = if name.starts_with("native") {
+            Box::new(engine().instantiate(&kit.config()).unwrap())
+        } else {
+            Box::new(Collector::new(kit.config()).unwrap())
+        };
+        if handover {
+            new.import_state(&state).unwrap();
+            assert!(new.import_state(&state).is_err(), "{name}: a second import is refused");
+        }
+        for round in 2..4 {
+            new.ingest(&traffic(&kit, round), &kit.facts(round * 10_000)).unwrap();
+            frames.push(new.flush(kit.t0 + round * 10_000 + 5_000));
+        }
+        if handover {
+            assert_eq!(views(&frames), 30, "{name}: views after the swap");
+        } else {
+            assert!(
+                views(&frames) > 30,
+                "{name}: without the handover, views in progress count again"
+            );
+        }
+    }
+    let mut fresh = Collector::new(kit.config()).unwrap();
+    assert!(
+        fresh
+            .import_state(b"TS\x09rest")
+            .unwrap_err()
+            .to_string()
+            .contains("version 9")
+    );
+    assert!(fresh.import_state(b"garbage").is_err());
+}

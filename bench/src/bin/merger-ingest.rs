@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tally_bench::traffic::{self, Shape};
 use tally_collector::{Collector, Config, RequestFacts};
 use tally_delta::{DeltaFrame, MergedDeltas};
-use tally_merger::client::MergerClient;
-use tally_merger::protocol::Ack;
+use tally_link::client::MergerClient;
+use tally_link::protocol::Ack;
 
 const SECRET: &str = "bench-edge-secret";
 

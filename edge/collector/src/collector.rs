@@ -18,6 +18,7 @@ const WATCH_SLACK_MS: u64 = 2_000;
 const TOKEN_CACHE_MAX: usize = 100_000;
 
 /// Per (session, video) playback state within one dedup window.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SessionVideo {
     /// Latest event time seen.
     last_activity: u64,
@@ -29,19 +30,20 @@ struct SessionVideo {
     completed: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum LiveStatus {
     Watching,
     Connected,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct LiveSession {
     stream: u64,
     status: LiveStatus,
     last_beat: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct StreamGauge {
     name: String,
     watching: u32,
@@ -510,6 +512,66 @@ impl Collector {
         frame
     }
 
+    /// The memory a replacement instance needs to go on where this one stops (a component
+    /// swap): the dedup, session, like and live-session tables. Call it right after
+    /// [`Collector::flush`]; aggregates not yet flushed are not part of it.
+    pub fn export_state(&self) -> Vec<u8> {
+        let m = Memory {
+            now: self.now,
+            events: self.events_seen.entries().map(|(k, _, at)| (k.0, k.1, at)).collect(),
+            sessions: self.sessions.entries().map(|(k, v, at)| (k.0, k.1, at, v)).collect(),
+            likes: self.likes.entries().map(|(k, v, at)| (k.0, k.1, at, *v)).collect(),
+            live: self.live.iter().map(|(k, v)| (k.0, k.1, v)).collect(),
+            streams: self.streams.iter().map(|(k, v)| (*k, v)).collect(),
+        };
+        let mut out = STATE_MAGIC.to_vec();
+        out.push(STATE_VERSION);
+        out.extend(postcard::to_allocvec(&m).unwrap_or_default());
+        out
+    }
+
+    /// Takes over the memory another instance exported with [`Collector::export_state`].
+    /// Only a collector that has not ingested anything yet can take it.
+    pub fn import_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        if self.dedup_len() > 0 || !self.live.is_empty() || self.stats.batches > 0 {
+            return Err(StateError::NotFresh);
+        }
+        let body = bytes
+            .strip_prefix(STATE_MAGIC)
+            .ok_or(StateError::Format("not a collector state"))?;
+        match body.split_first() {
+            Some((&STATE_VERSION, rest)) => {
+                let m: MemoryOwned =
+                    postcard::from_bytes(rest).map_err(|_| StateError::Format("corrupt collector state"))?;
+                self.restore(m);
+                Ok(())
+            }
+            Some((v, _)) => Err(StateError::Version(*v)),
+            None => Err(StateError::Format("empty collector state")),
+        }
+    }
+
+    fn restore(&mut self, mut m: MemoryOwned) {
+        m.events.sort_unstable_by_key(|e| e.2);
+        m.sessions.sort_unstable_by_key(|e| e.2);
+        m.likes.sort_unstable_by_key(|e| e.2);
+        for (a, b, at) in m.events {
+            self.events_seen.restore(Key(a, b), (), at);
+        }
+        for (a, b, at, v) in m.sessions {
+            self.sessions.restore(Key(a, b), v, at);
+        }
+        for (a, b, at, v) in m.likes {
+            self.likes.restore(Key(a, b), v, at);
+        }
+        self.live = m.live.into_iter().map(|(a, b, v)| (Key(a, b), v)).collect();
+        self.streams = m.streams.into_iter().collect();
+        self.now = self.now.max(m.now);
+        if self.interval_start == 0 {
+            self.interval_start = m.now;
+        }
+    }
+
     /// Counters since creation and current table sizes.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -520,6 +582,45 @@ impl Collector {
             ..self.stats
         }
     }
+}
+
+const STATE_MAGIC: &[u8] = b"TS";
+const STATE_VERSION: u8 = 1;
+
+/// The tables a replacement instance takes over (borrowed, for export).
+#[derive(serde::Serialize)]
+struct Memory<'a> {
+    now: u64,
+    events: Vec<(u64, u64, u64)>,
+    sessions: Vec<(u64, u64, u64, &'a SessionVideo)>,
+    likes: Vec<(u64, u64, u64, bool)>,
+    live: Vec<(u64, u64, &'a LiveSession)>,
+    streams: Vec<(u64, &'a StreamGauge)>,
+}
+
+/// [`Memory`] as read back.
+#[derive(serde::Deserialize)]
+struct MemoryOwned {
+    now: u64,
+    events: Vec<(u64, u64, u64)>,
+    sessions: Vec<(u64, u64, u64, SessionVideo)>,
+    likes: Vec<(u64, u64, u64, bool)>,
+    live: Vec<(u64, u64, LiveSession)>,
+    streams: Vec<(u64, StreamGauge)>,
+}
+
+/// Why exported state could not be taken over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The bytes are not a collector state.
+    #[error("{0}")]
+    Format(&'static str),
+    /// A state format this build does not know.
+    #[error("collector state version {0} is not supported by this build")]
+    Version(u8),
+    /// The collector already holds state of its own.
+    #[error("only a fresh collector can take over state")]
+    NotFresh,
 }
 
 /// Builds a frame's string table.

@@ -116,6 +116,17 @@ impl<V> ExpiringMap<V> {
         false
     }
 
+    /// Every entry with its queue time, in no particular order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Key, &V, u64)> {
+        self.map.iter().map(|(k, s)| (*k, &s.value, s.queued_at))
+    }
+
+    /// Puts back an entry exported by [`ExpiringMap::entries`]; restore in queue-time order.
+    pub(crate) fn restore(&mut self, key: Key, value: V, queued_at: u64) {
+        self.map.insert(key, Slot { value, queued_at });
+        self.queue.push_back((key, queued_at));
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }

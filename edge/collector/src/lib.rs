@@ -13,7 +13,7 @@ mod expiring;
 pub mod token;
 
 pub use beacon::{Event, EventType, MAX_ID_LEN, MAX_TOKEN_LEN};
-pub use collector::Collector;
+pub use collector::{Collector, StateError};
 pub use config::{Config, ConfigError};
 pub use token::{Claims, TokenError};
 

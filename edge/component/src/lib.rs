@@ -97,6 +97,14 @@ impl api::GuestCollector for Collector {
             token_cache_entries: s.token_cache_entries,
         }
     }
+
+    fn export_state(&self) -> Vec<u8> {
+        self.0.borrow().export_state()
+    }
+
+    fn import_state(&self, state: Vec<u8>) -> Result<(), String> {
+        self.0.borrow_mut().import_state(&state).map_err(|e| e.to_string())
+    }
 }
 
 fn reason(r: core::RejectReason) -> api::RejectReason {

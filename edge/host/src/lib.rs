@@ -1,7 +1,8 @@
 //! Runs `collector.wasm` under wasmtime with the same API as the native collector.
 //!
 //! A [`CollectorEngine`] compiles the component once; each [`WasmCollector`] is one
-//! instance in its own store, with a memory limit, holding one collector resource.
+//! instance in its own store, with a memory limit and a per-call deadline (epoch
+//! interruption), holding one collector resource.
 
 use tally_collector::{BatchError, Config, IngestOutcome, RejectReason, Rejection, RequestFacts, Stats, TokenError};
 use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
@@ -75,6 +76,23 @@ pub struct CollectorEngine {
     component: Component,
     linker: Linker<HostState>,
     memory_limit: usize,
+    deadline_ticks: u64,
+}
+
+/// How often [`EpochTicker`] advances an engine's epoch.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Advances an engine's epoch every [`EPOCH_TICK`] on a thread of its own, so that
+/// calls into its instances trap once they overrun their deadline. Stops when dropped
+/// or when the engine is gone.
+pub struct EpochTicker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl CollectorEngine {
@@ -82,6 +100,7 @@ impl CollectorEngine {
     pub fn new(wasm: &[u8]) -> Result<CollectorEngine, HostError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(HostError::Compile)?;
         let component = Component::new(&engine, wasm).map_err(HostError::Compile)?;
         let mut linker = Linker::new(&engine);
@@ -91,7 +110,35 @@ impl CollectorEngine {
             component,
             linker,
             memory_limit: 1 << 30,
+            deadline_ticks: u64::MAX / 4,
         })
+    }
+
+    /// Makes every call into an instance trap once it runs longer than `limit`, as
+    /// measured by an [`EpochTicker`] (without a ticker running, calls never time out).
+    pub fn with_call_deadline(mut self, limit: std::time::Duration) -> Self {
+        self.deadline_ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        self
+    }
+
+    /// Starts the thread that advances this engine's epoch.
+    pub fn start_ticker(&self) -> EpochTicker {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let weak = self.engine.weak();
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
+        if spawned.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        EpochTicker { stop }
     }
 
     /// Compiles the `collector.wasm` built from this workspace.
@@ -117,6 +164,8 @@ impl CollectorEngine {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks);
         let instance = bindings::Collector::instantiate(&mut store, &self.component, &self.linker)
             .map_err(HostError::Instantiate)?;
         let api = instance.tally_edge_collector_api().clone();
@@ -139,7 +188,12 @@ impl CollectorEngine {
             .call_create(&mut store, &wit_cfg)
             .map_err(HostError::Trap)?
             .map_err(HostError::Config)?;
-        Ok(WasmCollector { store, api, handle })
+        Ok(WasmCollector {
+            store,
+            api,
+            handle,
+            deadline_ticks: self.deadline_ticks,
+        })
     }
 }
 
@@ -148,6 +202,7 @@ pub struct WasmCollector {
     store: Store<HostState>,
     api: api::Guest,
     handle: ResourceAny,
+    deadline_ticks: u64,
 }
 
 impl WasmCollector {
@@ -163,6 +218,7 @@ impl WasmCollector {
             user_agent: facts.user_agent.clone(),
             arrival_ms: facts.arrival_ms,
         };
+        self.store.set_epoch_deadline(self.deadline_ticks);
         let r = self
             .api
             .collector()
@@ -195,6 +251,7 @@ impl WasmCollector {
 
     /// Closes the interval and returns the encoded delta frame.
     pub fn flush(&mut self, now_ms: u64) -> Result<Vec<u8>, HostError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
         self.api
             .collector()
             .call_flush(&mut self.store, self.handle, now_ms)
@@ -203,6 +260,7 @@ impl WasmCollector {
 
     /// Counters and table sizes.
     pub fn stats(&mut self) -> Result<Stats, HostError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
         let s = self
             .api
             .collector()
@@ -223,6 +281,25 @@ impl WasmCollector {
             live_sessions: s.live_sessions,
             token_cache_entries: s.token_cache_entries,
         })
+    }
+
+    /// The dedup and session memory for a replacement; see
+    /// `tally_collector::Collector::export_state`.
+    pub fn export_state(&mut self) -> Result<Vec<u8>, HostError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.api
+            .collector()
+            .call_export_state(&mut self.store, self.handle)
+            .map_err(HostError::Trap)
+    }
+
+    /// Takes over exported memory; the inner error says why the guest refused it.
+    pub fn import_state(&mut self, state: &[u8]) -> Result<Result<(), String>, HostError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.api
+            .collector()
+            .call_import_state(&mut self.store, self.handle, state)
+            .map_err(HostError::Trap)
     }
 
     /// Bytes of linear memory the instance has grown to.

@@ -59,7 +59,7 @@ impl MergerClient {
         send.write_all(&protocol::encode(&hello)).await.map_err(conn_err)?;
         send.finish().map_err(conn_err)?;
         let reply = recv.read_to_end(4096).await.map_err(|e| match conn.close_reason() {
-            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == crate::quic::REFUSED.into() => {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == protocol::REFUSED.into() => {
                 ClientError::Refused(String::from_utf8_lossy(&c.reason).into_owned())
             }
             _ => conn_err(e),
@@ -80,6 +80,11 @@ impl MergerClient {
         send.finish().map_err(conn_err)?;
         let reply = recv.read_to_end(64 << 10).await.map_err(conn_err)?;
         protocol::decode(&reply).map_err(conn_err)
+    }
+
+    /// The QUIC connection, for the count-push streams (see [`crate::protocol::Interest`]).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
     }
 
     /// Closes the connection politely.

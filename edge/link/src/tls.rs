@@ -150,5 +150,12 @@ pub fn client_config(fingerprint: &str) -> Result<quinn::ClientConfig> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    // A merger that vanished (killed, unplugged) is noticed within seconds, so frames
+    // are resent after it comes back rather than waiting on a dead connection.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000))));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
 }

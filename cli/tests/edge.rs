@@ -1,0 +1,524 @@
+//! The real `tally edge` agent with the real `collector.wasm`, real HTTP beacons and real
+//! QUIC to a real `tally merger`: counts equal the ground truth the test computes from
+//! what it sent; bad input answered with reasons; merger down then up; agent killed and
+//! restarted; component swapped under load.
+
+mod common;
+
+use common::{EDGES, Merger, SECRET, metric, spawn_ready};
+use futures_util::future::join_all;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+use tally_traffic::{Plan, Traffic, deliver};
+
+const KEY: &str = "edge-test-signing-key-0001";
+
+struct Agent {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Agent {
+    fn start(m: (SocketAddr, &str), pop: &str, spool: &Path, extra: &[&str]) -> Agent {
+        assert!(EDGES.contains(&pop));
+        let merger = format!("{}={}", m.0, m.1);
+        let mut args = vec![
+            "edge",
+            "--pop",
+            pop,
+            "--secret",
+            SECRET,
+            "--merger",
+            &merger,
+            "--listen",
+            "127.0.0.1:0",
+            "--token-key",
+            KEY,
+            "--flush-interval",
+            "200ms",
+            "--workers",
+            "2",
+            "--client-addr-header",
+            "x-forwarded-for",
+        ];
+        args.extend_from_slice(extra);
+        let (child, v) = spawn_ready(&args, ("--spool-dir", spool));
+        Agent {
+            child,
+            http: v["http"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        metric(self.http, name).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn plan(pops: usize, seed: u64) -> Plan {
+    Plan {
+        pops,
+        new_sessions_per_s: 150.0,
+        session_ms: (800, 2_500),
+        beacon_every_ms: 300,
+        live_streams: 1,
+        live_share: 0.2,
+        key: KEY.as_bytes().to_vec(),
+        seed,
+        ..Plan::default()
+    }
+}
+
+/// Runs the players for `for_ms` of real time, delivering to `urls[pop]`.
+async fn drive(t: &mut Traffic, http: &reqwest::Client, urls: &[String], for_ms: u64) {
+    let end = Instant::now() + Duration::from_millis(for_ms);
+    while Instant::now() < end {
+        let beacons = t.tick(now_ms());
+        send_all(t, http, urls, beacons).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every player leaves; waits for the answers.
+async fn close(t: &mut Traffic, http: &reqwest::Client, urls: &[String]) {
+    let beacons = t.close_all(now_ms());
+    send_all(t, http, urls, beacons).await;
+    // failed deliveries are retried (as players do) until they are taken or given up
+    for _ in 0..20 {
+        let beacons = t.tick(now_ms());
+        if beacons.is_empty() && t.active_sessions() == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        send_all(t, http, urls, beacons).await;
+    }
+}
+
+async fn send_all(t: &mut Traffic, http: &reqwest::Client, urls: &[String], beacons: Vec<tally_traffic::Beacon>) {
+    let answers = join_all(beacons.iter().map(|b| deliver(http, &urls[b.pop % urls.len()], b))).await;
+    for (b, o) in beacons.iter().zip(answers) {
+        t.outcome(b, o);
+    }
+}
+
+/// Waits until the merger's all-time views reach `want` (or `timeout`); returns them.
+async fn merger_views(m: &Merger, want: u64, timeout: Duration) -> u64 {
+    let end = Instant::now() + timeout;
+    loop {
+        let v = m.metric("tally_views_total").await as u64;
+        if v >= want || Instant::now() > end {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beacons_in_counts_out_equal_to_ground_truth_and_reads_at_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let ams = Agent::start((m.quic, &m.fingerprint), "ams", &dir.path().join("ams"), &[]);
+    let urls = vec![fra.url("/v1/events"), ams.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(
+        Plan {
+            retry_rate: 0.05,
+            duplicate_rate: 0.1,
+            refresh_rate: 0.2,
+            late_rate: 0.05,
+            ..plan(2, 11)
+        },
+        now_ms(),
+    );
+    drive(&mut t, &http, &urls, 3_000).await;
+
+    // live gauges reach the edge by the merger's push, and SSE streams them
+    let edge_live = loop_until(Duration::from_secs(10), || async {
+        let r = http.get(fra.url("/v1/live/live-0")).send().await.ok()?;
+        let j: serde_json::Value = r.json().await.ok()?;
+        (j["watching"].as_u64()? + j["connected"].as_u64()? > 0).then_some(j)
+    })
+    .await
+    .expect("live gauge of live-0 pushed to the edge");
+    assert_eq!(edge_live["stream"], "live-0");
+    let sse = http.get(ams.url("/v1/live/live-0/events")).send().await.unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sse = sse;
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = sse.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("\n\n") && text.contains("data:") {
+                return text;
+            }
+        }
+        text
+    })
+    .await
+    .expect("an SSE event within 10 s");
+    assert!(
+        first.contains("event: live") && first.contains("\"watching\""),
+        "{first}"
+    );
+
+    close(&mut t, &http, &urls).await;
+    let truth = t.truth();
+    let expected = truth.total_views();
+    assert!(expected > 200, "the players produced {expected} views");
+    assert!(truth.events > expected * 2);
+    let counted = merger_views(&m, expected, Duration::from_secs(20)).await;
+    // settle: nothing more may arrive
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(m.metric("tally_views_total").await as u64, counted);
+    assert_eq!(counted, expected, "views counted vs the players' ground truth");
+    for (video, views) in truth.top(3) {
+        assert_eq!(m.views(video).await, views, "views of {video}");
+        // the edge answers from the merger's pushes, converging within seconds
+        let at_edge = loop_until(Duration::from_secs(10), || async {
+            let r = http
+                .get(fra.url(&format!("/v1/videos/{video}/stats")))
+                .send()
+                .await
+                .ok()?;
+            let j: serde_json::Value = r.json().await.ok()?;
+            (j["views"].as_u64()? == views).then_some(j)
+        })
+        .await;
+        assert!(at_edge.is_some(), "edge stats of {video} reach {views}");
+    }
+    let r = http.get(fra.url("/v1/videos/never-seen/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let j: serde_json::Value = r.json().await.unwrap();
+    assert!(j["error"].as_str().unwrap().contains("never-seen"));
+    // the spools drain once the merger acknowledged everything
+    let drained = loop_until(Duration::from_secs(10), || async {
+        (fra.metric("tally_edge_spool_frames").await == 0.0 && ams.metric("tally_edge_spool_frames").await == 0.0)
+            .then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "spools drained");
+    assert!(fra.metric("tally_edge_frames_acked_total").await > 0.0);
+}
+
+/// Polls `f` until it gives `Some` or `timeout` passes.
+async fn loop_until<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn event(id: &str, session: &str, video: &str, kind: &str, token: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": id, "session_id": session, "video_id": video, "type": kind,
+        "ts": now_ms(), "position_s": 0.0, "device": "desktop", "source": "direct", "token": token,
+    })
+}
+
+fn token(video: &str) -> String {
+    let claims = tally_collector::Claims {
+        video: video.into(),
+        channel: "ch1".into(),
+        category: "music".into(),
+        expires_s: now_ms() / 1000 + 3600,
+        live: false,
+    };
+    tally_collector::token::mint(KEY.as_bytes(), &claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_reasons_and_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(
+        &conf,
+        "session_events_per_s = 5\nmax_batch_events = 20\nmax_body_bytes = 4096\ncountry_header = \"x-country\"\n",
+    )
+    .unwrap();
+    let conf_s = conf.to_str().unwrap().to_owned();
+    let a = Agent::start(
+        (m.quic, &m.fingerprint),
+        "sin",
+        &dir.path().join("sin"),
+        &["--config", &conf_s],
+    );
+    let http = reqwest::Client::new();
+    let url = a.url("/v1/events");
+    let post = |body: String, ct: &'static str| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let r = http
+                .post(&url)
+                .header("content-type", ct)
+                .header("x-country", "DE")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r.headers().get("retry-after").is_some();
+            (status, r.json::<serde_json::Value>().await.unwrap_or_default(), retry)
+        }
+    };
+    let tk = token("v1");
+    // good, then a partly bad beacon: 202 naming the bad event
+    let good = serde_json::json!({ "events": [event("e1", "s1", "v1", "play", &tk)] }).to_string();
+    let (s, j, _) = post(good.clone(), "text/plain;charset=UTF-8").await;
+    assert_eq!((s, j["accepted"].as_u64()), (202, Some(1)), "{j}");
+    let mixed = serde_json::json!([event("e2", "s2", "v1", "play", &tk), {"event_id": "e3", "session_id": "s2", "type": "play", "ts": now_ms(), "token": tk}]);
+    let (s, j, _) = post(mixed.to_string(), "application/json").await;
+    assert_eq!(s, 202, "{j}");
+    assert_eq!(j["rejected"][0]["index"], 1);
+    assert!(j["rejected"][0]["reason"].as_str().unwrap().contains("video_id"), "{j}");
+    // the same beacon again: accepted, recognised as duplicates, counted once
+    let (s, j, _) = post(good, "application/json").await;
+    assert_eq!((s, j["duplicates"].as_u64()), (202, Some(1)), "{j}");
+    // nothing acceptable: 400 with the reasons
+    let forged = serde_json::json!([event("e4", "s3", "v2", "play", &tk)]);
+    let (s, j, _) = post(forged.to_string(), "application/json").await;
+    assert_eq!(s, 400, "{j}");
+    assert!(
+        j["rejected"][0]["reason"].as_str().unwrap().contains("different video"),
+        "{j}"
+    );
+    // malformed JSON, wrong media type, too large, unknown endpoint
+    let (s, j, _) = post("{\"events\": [".into(), "application/json").await;
+    assert_eq!(s, 400);
+    assert!(j["error"].as_str().unwrap().contains("malformed"), "{j}");
+    let (s, j, _) = post("x".into(), "image/png").await;
+    assert_eq!(s, 415);
+    assert!(j["error"].as_str().unwrap().contains("image/png"), "{j}");
+    let (s, j, _) = post("a".repeat(5000), "application/json").await;
+    assert_eq!(s, 413);
+    assert!(j["error"].as_str().unwrap().contains("4096"), "{j}");
+    let r = http.get(a.url("/v1/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // one session over its rate: 429 with Retry-After (limit 5/s, burst 20)
+    let burst: Vec<_> = (0..10)
+        .map(|i| event(&format!("r{i}"), "greedy", "v1", "heartbeat", &tk))
+        .collect();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (s, _, retry) = post(serde_json::json!(burst).to_string(), "application/json").await;
+        statuses.push((s, retry));
+    }
+    assert_eq!(statuses[0].0, 202);
+    assert!(statuses.contains(&(429, true)), "{statuses:?}");
+    // CORS preflight from a browser
+    let r = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://player.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // s1/v1, s2/v1 and the greedy session's heartbeats (playback starts a view) count;
+    // the forged, malformed, refused and rate-limited beacons count nothing
+    assert_eq!(merger_views(&m, 3, Duration::from_secs(15)).await, 3);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(m.metric("tally_views_total").await, 3.0);
+    assert_eq!(m.views("v2").await, 0);
+    let (_, b) = m.get("/v1/analytics/breakdown?by=country&from=0").await;
+    assert!(b.to_string().contains("DE"), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merger_down_then_up_catches_up_from_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("merger");
+    let mut m = Merger::start(&mdir);
+    let (quic, fp) = (m.quic, m.fingerprint.clone());
+    m.kill();
+    let a = Agent::start((quic, &fp), "fra", &dir.path().join("fra"), &[]);
+    let urls = vec![a.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 12), now_ms());
+    drive(&mut t, &http, &urls, 1_500).await;
+    close(&mut t, &http, &urls).await;
+    let expected = t.truth().total_views();
+    assert!(expected > 100);
+    let spooled = loop_until(Duration::from_secs(5), || async {
+        let n = a.metric("tally_edge_spool_frames").await;
+        (n >= 8.0).then_some(n)
+    })
+    .await
+    .expect("frames wait in the spool while the merger is down");
+    assert_eq!(a.metric("tally_edge_merger_connected").await, 0.0);
+    // the merger comes back on the same address, with the same data
+    let m = Merger::start_with(&mdir, &["--quic-listen", &quic.to_string()]);
+    let counted = merger_views(&m, expected, Duration::from_secs(30)).await;
+    assert_eq!(counted, expected, "{spooled} spooled frames caught up");
+    let drained = loop_until(Duration::from_secs(10), || async {
+        (a.metric("tally_edge_spool_frames").await == 0.0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    assert_eq!(a.metric("tally_edge_merger_connected").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_loses_at_most_one_flush_interval_and_resends_its_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let spool = dir.path().join("fra");
+    let args = ["--flush-interval", "1s"];
+    let mut a = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &args);
+    let http = reqwest::Client::new();
+    // refreshes, retries and duplicates off: dedup memory is lost with the process, and
+    // this test is about lost events, not about a second play after the restart
+    let mut t = Traffic::new(
+        Plan {
+            retry_rate: 0.0,
+            duplicate_rate: 0.0,
+            refresh_rate: 0.0,
+            ..plan(1, 13)
+        },
+        now_ms(),
+    );
+    let urls = vec![a.url("/v1/events")];
+    drive(&mut t, &http, &urls, 1_500).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let before = t.truth().total_views();
+    // a burst shorter than one flush interval, then kill -9; those players go away
+    // (the restarted agent has no dedup memory of them)
+    drive(&mut t, &http, &urls, 600).await;
+    a.kill();
+    let at_risk = t.truth().total_views() - before;
+    let mut a = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &args);
+    let urls = vec![a.url("/v1/events")];
+    let mut later = Traffic::new(
+        Plan {
+            retry_rate: 0.0,
+            duplicate_rate: 0.0,
+            refresh_rate: 0.0,
+            ..plan(1, 23)
+        },
+        now_ms(),
+    );
+    drive(&mut later, &http, &urls, 1_500).await;
+    close(&mut later, &http, &urls).await;
+    let expected = t.truth().total_views() + later.truth().total_views();
+    merger_views(&m, expected, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let counted = m.metric("tally_views_total").await as u64;
+    let lost = expected - counted.min(expected);
+    eprintln!("agent kill -9: {expected} views sent, {counted} counted, {lost} lost; at risk (last 600 ms): {at_risk}");
+    assert!(counted <= expected, "nothing counts twice: {counted} > {expected}");
+    assert!(
+        lost <= at_risk,
+        "lost {lost} views, more than the {at_risk} accepted since the last flush"
+    );
+    a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_swap_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let a = Agent::start(
+        (m.quic, &m.fingerprint),
+        "ams",
+        &dir.path().join("ams"),
+        &["--admin-token", "swap-token"],
+    );
+    let http = reqwest::Client::new();
+    let wasm = std::fs::read(tally_wasm_artifacts::COLLECTOR_WASM_PATH).expect("built collector.wasm");
+    let admin = a.url("/admin/component");
+    let swapper = {
+        let http = http.clone();
+        let pid = a.child.id();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let ok = http
+                .post(&admin)
+                .bearer_auth("swap-token")
+                .body(wasm.clone())
+                .send()
+                .await
+                .unwrap();
+            let ok = (ok.status().as_u16(), ok.text().await.unwrap());
+            let bad = http
+                .post(&admin)
+                .bearer_auth("swap-token")
+                .body("not wasm")
+                .send()
+                .await
+                .unwrap();
+            let bad = (bad.status().as_u16(), bad.text().await.unwrap());
+            let anon = http.post(&admin).body(wasm).send().await.unwrap().status().as_u16();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let hup = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap();
+            (ok, bad, anon, hup.success())
+        })
+    };
+    let mut t = Traffic::new(
+        Plan {
+            retry_rate: 0.0,
+            duplicate_rate: 0.0,
+            refresh_rate: 0.0,
+            ..plan(1, 14)
+        },
+        now_ms(),
+    );
+    let urls = vec![a.url("/v1/events")];
+    drive(&mut t, &http, &urls, 3_000).await;
+    close(&mut t, &http, &urls).await;
+    let (ok, bad, anon, hup) = swapper.await.unwrap();
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    assert_eq!(bad.0, 422, "{}", bad.1);
+    assert!(bad.1.contains("error"));
+    assert_eq!(anon, 401);
+    assert!(hup);
+    let swaps = loop_until(Duration::from_secs(10), || async {
+        let n = a.metric("tally_edge_component_swaps_total").await;
+        (n >= 2.0).then_some(n)
+    })
+    .await;
+    assert_eq!(swaps, Some(2.0), "admin call and SIGHUP both swapped");
+    let expected = t.truth().total_views();
+    let counted = merger_views(&m, expected, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(m.metric("tally_views_total").await as u64, counted);
+    assert_eq!(counted, expected, "no accepted view lost or doubled across two swaps");
+}

@@ -1,0 +1,314 @@
+//! The agent's HTTP endpoint: beacons in, counts out (from the pushed cache).
+
+use crate::Agent;
+use crate::route;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tally_collector::{BatchError, RequestFacts};
+use tower_http::cors::{Any, CorsLayer};
+
+/// How long a read waits for the mergers' first snapshot of something new.
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
+/// Largest component accepted by `POST /admin/component`.
+const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// An error answer: a status and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String, Option<u64>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if let Some(s) = self.2
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+fn err(code: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(code, msg.into(), None)
+}
+
+fn retry(code: StatusCode, msg: impl Into<String>, after_s: u64) -> ApiError {
+    ApiError(code, msg.into(), Some(after_s))
+}
+
+/// The router.
+pub fn router(agent: Arc<Agent>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(86_400));
+    Router::new()
+        .route("/v1/events", post(events))
+        .route("/v1/videos/{id}/stats", get(video_stats))
+        .route("/v1/live/{stream}", get(live))
+        .route("/v1/live/{stream}/events", get(live_sse))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/admin/component", post(swap_component))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(cors)
+        .with_state(agent)
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+async fn events(
+    State(a): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let arrival_ms = crate::now_ms();
+    a.counters.beacons.fetch_add(1, Ordering::Relaxed);
+    let ct = header_str(&headers, "content-type");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !ct.is_empty() && media != "application/json" && media != "text/plain" {
+        return Err(a.refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {media:?} is not accepted: send application/json or text/plain"),
+        ));
+    }
+    if a.spool_full.load(Ordering::Relaxed) {
+        return Err(a.refuse_retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the edge's spool is full (its mergers are not acknowledging); retry later",
+            5,
+        ));
+    }
+    let limit = a.cfg.max_body_bytes as usize;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(a.refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("beacon body exceeds {limit} bytes"),
+            ));
+        }
+    };
+    let client = match &a.cfg.client_addr_header {
+        Some(h) => header_str(&headers, h)
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        None => String::new(),
+    };
+    let client = if client.is_empty() {
+        peer.ip().to_string()
+    } else {
+        client
+    };
+    let sessions = route::sessions(&bytes);
+    if let Err(why) = a.limits.check(&client, &sessions) {
+        a.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(a.refuse_retry(StatusCode::TOO_MANY_REQUESTS, why, 1));
+    }
+    let facts = RequestFacts {
+        country: header_str(&headers, &a.cfg.country_header).to_owned(),
+        client_addr: client,
+        user_agent: header_str(&headers, "user-agent").to_owned(),
+        arrival_ms,
+    };
+    let outcome = match a.pool.ingest(&bytes, &sessions, &facts).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            let code = match e {
+                BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BatchError::Malformed(_) => StatusCode::BAD_REQUEST,
+            };
+            return Err(a.refuse(code, e.to_string()));
+        }
+        Err(e) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    };
+    a.counters
+        .events_accepted
+        .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+    a.counters
+        .events_rejected
+        .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
+    a.counters
+        .bytes_accepted
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let rejected: Vec<_> = outcome
+        .rejected
+        .iter()
+        .map(|r| json!({ "index": r.index, "reason": r.reason.to_string() }))
+        .collect();
+    let none_accepted = outcome.accepted == 0 && !outcome.rejected.is_empty();
+    let mut body = json!({
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+        "rejected": rejected,
+    });
+    if none_accepted {
+        body["error"] = json!("no event of the beacon was accepted; see `rejected`");
+        a.counters.refused.fetch_add(1, Ordering::Relaxed);
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+impl Agent {
+    fn refuse(&self, code: StatusCode, msg: impl Into<String>) -> ApiError {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        err(code, msg)
+    }
+
+    fn refuse_retry(&self, code: StatusCode, msg: impl Into<String>, after_s: u64) -> ApiError {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        retry(code, msg, after_s)
+    }
+}
+
+fn json_body(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=1"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn video_stats(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut snapshots = a.cache.snapshots();
+    let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
+    loop {
+        match a.cache.video(&id) {
+            Some(Some(body)) => return Ok(json_body(body)),
+            Some(None) => return Err(err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}"))),
+            None => {}
+        }
+        if tokio::time::timeout_at(deadline, snapshots.changed()).await.is_err() {
+            return Err(retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("counts for video {id} have not reached this edge yet (is a merger connected?); retry"),
+                1,
+            ));
+        }
+    }
+}
+
+async fn stream_rx(a: &Agent, stream: &str) -> Result<tokio::sync::watch::Receiver<Option<String>>, ApiError> {
+    let mut rx = a
+        .cache
+        .stream(stream)
+        .ok_or_else(|| err(StatusCode::SERVICE_UNAVAILABLE, "this edge follows too many streams"))?;
+    if rx.borrow().is_none() {
+        let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
+        while rx.borrow_and_update().is_none() {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(retry(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("live counts for stream {stream} have not reached this edge yet; retry"),
+                    1,
+                ));
+            }
+        }
+    }
+    Ok(rx)
+}
+
+async fn live(State(a): State<Arc<Agent>>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+    let rx = stream_rx(&a, &stream).await?;
+    let body = rx.borrow().clone().unwrap_or_default();
+    Ok(json_body(body))
+}
+
+async fn live_sse(
+    State(a): State<Arc<Agent>>,
+    Path(stream): Path<String>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let mut rx = a
+        .cache
+        .stream(&stream)
+        .ok_or_else(|| err(StatusCode::SERVICE_UNAVAILABLE, "this edge follows too many streams"))?;
+    rx.mark_changed();
+    let events = futures_util::stream::unfold((rx, a, stream, false), |(mut rx, a, stream, sent)| async move {
+        if sent {
+            // Coalesce: at most one update a second, whatever the merger sends.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        loop {
+            rx.changed().await.ok()?;
+            a.cache.renew_stream(&stream);
+            let v = rx.borrow_and_update().clone();
+            if let Some(body) = v {
+                return Some((Ok(Event::default().event("live").data(body)), (rx, a, stream, true)));
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+async fn healthz(State(a): State<Arc<Agent>>) -> Json<serde_json::Value> {
+    let mergers: Vec<_> = a
+        .shipping
+        .status
+        .iter()
+        .map(|m| json!({ "addr": m.addr, "connected": m.connected.load(Ordering::Relaxed) }))
+        .collect();
+    Json(json!({
+        "status": "ok", "pop": a.cfg.pop_id, "edge": a.cfg.edge_id,
+        "spool_frames": a.spool.pending(), "spool_full": a.spool_full.load(Ordering::Relaxed),
+        "mergers": mergers,
+    }))
+}
+
+async fn metrics(State(a): State<Arc<Agent>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        a.metrics_text().await,
+    )
+        .into_response()
+}
+
+async fn swap_component(
+    State(a): State<Arc<Agent>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(token) = &a.cfg.admin_token else {
+        return Err(err(StatusCode::FORBIDDEN, "no admin token is configured on this agent"));
+    };
+    let given = header_str(&headers, "authorization")
+        .strip_prefix("Bearer ")
+        .unwrap_or("");
+    if given.is_empty() || given != token {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <admin token> required",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_COMPONENT_BYTES)
+        .await
+        .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "component larger than 64 MiB"))?;
+    if bytes.is_empty() {
+        return Err(err(StatusCode::BAD_REQUEST, "send the component's bytes as the body"));
+    }
+    let n = bytes.len();
+    a.swap_component(bytes.to_vec())
+        .await
+        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    Ok(Json(json!({ "swapped": true, "bytes": n })))
+}

@@ -1,0 +1,463 @@
+//! The Tally edge agent: the native daemon of a POP.
+//!
+//! It hosts `collector.wasm` under wasmtime ([`pool`]: one instance per worker, events
+//! routed by session, memory limits and call deadlines), takes beacons over HTTP
+//! ([`http`], with [`limits`]), flushes a frame from every instance each interval into a
+//! durable [`spool`], ships the frames over QUIC to every merger ([`ship`]) and serves
+//! the counts the mergers push back ([`reads`]).
+//!
+//! Loss bound: a frame is durable in the spool at the end of each flush interval, so an
+//! agent killed at any instant loses at most the events it accepted since its last flush
+//! (one interval, 1 s by default). Dedup memory is lost too, so a view that spans an
+//! agent restart or a component swap may count again.
+
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod pool;
+pub mod reads;
+pub mod route;
+pub mod ship;
+pub mod spool;
+
+use config::AgentConfig;
+use pool::{Epochs, Kind, Pool};
+use reads::ReadCache;
+use ship::Shipping;
+use spool::{Spool, SpoolError};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The component could not be loaded or instantiated.
+    #[error("collector component: {0}")]
+    Component(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Other local I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Beacon counters.
+#[derive(Default)]
+pub struct HttpCounters {
+    /// Beacons received.
+    pub beacons: AtomicU64,
+    /// Beacons refused (any non-202 answer).
+    pub refused: AtomicU64,
+    /// Beacons refused by a rate limit.
+    pub rate_limited: AtomicU64,
+    /// Events accepted (duplicates included).
+    pub events_accepted: AtomicU64,
+    /// Events refused.
+    pub events_rejected: AtomicU64,
+    /// Body bytes of accepted beacons.
+    pub bytes_accepted: AtomicU64,
+}
+
+/// One running agent's shared parts.
+pub struct Agent {
+    /// Its configuration.
+    pub cfg: AgentConfig,
+    /// The collector instances.
+    pub pool: Pool,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// The shippers.
+    pub shipping: Shipping,
+    /// Counts pushed by the mergers.
+    pub cache: Arc<ReadCache>,
+    /// Rate limits.
+    pub limits: limits::Limits,
+    /// Beacon counters.
+    pub counters: HttpCounters,
+    /// The spool refused the last frames: beacons are refused until it has room.
+    pub spool_full: AtomicBool,
+    /// Frames taken from the collectors that the spool has not taken yet.
+    unspooled: Mutex<Vec<Vec<u8>>>,
+    frames_spooled: AtomicU64,
+    swap_lock: tokio::sync::Mutex<()>,
+}
+
+impl Agent {
+    /// Takes a frame from every instance and spools it; returns the frames spooled.
+    pub async fn flush(&self) -> usize {
+        let frames = self.pool.flush(now_ms()).await;
+        self.spool_frames(frames)
+    }
+
+    fn spool_frames(&self, frames: Vec<Vec<u8>>) -> usize {
+        let mut waiting = self.unspooled.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.extend(frames);
+        if waiting.is_empty() {
+            return 0;
+        }
+        match self.spool.append(&waiting) {
+            Ok(entries) => {
+                let n = entries.len();
+                waiting.clear();
+                drop(waiting);
+                self.frames_spooled.fetch_add(n as u64, Ordering::Relaxed);
+                self.shipping.enqueue(entries);
+                if self.spool_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("spool has room again; taking beacons");
+                }
+                n
+            }
+            Err(e) => {
+                // Kept in memory and retried each interval; beacons are refused meanwhile,
+                // so what waits here is bounded by a few intervals of frames.
+                if !self.spool_full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "cannot spool frames; refusing beacons until it can");
+                }
+                0
+            }
+        }
+    }
+
+    /// Replaces the collector in every instance by the component `wasm`, without losing
+    /// accepted events: each old instance's last frame is spooled.
+    pub async fn swap_component(&self, wasm: Vec<u8>) -> Result<(), String> {
+        let _one_at_a_time = self.swap_lock.lock().await;
+        let cfg = self.cfg.clone();
+        let kind = tokio::task::spawn_blocking(move || -> Result<Kind, String> {
+            let kind = Kind::wasm(&wasm, &cfg).map_err(|e| e.to_string())?;
+            kind.check(&cfg.collector_config(0, 1))?;
+            Ok(kind)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (frames, result) = self.pool.swap(kind, now_ms()).await;
+        self.spool_frames(frames);
+        result?;
+        tracing::info!("collector component swapped");
+        Ok(())
+    }
+
+    /// Reloads the configured component (or the embedded one): what SIGHUP does.
+    pub async fn reload_component(&self) -> Result<(), String> {
+        let bytes = component_bytes(&self.cfg)?;
+        self.swap_component(bytes).await
+    }
+
+    /// Frames not yet acknowledged by every merger (spooled or waiting to be).
+    pub fn pending_frames(&self) -> usize {
+        self.spool.pending() + self.unspooled.lock().map_or(0, |w| w.len())
+    }
+
+    /// Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        put(
+            "tally_edge_beacons_total",
+            "counter",
+            "Beacons received.",
+            c.beacons.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_beacons_refused_total",
+            "counter",
+            "Beacons answered with an error.",
+            c.refused.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_rate_limited_total",
+            "counter",
+            "Beacons refused by a rate limit.",
+            c.rate_limited.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_events_accepted_total",
+            "counter",
+            "Events accepted (duplicates included).",
+            c.events_accepted.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_events_rejected_total",
+            "counter",
+            "Events refused.",
+            c.events_rejected.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_beacon_bytes_total",
+            "counter",
+            "Body bytes of accepted beacons.",
+            c.bytes_accepted.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_frames_spooled_total",
+            "counter",
+            "Frames written to the spool.",
+            self.frames_spooled.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_spool_frames",
+            "gauge",
+            "Frames not yet acknowledged by every merger.",
+            self.pending_frames() as u64,
+        );
+        put(
+            "tally_edge_spool_bytes",
+            "gauge",
+            "Bytes the spool holds on disk.",
+            self.spool.bytes(),
+        );
+        put(
+            "tally_edge_spool_max_bytes",
+            "gauge",
+            "The spool's bound.",
+            self.spool.max_bytes(),
+        );
+        put(
+            "tally_edge_spool_full",
+            "gauge",
+            "1 while the spool refuses frames (beacons get 503).",
+            self.spool_full.load(Ordering::Relaxed) as u64,
+        );
+        put(
+            "tally_edge_instance_traps_total",
+            "counter",
+            "Collector calls that trapped (instance replaced).",
+            self.pool.counters.traps.load(Ordering::Relaxed),
+        );
+        put(
+            "tally_edge_component_swaps_total",
+            "counter",
+            "Collector component swaps.",
+            self.pool.counters.swaps.load(Ordering::Relaxed),
+        );
+        let stats = self.pool.stats().await;
+        let sum = |f: fn(&tally_collector::Stats) -> u64| stats.iter().map(|(s, _)| f(s)).sum::<u64>();
+        put(
+            "tally_edge_duplicates_total",
+            "counter",
+            "Accepted events recognised as duplicates (current instances).",
+            sum(|s| s.duplicates),
+        );
+        put(
+            "tally_edge_views_total",
+            "counter",
+            "Views counted (current instances).",
+            sum(|s| s.views),
+        );
+        put(
+            "tally_edge_dedup_entries",
+            "gauge",
+            "Entries in the dedup tables.",
+            sum(|s| s.dedup_entries),
+        );
+        put(
+            "tally_edge_dedup_evictions_total",
+            "counter",
+            "Dedup entries evicted by the memory budget.",
+            sum(|s| s.dedup_evictions),
+        );
+        put(
+            "tally_edge_instance_memory_bytes",
+            "gauge",
+            "Memory of the collector instances.",
+            stats.iter().map(|(_, m)| m).sum(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tally_edge_merger_connected 1 while connected to the merger.\n# TYPE tally_edge_merger_connected gauge"
+        );
+        for m in &self.shipping.status {
+            let _ = writeln!(
+                out,
+                "tally_edge_merger_connected{{merger=\"{}\"}} {}",
+                m.addr,
+                m.connected.load(Ordering::Relaxed) as u8
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_edge_frames_acked_total Frames a merger acknowledged.\n# TYPE tally_edge_frames_acked_total counter"
+        );
+        for m in &self.shipping.status {
+            let _ = writeln!(
+                out,
+                "tally_edge_frames_acked_total{{merger=\"{}\"}} {}",
+                m.addr,
+                m.acked.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_edge_wire_bytes_total Frame bytes a merger acknowledged.\n# TYPE tally_edge_wire_bytes_total counter"
+        );
+        for m in &self.shipping.status {
+            let _ = writeln!(
+                out,
+                "tally_edge_wire_bytes_total{{merger=\"{}\"}} {}",
+                m.addr,
+                m.bytes.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_edge_merger_backlog Frames waiting for a merger.\n# TYPE tally_edge_merger_backlog gauge"
+        );
+        for m in &self.shipping.status {
+            let _ = writeln!(
+                out,
+                "tally_edge_merger_backlog{{merger=\"{}\"}} {}",
+                m.addr,
+                m.backlog.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// The component the config names, or the one built into this binary.
+pub fn component_bytes(cfg: &AgentConfig) -> Result<Vec<u8>, String> {
+    match &cfg.component {
+        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read component {}: {e}", p.display())),
+        None => Ok(tally_wasm_artifacts::COLLECTOR_WASM.to_vec()),
+    }
+}
+
+/// A started agent.
+pub struct Running {
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+    /// The agent.
+    pub agent: Arc<Agent>,
+    server: tokio::task::JoinHandle<()>,
+    flusher: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops taking beacons, spools a last frame from every instance and gives the
+    /// shippers up to `grace` to deliver what the spool holds (the rest is resent on the
+    /// next start).
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        // Open SSE streams would hold a graceful shutdown forever.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        self.flusher.abort();
+        self.agent.flush().await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.agent.pending_frames() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.agent.shipping.stop();
+    }
+}
+
+/// Starts an agent: opens the spool (resending what it holds), compiles the component,
+/// starts the instances, the shippers, the flush loop and the HTTP endpoint.
+pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.spool_dir)
+        .map_err(|e| StartError::Io(format!("creating spool dir {}: {e}", cfg.spool_dir.display())))?;
+    let (spool, held) = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+    if !held.is_empty() {
+        tracing::info!(frames = held.len(), "resending frames left in the spool");
+    }
+    let epochs = Epochs::open(&cfg.spool_dir)
+        .map_err(|e| StartError::Io(format!("reading the epoch counter in {}: {e}", cfg.spool_dir.display())))?;
+    let epochs = Arc::new(Mutex::new(epochs));
+    let kind = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || -> Result<Kind, String> {
+            if cfg.native {
+                return Ok(Kind::Native);
+            }
+            Kind::wasm(&component_bytes(&cfg)?, &cfg).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| StartError::Component(e.to_string()))?
+        .map_err(StartError::Component)?
+    };
+    let pool = Pool::start(kind, &cfg, epochs).map_err(StartError::Component)?;
+    let spool = Arc::new(spool);
+    let cache = Arc::new(ReadCache::default());
+    let shipping = Shipping::start(
+        &cfg,
+        spool.clone(),
+        held.into_iter().map(|(e, _)| e).collect(),
+        cache.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+    let agent = Arc::new(Agent {
+        limits: limits::Limits::new(&cfg),
+        cfg,
+        pool,
+        spool,
+        shipping,
+        cache,
+        counters: HttpCounters::default(),
+        spool_full: AtomicBool::new(false),
+        unspooled: Mutex::new(Vec::new()),
+        frames_spooled: AtomicU64::new(0),
+        swap_lock: tokio::sync::Mutex::new(()),
+    });
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let flusher = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(agent.cfg.flush_interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                agent.flush().await;
+                n += 1;
+                if n % 30 == 0 {
+                    agent.limits.sweep();
+                }
+            }
+        })
+    };
+    let app = http::router(agent.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        if let Err(e) = graceful.await {
+            tracing::error!(error = %e, "beacon endpoint stopped");
+        }
+    });
+    Ok(Running {
+        addr,
+        agent,
+        server,
+        flusher,
+        stop,
+    })
+}

@@ -1,0 +1,110 @@
+//! Rate limits per session (events) and per client address (beacons), checked before
+//! a beacon is ingested so that a refused beacon counts nothing.
+
+use crate::config::AgentConfig;
+use crate::route::Sessions;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+
+/// The agent's rate limiters.
+pub struct Limits {
+    sessions: DefaultKeyedRateLimiter<Vec<u8>>,
+    addrs: DefaultKeyedRateLimiter<String>,
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+impl Limits {
+    /// Limits from the config: a session may send `session_events_per_s` events a second
+    /// with bursts up to a full beacon; an address `addr_beacons_per_s` beacons a second
+    /// with bursts of twice that.
+    pub fn new(cfg: &AgentConfig) -> Limits {
+        let per_session = Quota::per_second(nz(cfg.session_events_per_s))
+            .allow_burst(nz(cfg.max_batch_events.max(cfg.session_events_per_s * 4)));
+        let per_addr = Quota::per_second(nz(cfg.addr_beacons_per_s)).allow_burst(nz(cfg.addr_beacons_per_s * 2));
+        Limits {
+            sessions: RateLimiter::keyed(per_session),
+            addrs: RateLimiter::keyed(per_addr),
+        }
+    }
+
+    /// Takes one beacon from `addr` with the events of `sessions`, or says which limit
+    /// it is over.
+    pub fn check(&self, addr: &str, sessions: &Sessions<'_>) -> Result<(), String> {
+        if self.addrs.check_key(&addr.to_owned()).is_err() {
+            return Err(format!("too many beacons from {addr}; slow down"));
+        }
+        let over = |s: &[u8], n: u32| -> Result<(), String> {
+            match self.sessions.check_key_n(&s.to_vec(), nz(n)) {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(format!(
+                    "too many events from session {}; slow down",
+                    String::from_utf8_lossy(s)
+                )),
+            }
+        };
+        match sessions {
+            Sessions::One { session, events } => over(session, *events),
+            Sessions::Many(events) => {
+                let mut per: std::collections::HashMap<&[u8], u32> = std::collections::HashMap::new();
+                for (s, _) in events {
+                    *per.entry(s.as_slice()).or_default() += 1;
+                }
+                per.into_iter().try_for_each(|(s, n)| over(s, n))
+            }
+            Sessions::Unknown => Ok(()),
+        }
+    }
+
+    /// Forgets keys that are back to full capacity (call now and then).
+    pub fn sweep(&self) {
+        self.sessions.retain_recent();
+        self.sessions.shrink_to_fit();
+        self.addrs.retain_recent();
+        self.addrs.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_over_its_rate_is_refused_and_others_are_not() {
+        let cfg = AgentConfig {
+            session_events_per_s: 5,
+            max_batch_events: 20,
+            ..AgentConfig::default()
+        };
+        let l = Limits::new(&cfg);
+        let s = Sessions::One {
+            session: b"s1",
+            events: 10,
+        };
+        assert!(l.check("1.2.3.4", &s).is_ok());
+        assert!(l.check("1.2.3.4", &s).is_ok());
+        let e = l.check("1.2.3.4", &s).unwrap_err();
+        assert!(e.contains("session s1"), "{e}");
+        let other = Sessions::One {
+            session: b"s2",
+            events: 10,
+        };
+        assert!(l.check("1.2.3.4", &other).is_ok());
+    }
+
+    #[test]
+    fn an_address_over_its_rate_is_refused() {
+        let cfg = AgentConfig {
+            addr_beacons_per_s: 3,
+            ..AgentConfig::default()
+        };
+        let l = Limits::new(&cfg);
+        let ok = (0..20)
+            .filter(|_| l.check("9.9.9.9", &Sessions::Unknown).is_ok())
+            .count();
+        assert_eq!(ok, 6, "burst of twice the rate");
+        assert!(l.check("8.8.8.8", &Sessions::Unknown).is_ok());
+    }
+}

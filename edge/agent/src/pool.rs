@@ -1,0 +1,439 @@
+//! The collector instances: one thread each, fed by a channel, each owning one
+//! collector (a `collector.wasm` instance or, for comparison, the native core).
+//!
+//! Every instance numbers its own frames as edge `<edge-id>/<n>` in an epoch taken from
+//! [`Epochs`], so a replaced instance (after a trap or a component swap) or a restarted
+//! agent never reuses a frame id.
+
+use crate::config::AgentConfig;
+use crate::route::{Sessions, worker_of};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tally_collector::{BatchError, Collector, IngestOutcome, Rejection, RequestFacts, Stats};
+use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
+use tokio::sync::{mpsc, oneshot};
+
+/// Epochs handed out in blocks reserved on disk, so that they grow across restarts.
+pub struct Epochs {
+    path: PathBuf,
+    next: u64,
+    reserved_until: u64,
+}
+
+const EPOCH_BLOCK: u64 = 1_000;
+
+impl Epochs {
+    /// Opens (or starts) the epoch counter in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<Epochs> {
+        let path = dir.join("epoch");
+        let stored = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(Epochs {
+            path,
+            next: stored + 1,
+            reserved_until: stored,
+        })
+    }
+
+    /// The next unused epoch (durable before it is returned).
+    pub fn take(&mut self) -> std::io::Result<u64> {
+        if self.next > self.reserved_until {
+            let until = self.next + EPOCH_BLOCK;
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(&tmp, until.to_string())?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            self.reserved_until = until;
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+}
+
+/// A compiled collector, native or wasm.
+#[derive(Clone)]
+pub enum Kind {
+    /// The collector core compiled into the agent.
+    Native,
+    /// A `collector.wasm` compiled by wasmtime.
+    Wasm(Arc<WasmKind>),
+}
+
+/// A compiled component and the ticker that enforces its call deadline.
+pub struct WasmKind {
+    engine: CollectorEngine,
+    _ticker: EpochTicker,
+}
+
+impl Kind {
+    /// Compiles a component with the instance limits of `cfg`.
+    pub fn wasm(bytes: &[u8], cfg: &AgentConfig) -> Result<Kind, HostError> {
+        let engine = CollectorEngine::new(bytes)?
+            .with_memory_limit(cfg.instance_memory_bytes as usize)
+            .with_call_deadline(std::time::Duration::from_millis(cfg.call_deadline_ms));
+        let ticker = engine.start_ticker();
+        Ok(Kind::Wasm(Arc::new(WasmKind {
+            engine,
+            _ticker: ticker,
+        })))
+    }
+
+    fn instantiate(&self, cfg: &tally_collector::Config) -> Result<Instance, String> {
+        match self {
+            Kind::Native => Collector::new(cfg.clone())
+                .map(|c| Instance::Native(Box::new(c)))
+                .map_err(|e| e.to_string()),
+            Kind::Wasm(w) => w
+                .engine
+                .instantiate(cfg)
+                .map(|c| Instance::Wasm(Box::new(c)))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Checks that a collector can be made from this kind with `cfg`.
+    pub fn check(&self, cfg: &tally_collector::Config) -> Result<(), String> {
+        self.instantiate(cfg).map(|_| ())
+    }
+}
+
+enum Instance {
+    Native(Box<Collector>),
+    Wasm(Box<WasmCollector>),
+}
+
+impl Instance {
+    fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> Result<Result<IngestOutcome, BatchError>, HostError> {
+        match self {
+            Instance::Native(c) => Ok(c.ingest(body, facts)),
+            Instance::Wasm(w) => w.ingest(body, facts),
+        }
+    }
+
+    fn flush(&mut self, now: u64) -> Result<Vec<u8>, HostError> {
+        match self {
+            Instance::Native(c) => Ok(c.flush(now).encode()),
+            Instance::Wasm(w) => w.flush(now),
+        }
+    }
+
+    fn export_state(&mut self) -> Result<Vec<u8>, HostError> {
+        match self {
+            Instance::Native(c) => Ok(c.export_state()),
+            Instance::Wasm(w) => w.export_state(),
+        }
+    }
+
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        match self {
+            Instance::Native(c) => c.import_state(state).map_err(|e| e.to_string()),
+            Instance::Wasm(w) => w.import_state(state).map_err(|e| e.to_string())?,
+        }
+    }
+
+    fn stats(&mut self) -> Result<(Stats, u64), HostError> {
+        match self {
+            Instance::Native(c) => Ok((c.stats(), c.memory_bytes() as u64)),
+            Instance::Wasm(w) => Ok((w.stats()?, w.linear_memory_bytes() as u64)),
+        }
+    }
+}
+
+/// The answer to one ingest: the collector's verdict, or `Err` when the instance failed.
+pub type IngestReply = Result<Result<IngestOutcome, BatchError>, String>;
+
+enum Cmd {
+    Ingest {
+        body: Vec<u8>,
+        facts: RequestFacts,
+        reply: oneshot::Sender<IngestReply>,
+    },
+    Flush {
+        now: u64,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    Swap {
+        kind: Kind,
+        now: u64,
+        reply: oneshot::Sender<(Option<Vec<u8>>, Result<(), String>)>,
+    },
+    Stats {
+        reply: oneshot::Sender<Option<(Stats, u64)>>,
+    },
+}
+
+/// Counters of the pool itself.
+#[derive(Default)]
+pub struct PoolCounters {
+    /// Calls that trapped (the instance was replaced).
+    pub traps: AtomicU64,
+    /// Component swaps done.
+    pub swaps: AtomicU64,
+}
+
+/// The instances and their threads.
+pub struct Pool {
+    workers: Vec<mpsc::Sender<Cmd>>,
+    /// Counters.
+    pub counters: Arc<PoolCounters>,
+}
+
+/// Queue length per instance; a full queue makes ingest wait (backpressure).
+const WORKER_QUEUE: usize = 1024;
+
+impl Pool {
+    /// Starts `cfg.workers` instances of `kind`.
+    pub fn start(kind: Kind, cfg: &AgentConfig, epochs: Arc<Mutex<Epochs>>) -> Result<Pool, String> {
+        let counters = Arc::new(PoolCounters::default());
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for i in 0..cfg.workers {
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            let mut worker = Worker {
+                index: i,
+                cfg: cfg.clone(),
+                epochs: epochs.clone(),
+                counters: counters.clone(),
+                kind: kind.clone(),
+                instance: None,
+            };
+            worker.instance = Some(worker.fresh()?);
+            std::thread::Builder::new()
+                .name(format!("collector-{i}"))
+                .spawn(move || worker.run(rx))
+                .map_err(|e| format!("spawning collector thread: {e}"))?;
+            workers.push(tx);
+        }
+        Ok(Pool { workers, counters })
+    }
+
+    /// Ingests one beacon, routing its events by session.
+    pub async fn ingest(&self, body: &[u8], sessions: &Sessions<'_>, facts: &RequestFacts) -> IngestReply {
+        match sessions {
+            Sessions::One { session, .. } => {
+                self.ingest_on(worker_of(session, self.workers.len()), body, facts)
+                    .await
+            }
+            Sessions::Unknown => self.ingest_on(0, body, facts).await,
+            Sessions::Many(events) => {
+                let n = self.workers.len();
+                let mut parts: Vec<(Vec<u8>, Vec<u32>)> = vec![(b"[".to_vec(), Vec::new()); n];
+                for (i, (session, raw)) in events.iter().enumerate() {
+                    let (body, idx) = &mut parts[worker_of(session, n)];
+                    if !idx.is_empty() {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(raw.get().as_bytes());
+                    idx.push(i as u32);
+                }
+                let mut total = IngestOutcome::default();
+                for (w, (mut body, idx)) in parts.into_iter().enumerate() {
+                    if idx.is_empty() {
+                        continue;
+                    }
+                    body.push(b']');
+                    // The parts of one beacon are ingested one after another; a part can
+                    // only fail as a whole for a reason the whole beacon would fail for.
+                    let o = self.ingest_on(w, &body, facts).await?;
+                    let o = match o {
+                        Ok(o) => o,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    total.accepted += o.accepted;
+                    total.duplicates += o.duplicates;
+                    total.rejected.extend(o.rejected.into_iter().map(|r| Rejection {
+                        index: idx[r.index as usize],
+                        reason: r.reason,
+                    }));
+                }
+                total.rejected.sort_by_key(|r| r.index);
+                Ok(Ok(total))
+            }
+        }
+    }
+
+    async fn ingest_on(&self, worker: usize, body: &[u8], facts: &RequestFacts) -> IngestReply {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Ingest {
+            body: body.to_vec(),
+            facts: facts.clone(),
+            reply,
+        };
+        self.workers[worker]
+            .send(cmd)
+            .await
+            .map_err(|_| "collector is shutting down".to_string())?;
+        rx.await.map_err(|_| "collector instance stopped".to_string())?
+    }
+
+    /// Closes every instance's interval at `now` and takes its frame.
+    pub async fn flush(&self, now: u64) -> Vec<Vec<u8>> {
+        let mut waits = Vec::with_capacity(self.workers.len());
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.send(Cmd::Flush { now, reply }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        let mut frames = Vec::new();
+        for rx in waits {
+            if let Ok(Some(f)) = rx.await {
+                frames.push(f);
+            }
+        }
+        frames
+    }
+
+    /// Replaces every instance by one of `kind` (check it with [`Kind::check`] first).
+    /// Returns the old instances' last frames, which must be shipped whatever happened,
+    /// and whether every instance was replaced.
+    pub async fn swap(&self, kind: Kind, now: u64) -> (Vec<Vec<u8>>, Result<(), String>) {
+        let mut frames = Vec::new();
+        let mut result = Ok(());
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            let cmd = Cmd::Swap {
+                kind: kind.clone(),
+                now,
+                reply,
+            };
+            if w.send(cmd).await.is_err() {
+                result = Err("collector is shutting down".to_string());
+                continue;
+            }
+            match rx.await {
+                Ok((last, r)) => {
+                    frames.extend(last);
+                    if let Err(e) = r {
+                        result = Err(e);
+                    }
+                }
+                Err(_) => result = Err("collector instance stopped".to_string()),
+            }
+        }
+        if result.is_ok() {
+            self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        }
+        (frames, result)
+    }
+
+    /// Each instance's stats and memory bytes.
+    pub async fn stats(&self) -> Vec<(Stats, u64)> {
+        let mut out = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.send(Cmd::Stats { reply }).await.is_ok()
+                && let Ok(Some(s)) = rx.await
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+struct Worker {
+    index: usize,
+    cfg: AgentConfig,
+    epochs: Arc<Mutex<Epochs>>,
+    counters: Arc<PoolCounters>,
+    kind: Kind,
+    instance: Option<Instance>,
+}
+
+impl Worker {
+    fn fresh_of(&self, kind: &Kind) -> Result<Instance, String> {
+        let epoch = self
+            .epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map_err(|e| format!("cannot record a new epoch: {e}"))?;
+        kind.instantiate(&self.cfg.collector_config(self.index, epoch))
+    }
+
+    fn fresh(&self) -> Result<Instance, String> {
+        self.fresh_of(&self.kind)
+    }
+
+    /// After a trap the instance cannot be entered again: make a new one. What the
+    /// old one aggregated since its last flush is lost (at most one flush interval).
+    fn replace(&mut self, what: &str, e: &HostError) {
+        self.counters.traps.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(worker = self.index, error = %e, "collector {what} failed; replacing the instance");
+        self.instance = match self.fresh() {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!(worker = self.index, error = %e, "cannot make a new collector instance");
+                None
+            }
+        };
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            if self.instance.is_none() {
+                self.instance = self.fresh().ok();
+            }
+            let Some(inst) = self.instance.as_mut() else {
+                // No instance could be made; answer so that nobody waits forever.
+                if let Cmd::Ingest { reply, .. } = cmd {
+                    let _ = reply.send(Err("no collector instance is available".into()));
+                }
+                continue;
+            };
+            match cmd {
+                Cmd::Ingest { body, facts, reply } => match inst.ingest(&body, &facts) {
+                    Ok(r) => {
+                        let _ = reply.send(Ok(r));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("the collector failed on this beacon: {e}")));
+                        self.replace("ingest", &e);
+                    }
+                },
+                Cmd::Flush { now, reply } => match inst.flush(now) {
+                    Ok(f) => {
+                        let _ = reply.send(Some(f));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(None);
+                        self.replace("flush", &e);
+                    }
+                },
+                Cmd::Swap { kind, now, reply } => {
+                    // The old instance keeps running if no new one can be made. Its last
+                    // frame goes to the spool whatever happens; its dedup and session
+                    // memory goes to the new one, so views in progress do not count again.
+                    let last = inst.flush(now).ok();
+                    let state = inst.export_state().ok();
+                    let r = self.fresh_of(&kind).map(|mut new| {
+                        match state.as_deref().map(|s| new.import_state(s)) {
+                            Some(Ok(())) => {}
+                            Some(Err(e)) => tracing::warn!(
+                                worker = self.index,
+                                error = %e,
+                                "the new collector cannot take over the old one's memory; sessions in progress may count again"
+                            ),
+                            None => tracing::warn!(worker = self.index, "the old collector could not export its memory"),
+                        }
+                        self.instance = Some(new);
+                        self.kind = kind;
+                    });
+                    let _ = reply.send((last, r));
+                }
+                Cmd::Stats { reply } => {
+                    let _ = reply.send(inst.stats().ok());
+                }
+            }
+        }
+    }
+}

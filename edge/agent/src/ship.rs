@@ -1,0 +1,235 @@
+//! Shipping: every spooled frame goes to every merger over QUIC; a frame leaves the
+//! spool once all mergers acknowledged it. A merger that is down costs disk, not data:
+//! its shipper reconnects with backoff and resends what it has not acknowledged.
+
+use crate::config::{AgentConfig, MergerTarget};
+use crate::reads::{self, ReadCache};
+use crate::spool::{Entry, Spool};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_link::client::{ClientError, MergerClient};
+use tally_link::protocol::Ack;
+use tokio::sync::mpsc;
+
+/// Frames in flight to one merger at once.
+const IN_FLIGHT: usize = 32;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A spooled frame on its way to the mergers.
+pub struct Outgoing {
+    entry: Entry,
+    remaining: AtomicUsize,
+}
+
+/// How the link to one merger is doing.
+#[derive(Default)]
+pub struct MergerStatus {
+    /// The merger's address.
+    pub addr: String,
+    /// Connected and authenticated now.
+    pub connected: AtomicBool,
+    /// Frames it acknowledged (applied or duplicate).
+    pub acked: AtomicU64,
+    /// Frames it rejected for good.
+    pub rejected: AtomicU64,
+    /// Frames waiting for it.
+    pub backlog: AtomicU64,
+    /// Bytes of frames it acknowledged.
+    pub bytes: AtomicU64,
+    /// Why it refused this edge, if it did.
+    pub refused: Mutex<Option<String>>,
+}
+
+/// The shippers of one agent.
+pub struct Shipping {
+    spool: Arc<Spool>,
+    queues: Vec<mpsc::UnboundedSender<Arc<Outgoing>>>,
+    /// One per merger, in config order.
+    pub status: Vec<Arc<MergerStatus>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Shipping {
+    /// Starts one shipper per merger, first resending `held` (frames left in the spool).
+    pub fn start(cfg: &AgentConfig, spool: Arc<Spool>, held: Vec<Entry>, cache: Arc<ReadCache>) -> Shipping {
+        let mut queues = Vec::new();
+        let mut status = Vec::new();
+        let mut tasks = Vec::new();
+        for target in &cfg.mergers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let st = Arc::new(MergerStatus {
+                addr: target.addr.to_string(),
+                ..MergerStatus::default()
+            });
+            let link = Link {
+                target: target.clone(),
+                edge_id: cfg.edge_id.clone(),
+                secret: cfg.secret.clone(),
+                spool: spool.clone(),
+                status: st.clone(),
+                cache: cache.clone(),
+            };
+            tasks.push(tokio::spawn(link.run(rx)));
+            queues.push(tx);
+            status.push(st);
+        }
+        let s = Shipping {
+            spool,
+            queues,
+            status,
+            tasks,
+        };
+        s.enqueue(held);
+        s
+    }
+
+    /// Hands freshly spooled frames to every merger's shipper.
+    pub fn enqueue(&self, entries: Vec<Entry>) {
+        for entry in entries {
+            let o = Arc::new(Outgoing {
+                entry,
+                remaining: AtomicUsize::new(self.queues.len()),
+            });
+            for (q, st) in self.queues.iter().zip(&self.status) {
+                st.backlog.fetch_add(1, Ordering::Relaxed);
+                if q.send(o.clone()).is_err() {
+                    done(&self.spool, &o, st);
+                }
+            }
+        }
+    }
+
+    /// Stops the shippers (what they did not deliver stays in the spool).
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn done(spool: &Spool, o: &Outgoing, st: &MergerStatus) {
+    st.backlog.fetch_sub(1, Ordering::Relaxed);
+    if o.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        spool.release(o.entry);
+    }
+}
+
+struct Link {
+    target: MergerTarget,
+    edge_id: String,
+    secret: String,
+    spool: Arc<Spool>,
+    status: Arc<MergerStatus>,
+    cache: Arc<ReadCache>,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Arc<Outgoing>>) {
+        let mut backlog: VecDeque<Arc<Outgoing>> = VecDeque::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let addr = self.target.addr;
+            let client = match MergerClient::connect(addr, &self.target.fingerprint, &self.edge_id, &self.secret).await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    if let ClientError::Refused(why) = &e {
+                        tracing::error!(merger = %addr, reason = %why, "merger refused this edge; check its --edge and our secret");
+                        *self.status.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                        backoff = MAX_BACKOFF;
+                    } else {
+                        tracing::debug!(merger = %addr, error = %e, "cannot reach merger; frames stay spooled");
+                    }
+                    // Keep taking frames while waiting, so the queue drains into the backlog.
+                    let wait = tokio::time::sleep(backoff);
+                    tokio::pin!(wait);
+                    loop {
+                        tokio::select! {
+                            _ = &mut wait => break,
+                            o = rx.recv() => match o {
+                                Some(o) => backlog.push_back(o),
+                                None => return,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            tracing::info!(merger = %addr, "connected to merger");
+            *self.status.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.status.connected.store(true, Ordering::Relaxed);
+            backoff = Duration::from_millis(100);
+            let client = Arc::new(client);
+            let sub = tokio::spawn(reads::subscribe(client.connection().clone(), self.cache.clone()));
+            let closed = self.deliver(&client, &mut rx, &mut backlog).await;
+            sub.abort();
+            self.status.connected.store(false, Ordering::Relaxed);
+            if closed {
+                return;
+            }
+            tracing::warn!(merger = %addr, backlog = backlog.len(), "lost the merger; resending after reconnect");
+        }
+    }
+
+    /// Sends until the connection breaks (`false`) or the agent stops (`true`).
+    async fn deliver(
+        &self,
+        client: &Arc<MergerClient>,
+        rx: &mut mpsc::UnboundedReceiver<Arc<Outgoing>>,
+        backlog: &mut VecDeque<Arc<Outgoing>>,
+    ) -> bool {
+        let mut inflight = FuturesUnordered::new();
+        let mut broken = false;
+        let mut closed = false;
+        loop {
+            while !broken && inflight.len() < IN_FLIGHT {
+                let Some(o) = backlog.pop_front() else { break };
+                let client = client.clone();
+                let spool = self.spool.clone();
+                inflight.push(async move {
+                    let r = match spool.read(o.entry) {
+                        Ok(bytes) => client.send_frame(&bytes).await.map(|a| (a, bytes.len())),
+                        Err(e) => Err(ClientError::Setup(e.to_string())),
+                    };
+                    (o, r)
+                });
+            }
+            if inflight.is_empty() && (broken || closed) {
+                return closed;
+            }
+            tokio::select! {
+                o = rx.recv(), if !closed && !broken => match o {
+                    Some(o) => backlog.push_back(o),
+                    None => closed = true,
+                },
+                Some((o, r)) = inflight.next(), if !inflight.is_empty() => match r {
+                    Ok((ack, len)) => {
+                        if let Ack::Rejected(why) = &ack {
+                            tracing::error!(merger = %self.target.addr, reason = %why, "merger rejected a frame; dropping it");
+                            self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            self.status.acked.fetch_add(1, Ordering::Relaxed);
+                            self.status.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        }
+                        done(&self.spool, &o, &self.status);
+                    }
+                    Err(ClientError::Setup(e)) => {
+                        // The spool cannot give the frame back: nothing to resend.
+                        tracing::error!(error = %e, "cannot read a spooled frame; dropping it");
+                        done(&self.spool, &o, &self.status);
+                    }
+                    Err(e) => {
+                        tracing::debug!(merger = %self.target.addr, error = %e, "frame not acknowledged");
+                        backlog.push_front(o);
+                        broken = true;
+                    }
+                },
+            }
+        }
+    }
+}
