@@ -61,7 +61,6 @@ async fn run(native: bool, seconds: u64, connections: usize, shape: &Shape) -> R
         ..AgentConfig::default()
     };
     let agent = tally_edge::start(cfg).await?;
-    let url = format!("http://{}/v1/events", agent.addr);
     // Beacons spread over the run, arrival times from now (the agent stamps real ones).
     let per_conn = 200_000 / connections;
     let shape = Shape {
@@ -72,37 +71,35 @@ async fn run(native: bool, seconds: u64, connections: usize, shape: &Shape) -> R
     let sent = Arc::new(AtomicU64::new(0));
     let accepted_events = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+    let addr = agent.addr;
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (http, url, beacons, sent, accepted_events, refused) = (
-            http.clone(),
-            url.clone(),
-            beacons.clone(),
-            sent.clone(),
-            accepted_events.clone(),
-            refused.clone(),
-        );
+        let (beacons, sent, accepted_events, refused) =
+            (beacons.clone(), sent.clone(), accepted_events.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
+            let mut conn = match RawHttp::connect(addr).await {
+                Ok(c) => c,
+                Err(_) => return,
+            };
             let mut i = c;
             while Instant::now() < end && i < beacons.len() {
                 let b = &beacons[i];
-                let r = http
-                    .post(&url)
-                    .header("content-type", "text/plain;charset=UTF-8")
-                    .header("cf-ipcountry", "DE")
-                    .body(b.body.clone())
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 202 => {
+                match conn.post_beacon(&b.body).await {
+                    Ok(202) => {
                         accepted_events.fetch_add(b.events as u64, Ordering::Relaxed);
                         sent.fetch_add(b.body.len() as u64, Ordering::Relaxed);
                     }
-                    _ => {
+                    Ok(_) => {
                         refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        match RawHttp::connect(addr).await {
+                            Ok(c) => conn = c,
+                            Err(_) => return,
+                        }
                     }
                 }
                 i += connections;
@@ -145,6 +142,66 @@ async fn run(native: bool, seconds: u64, connections: usize, shape: &Shape) -> R
     agent.shutdown(Duration::from_secs(1)).await;
     merger.shutdown().await;
     Ok(f)
+}
+
+/// A minimal HTTP/1.1 keep-alive client: the load generator shares the machine with the
+/// agent, so it must cost as little as it can (a full client spent a third of a core).
+struct RawHttp {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    head: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn connect(addr: std::net::SocketAddr) -> std::io::Result<RawHttp> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(RawHttp {
+            stream: tokio::io::BufReader::with_capacity(16 << 10, s),
+            head: Vec::with_capacity(256),
+        })
+    }
+
+    /// POSTs one beacon as `navigator.sendBeacon` would and returns the status code.
+    async fn post_beacon(&mut self, body: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        self.head.clear();
+        self.head.extend_from_slice(
+            format!(
+                "POST /v1/events HTTP/1.1\r\nhost: edge\r\ncontent-type: text/plain;charset=UTF-8\r\ncf-ipcountry: DE\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let w = self.stream.get_mut();
+        w.write_all(&self.head).await?;
+        w.write_all(body).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(bad("connection closed"));
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().map_err(|_| bad("content-length"))?;
+            }
+        }
+        let mut sink = vec![0u8; length];
+        self.stream.read_exact(&mut sink).await?;
+        Ok(status)
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! The collector instances: one thread each, fed by a channel, each owning one
-//! collector (a `collector.wasm` instance or, for comparison, the native core).
+//! The collector instances: each owns one collector (a `collector.wasm` instance or, for
+//! comparison, the native core) behind its own lock.
 //!
 //! Every instance numbers its own frames as edge `<edge-id>/<n>` in an epoch taken from
 //! [`Epochs`], so a replaced instance (after a trap or a component swap) or a restarted
@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tally_collector::{BatchError, Collector, IngestOutcome, Rejection, RequestFacts, Stats};
 use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
-use tokio::sync::{mpsc, oneshot};
 
 /// Epochs handed out in blocks reserved on disk, so that they grow across restarts.
 pub struct Epochs {
@@ -77,9 +76,9 @@ pub struct WasmKind {
 impl Kind {
     /// Compiles a component with the instance limits of `cfg`.
     pub fn wasm(bytes: &[u8], cfg: &AgentConfig) -> Result<Kind, HostError> {
-        let engine = CollectorEngine::new(bytes)?
-            .with_memory_limit(cfg.instance_memory_bytes as usize)
-            .with_call_deadline(std::time::Duration::from_millis(cfg.call_deadline_ms));
+        let engine =
+            CollectorEngine::with_call_deadline(bytes, std::time::Duration::from_millis(cfg.call_deadline_ms))?
+                .with_memory_limit(cfg.instance_memory_bytes as usize);
         let ticker = engine.start_ticker();
         Ok(Kind::Wasm(Arc::new(WasmKind {
             engine,
@@ -151,26 +150,6 @@ impl Instance {
 /// The answer to one ingest: the collector's verdict, or `Err` when the instance failed.
 pub type IngestReply = Result<Result<IngestOutcome, BatchError>, String>;
 
-enum Cmd {
-    Ingest {
-        body: Vec<u8>,
-        facts: RequestFacts,
-        reply: oneshot::Sender<IngestReply>,
-    },
-    Flush {
-        now: u64,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
-    Swap {
-        kind: Kind,
-        now: u64,
-        reply: oneshot::Sender<(Option<Vec<u8>>, Result<(), String>)>,
-    },
-    Stats {
-        reply: oneshot::Sender<Option<(Stats, u64)>>,
-    },
-}
-
 /// Counters of the pool itself.
 #[derive(Default)]
 pub struct PoolCounters {
@@ -180,15 +159,14 @@ pub struct PoolCounters {
     pub swaps: AtomicU64,
 }
 
-/// The instances and their threads.
+/// The instances. Each sits behind its own lock and is called on the thread that takes
+/// the beacon (a call is microseconds, bounded by the call deadline), so a beacon costs
+/// no thread hand-off.
 pub struct Pool {
-    workers: Vec<mpsc::Sender<Cmd>>,
+    workers: Vec<Mutex<Worker>>,
     /// Counters.
     pub counters: Arc<PoolCounters>,
 }
-
-/// Queue length per instance; a full queue makes ingest wait (backpressure).
-const WORKER_QUEUE: usize = 1024;
 
 impl Pool {
     /// Starts `cfg.workers` instances of `kind`.
@@ -196,7 +174,6 @@ impl Pool {
         let counters = Arc::new(PoolCounters::default());
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
-            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let mut worker = Worker {
                 index: i,
                 cfg: cfg.clone(),
@@ -206,23 +183,20 @@ impl Pool {
                 instance: None,
             };
             worker.instance = Some(worker.fresh()?);
-            std::thread::Builder::new()
-                .name(format!("collector-{i}"))
-                .spawn(move || worker.run(rx))
-                .map_err(|e| format!("spawning collector thread: {e}"))?;
-            workers.push(tx);
+            workers.push(Mutex::new(worker));
         }
         Ok(Pool { workers, counters })
+    }
+
+    fn worker(&self, i: usize) -> std::sync::MutexGuard<'_, Worker> {
+        self.workers[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ingests one beacon, routing its events by session.
     pub async fn ingest(&self, body: &[u8], sessions: &Sessions<'_>, facts: &RequestFacts) -> IngestReply {
         match sessions {
-            Sessions::One { session, .. } => {
-                self.ingest_on(worker_of(session, self.workers.len()), body, facts)
-                    .await
-            }
-            Sessions::Unknown => self.ingest_on(0, body, facts).await,
+            Sessions::One { session, .. } => self.worker(worker_of(session, self.workers.len())).ingest(body, facts),
+            Sessions::Unknown => self.worker(0).ingest(body, facts),
             Sessions::Many(events) => {
                 let n = self.workers.len();
                 let mut parts: Vec<(Vec<u8>, Vec<u32>)> = vec![(b"[".to_vec(), Vec::new()); n];
@@ -242,8 +216,7 @@ impl Pool {
                     body.push(b']');
                     // The parts of one beacon are ingested one after another; a part can
                     // only fail as a whole for a reason the whole beacon would fail for.
-                    let o = self.ingest_on(w, &body, facts).await?;
-                    let o = match o {
+                    let o = match self.worker(w).ingest(&body, facts)? {
                         Ok(o) => o,
                         Err(e) => return Ok(Err(e)),
                     };
@@ -260,63 +233,25 @@ impl Pool {
         }
     }
 
-    async fn ingest_on(&self, worker: usize, body: &[u8], facts: &RequestFacts) -> IngestReply {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Cmd::Ingest {
-            body: body.to_vec(),
-            facts: facts.clone(),
-            reply,
-        };
-        self.workers[worker]
-            .send(cmd)
-            .await
-            .map_err(|_| "collector is shutting down".to_string())?;
-        rx.await.map_err(|_| "collector instance stopped".to_string())?
-    }
-
     /// Closes every instance's interval at `now` and takes its frame.
     pub async fn flush(&self, now: u64) -> Vec<Vec<u8>> {
-        let mut waits = Vec::with_capacity(self.workers.len());
-        for w in &self.workers {
-            let (reply, rx) = oneshot::channel();
-            if w.send(Cmd::Flush { now, reply }).await.is_ok() {
-                waits.push(rx);
-            }
-        }
-        let mut frames = Vec::new();
-        for rx in waits {
-            if let Ok(Some(f)) = rx.await {
-                frames.push(f);
-            }
-        }
-        frames
+        (0..self.workers.len())
+            .filter_map(|i| self.worker(i).flush(now))
+            .collect()
     }
 
-    /// Replaces every instance by one of `kind` (check it with [`Kind::check`] first).
-    /// Returns the old instances' last frames, which must be shipped whatever happened,
-    /// and whether every instance was replaced.
+    /// Replaces every instance by one of `kind` (check it with [`Kind::check`] first),
+    /// handing each old instance's memory to its replacement. Returns the old instances'
+    /// last frames, which must be shipped whatever happened, and whether every instance
+    /// was replaced.
     pub async fn swap(&self, kind: Kind, now: u64) -> (Vec<Vec<u8>>, Result<(), String>) {
         let mut frames = Vec::new();
         let mut result = Ok(());
-        for w in &self.workers {
-            let (reply, rx) = oneshot::channel();
-            let cmd = Cmd::Swap {
-                kind: kind.clone(),
-                now,
-                reply,
-            };
-            if w.send(cmd).await.is_err() {
-                result = Err("collector is shutting down".to_string());
-                continue;
-            }
-            match rx.await {
-                Ok((last, r)) => {
-                    frames.extend(last);
-                    if let Err(e) = r {
-                        result = Err(e);
-                    }
-                }
-                Err(_) => result = Err("collector instance stopped".to_string()),
+        for i in 0..self.workers.len() {
+            let (last, r) = self.worker(i).swap(&kind, now);
+            frames.extend(last);
+            if let Err(e) = r {
+                result = Err(e);
             }
         }
         if result.is_ok() {
@@ -327,16 +262,9 @@ impl Pool {
 
     /// Each instance's stats and memory bytes.
     pub async fn stats(&self) -> Vec<(Stats, u64)> {
-        let mut out = Vec::new();
-        for w in &self.workers {
-            let (reply, rx) = oneshot::channel();
-            if w.send(Cmd::Stats { reply }).await.is_ok()
-                && let Ok(Some(s)) = rx.await
-            {
-                out.push(s);
-            }
-        }
-        out
+        (0..self.workers.len())
+            .filter_map(|i| self.worker(i).instance.as_mut()?.stats().ok())
+            .collect()
     }
 }
 
@@ -364,76 +292,65 @@ impl Worker {
         self.fresh_of(&self.kind)
     }
 
-    /// After a trap the instance cannot be entered again: make a new one. What the
-    /// old one aggregated since its last flush is lost (at most one flush interval).
-    fn replace(&mut self, what: &str, e: &HostError) {
-        self.counters.traps.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(worker = self.index, error = %e, "collector {what} failed; replacing the instance");
-        self.instance = match self.fresh() {
-            Ok(i) => Some(i),
-            Err(e) => {
-                tracing::error!(worker = self.index, error = %e, "cannot make a new collector instance");
-                None
-            }
-        };
+    /// The instance, made anew if the last one failed.
+    fn instance(&mut self) -> Result<&mut Instance, String> {
+        if self.instance.is_none() {
+            self.instance = Some(self.fresh()?);
+        }
+        self.instance
+            .as_mut()
+            .ok_or_else(|| "no collector instance is available".to_string())
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        while let Some(cmd) = rx.blocking_recv() {
-            if self.instance.is_none() {
-                self.instance = self.fresh().ok();
-            }
-            let Some(inst) = self.instance.as_mut() else {
-                // No instance could be made; answer so that nobody waits forever.
-                if let Cmd::Ingest { reply, .. } = cmd {
-                    let _ = reply.send(Err("no collector instance is available".into()));
-                }
-                continue;
-            };
-            match cmd {
-                Cmd::Ingest { body, facts, reply } => match inst.ingest(&body, &facts) {
-                    Ok(r) => {
-                        let _ = reply.send(Ok(r));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(format!("the collector failed on this beacon: {e}")));
-                        self.replace("ingest", &e);
-                    }
-                },
-                Cmd::Flush { now, reply } => match inst.flush(now) {
-                    Ok(f) => {
-                        let _ = reply.send(Some(f));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(None);
-                        self.replace("flush", &e);
-                    }
-                },
-                Cmd::Swap { kind, now, reply } => {
-                    // The old instance keeps running if no new one can be made. Its last
-                    // frame goes to the spool whatever happens; its dedup and session
-                    // memory goes to the new one, so views in progress do not count again.
-                    let last = inst.flush(now).ok();
-                    let state = inst.export_state().ok();
-                    let r = self.fresh_of(&kind).map(|mut new| {
-                        match state.as_deref().map(|s| new.import_state(s)) {
-                            Some(Ok(())) => {}
-                            Some(Err(e)) => tracing::warn!(
-                                worker = self.index,
-                                error = %e,
-                                "the new collector cannot take over the old one's memory; sessions in progress may count again"
-                            ),
-                            None => tracing::warn!(worker = self.index, "the old collector could not export its memory"),
-                        }
-                        self.instance = Some(new);
-                        self.kind = kind;
-                    });
-                    let _ = reply.send((last, r));
-                }
-                Cmd::Stats { reply } => {
-                    let _ = reply.send(inst.stats().ok());
-                }
+    /// After a trap the instance cannot be entered again: drop it (the next call makes a
+    /// new one). What it aggregated since its last flush is lost (at most one interval).
+    fn failed(&mut self, what: &str, e: &HostError) {
+        self.counters.traps.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(worker = self.index, error = %e, "collector {what} failed; replacing the instance");
+        self.instance = None;
+    }
+
+    fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> IngestReply {
+        match self.instance()?.ingest(body, facts) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.failed("ingest", &e);
+                Err(format!("the collector failed on this beacon: {e}"))
             }
         }
+    }
+
+    fn flush(&mut self, now: u64) -> Option<Vec<u8>> {
+        match self.instance().ok()?.flush(now) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.failed("flush", &e);
+                None
+            }
+        }
+    }
+
+    /// The old instance keeps running if no new one can be made. Its last frame goes to
+    /// the spool whatever happens; its dedup and session memory goes to the new one, so
+    /// views in progress do not count again.
+    fn swap(&mut self, kind: &Kind, now: u64) -> (Option<Vec<u8>>, Result<(), String>) {
+        let (last, state) = match self.instance.as_mut() {
+            Some(inst) => (inst.flush(now).ok(), inst.export_state().ok()),
+            None => (None, None),
+        };
+        let r = self.fresh_of(kind).map(|mut new| {
+            match state.as_deref().map(|s| new.import_state(s)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::warn!(
+                    worker = self.index,
+                    error = %e,
+                    "the new collector cannot take over the old one's memory; sessions in progress may count again"
+                ),
+                None => tracing::warn!(worker = self.index, "the old collector could not export its memory"),
+            }
+            self.instance = Some(new);
+            self.kind = kind.clone();
+        });
+        (last, r)
     }
 }

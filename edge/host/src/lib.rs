@@ -96,11 +96,23 @@ impl Drop for EpochTicker {
 }
 
 impl CollectorEngine {
-    /// Compiles a collector component (the bytes of a `collector.wasm`).
+    /// Compiles a collector component (the bytes of a `collector.wasm`); calls into its
+    /// instances run to completion.
     pub fn new(wasm: &[u8]) -> Result<CollectorEngine, HostError> {
+        Self::build(wasm, None)
+    }
+
+    /// Compiles a collector component whose calls trap once they run longer than `limit`,
+    /// as measured by an [`EpochTicker`] (see [`CollectorEngine::start_ticker`]). The
+    /// interruption checks cost the guest some speed (see the README's figures).
+    pub fn with_call_deadline(wasm: &[u8], limit: std::time::Duration) -> Result<CollectorEngine, HostError> {
+        Self::build(wasm, Some(limit))
+    }
+
+    fn build(wasm: &[u8], deadline: Option<std::time::Duration>) -> Result<CollectorEngine, HostError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(deadline.is_some());
         let engine = Engine::new(&config).map_err(HostError::Compile)?;
         let component = Component::new(&engine, wasm).map_err(HostError::Compile)?;
         let mut linker = Linker::new(&engine);
@@ -110,15 +122,8 @@ impl CollectorEngine {
             component,
             linker,
             memory_limit: 1 << 30,
-            deadline_ticks: u64::MAX / 4,
+            deadline_ticks: deadline.map_or(u64::MAX / 4, |d| (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64),
         })
-    }
-
-    /// Makes every call into an instance trap once it runs longer than `limit`, as
-    /// measured by an [`EpochTicker`] (without a ticker running, calls never time out).
-    pub fn with_call_deadline(mut self, limit: std::time::Duration) -> Self {
-        self.deadline_ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        self
     }
 
     /// Starts the thread that advances this engine's epoch.
