@@ -79,8 +79,8 @@ pub fn generate(
                     ({SOURCES})[1 + floor(random() * random() * 7)::INT] AS source,
                     false AS live,
                     greatest(1, round(random() * 400.0 / sqrt(rank + 1)))::UBIGINT AS views
-             FROM range(24) t(h), range({rows}) r(i),
-                  LATERAL (SELECT least({max_rank}, floor(exp(random() * {ln_videos})) - 1)::BIGINT AS rank)",
+             FROM (SELECT h, greatest(0, least({max_rank}, floor(exp(random() * {ln_videos})) - 1))::BIGINT AS rank
+                   FROM range(24) t(h), range({rows}) r(i))",
             channels = spec.channels,
             rows = spec.rows_per_hour,
             max_rank = spec.videos - 1,
@@ -157,6 +157,9 @@ mod tests {
         let sum = generate(dir.path(), &spec, |_, _| seen += 1).unwrap();
         assert_eq!((seen, sum.days, sum.hour_rows), (5, 5, 5 * 24 * 30));
         assert!(sum.day_rows < sum.hour_rows && sum.views > sum.hour_rows);
+        let (_, videos) = crate::tiers::query_catalog(dir.path(), "SELECT count(DISTINCT video) FROM day_views").unwrap();
+        let videos: u64 = videos[0][0].parse().unwrap();
+        assert!(videos > 20, "Zipf draws cover many of the 40 videos, not {videos}");
         let tiers = Tiers::open(dir.path(), Retention::default()).unwrap();
         let a = Analytics::new(tiers.reader().unwrap(), dir.path());
         let all = Filter {
