@@ -93,6 +93,9 @@ struct MergerArgs {
     /// TCP address for the HTTP API (port 0 picks one).
     #[arg(long)]
     http_listen: Option<std::net::SocketAddr>,
+    /// TCP address for the same API over HTTPS, with the QUIC certificate (off by default).
+    #[arg(long)]
+    https_listen: Option<std::net::SocketAddr>,
     /// An edge allowed to connect, as ID=SECRET (repeatable).
     #[arg(long = "edge", value_name = "ID=SECRET")]
     edges: Vec<String>,
@@ -182,6 +185,9 @@ fn merger(a: MergerArgs) -> Result<()> {
     if let Some(h) = a.http_listen {
         cfg.http_listen = h;
     }
+    if a.https_listen.is_some() {
+        cfg.https_listen = a.https_listen;
+    }
     for e in &a.edges {
         let (id, secret) = e
             .split_once('=')
@@ -220,7 +226,10 @@ fn merger(a: MergerArgs) -> Result<()> {
     rt.block_on(async move {
         let running = tally_merger::start(cfg.clone()).await?;
         if running.created_cert {
-            eprintln!("tally merger: created a self-signed certificate in {}", cfg.data_dir.join("tls").display());
+            eprintln!(
+                "tally merger: created a self-signed certificate in {}",
+                cfg.data_dir.join("tls").display()
+            );
         }
         eprintln!(
             "tally merger: QUIC on {} (edges pin certificate sha256 {}), HTTP API on http://{}",
@@ -229,7 +238,10 @@ fn merger(a: MergerArgs) -> Result<()> {
         // One machine-readable line on stdout for scripts and tests.
         println!(
             "{}",
-            serde_json::json!({ "ready": true, "quic": running.quic_addr.to_string(), "http": running.http_addr.to_string(), "fingerprint": running.fingerprint })
+            serde_json::json!({
+                "ready": true, "quic": running.quic_addr.to_string(), "http": running.http_addr.to_string(),
+                "https": running.https_addr.map(|a| a.to_string()), "fingerprint": running.fingerprint,
+            })
         );
         shutdown_signal().await;
         eprintln!("tally merger: shutting down");

@@ -140,6 +140,55 @@ async fn unknown_edges_and_wrong_secrets_are_refused() {
     ));
 }
 
+/// One HTTP/1.1 request over TLS, pinning the merger's certificate like an edge does.
+async fn https_post(
+    addr: std::net::SocketAddr,
+    fingerprint: &str,
+    edge: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = tally_link::tls::https_client_config(fingerprint).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("tally-merger").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST /v1/frames HTTP/1.1\r\nhost: tally-merger\r\nconnection: close\r\nx-tally-edge: {edge}\r\nauthorization: Bearer {SECRET}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(body).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("no status in {text:?}"))?;
+    Ok((status, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_https_are_applied_once_with_a_pinned_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start_with(dir.path(), &["--https-listen", "127.0.0.1:0"]);
+    let https = m.https.expect("the ready line names the HTTPS address");
+    let f = frames("ams-1", 3, 1).remove(0);
+    let (status, body) = https_post(https, &m.fingerprint, "ams-1", &f).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("applied"), "{body}");
+    let (status, body) = https_post(https, &m.fingerprint, "ams-1", &f).await.unwrap();
+    assert_eq!((status, body.contains("duplicate")), (200, true), "{body}");
+    assert_eq!(m.views("v0").await, 2, "applied once");
+    // an edge pinning another certificate does not talk to this merger
+    let other = "00".repeat(32);
+    assert!(https_post(https, &other, "ams-1", &f).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_and_api_errors_are_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -157,7 +157,8 @@ mod tests {
         let sum = generate(dir.path(), &spec, |_, _| seen += 1).unwrap();
         assert_eq!((seen, sum.days, sum.hour_rows), (5, 5, 5 * 24 * 30));
         assert!(sum.day_rows < sum.hour_rows && sum.views > sum.hour_rows);
-        let (_, videos) = crate::tiers::query_catalog(dir.path(), "SELECT count(DISTINCT video) FROM day_views").unwrap();
+        let (_, videos) =
+            crate::tiers::query_catalog(dir.path(), "SELECT count(DISTINCT video) FROM day_views").unwrap();
         let videos: u64 = videos[0][0].parse().unwrap();
         assert!(videos > 20, "Zipf draws cover many of the 40 videos, not {videos}");
         let tiers = Tiers::open(dir.path(), Retention::default()).unwrap();

@@ -5,6 +5,7 @@
 pub mod analytics;
 pub mod history;
 pub mod http;
+pub mod https;
 pub mod ingest;
 pub mod log;
 pub mod push;
@@ -29,6 +30,9 @@ pub struct MergerConfig {
     pub quic_listen: SocketAddr,
     /// TCP address of the HTTP API.
     pub http_listen: SocketAddr,
+    /// TCP address of the same API over HTTPS (same certificate as QUIC); none: off.
+    /// Edge runtimes without QUIC (Spin) post frames here.
+    pub https_listen: Option<SocketAddr>,
     /// Edge id -> shared secret. Unknown edges are refused.
     pub edges: HashMap<String, String>,
     /// Bearer token for operator endpoints (block/unblock); none disables them.
@@ -57,6 +61,7 @@ impl Default for MergerConfig {
             data_dir: PathBuf::from("data"),
             quic_listen: "127.0.0.1:4433".parse().expect("literal address"),
             http_listen: "127.0.0.1:8080".parse().expect("literal address"),
+            https_listen: None,
             edges: HashMap::new(),
             operator_token: None,
             tls_cert: None,
@@ -85,6 +90,8 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound HTTPS address, when configured.
+    pub https_addr: Option<SocketAddr>,
     /// SHA-256 fingerprint of the certificate edges must pin.
     pub fingerprint: String,
     /// Whether a self-signed certificate was created on this start.
@@ -200,6 +207,18 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         analytics,
     };
     let app = http::router(api);
+    let https_addr = match cfg.https_listen {
+        Some(addr) => {
+            let tls = tally_link::tls::https_server_config(&identity)?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTPS on {addr}"))?;
+            let bound = l.local_addr()?;
+            tokio::spawn(https::serve(l, tls, app.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
@@ -208,6 +227,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     Ok(Running {
         quic_addr,
         http_addr,
+        https_addr,
         fingerprint,
         created_cert,
         ingest,

@@ -48,6 +48,7 @@ pub struct Merger {
     pub child: Child,
     pub quic: SocketAddr,
     pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
     pub fingerprint: String,
 }
 
@@ -81,6 +82,7 @@ impl Merger {
             child,
             quic: v["quic"].as_str().unwrap().parse().unwrap(),
             http: v["http"].as_str().unwrap().parse().unwrap(),
+            https: v["https"].as_str().map(|s| s.parse().unwrap()),
             fingerprint: v["fingerprint"].as_str().unwrap().to_owned(),
         }
     }

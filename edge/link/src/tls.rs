@@ -83,6 +83,29 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
     Ok(cfg)
 }
 
+/// Server-side TLS for the HTTPS API (HTTP/1.1) with the same identity as QUIC.
+pub fn https_server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// Client-side TLS for the HTTPS API that pins the merger's fingerprint (for edges and
+/// tests that POST frames over HTTPS to a self-signed merger).
+pub fn https_client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(PinnedCert::new(fingerprint))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// Accepts exactly the server certificate whose SHA-256 fingerprint is pinned.
 #[derive(Debug)]
 pub struct PinnedCert {
