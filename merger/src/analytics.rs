@@ -114,6 +114,10 @@ fn to_i64(v: &Value) -> i64 {
 impl Analytics {
     /// Wraps a connection to the tier database; `dir` is the data directory.
     pub fn new(conn: Connection, dir: &Path) -> Analytics {
+        // Parquet footers are read once and cached, not at every query.
+        if let Err(e) = conn.execute_batch("SET enable_object_cache = true") {
+            tracing::warn!(error = %e, "cannot enable DuckDB's Parquet metadata cache");
+        }
         Analytics {
             conn: Mutex::new(conn),
             dir: dir.to_owned(),
@@ -159,14 +163,17 @@ impl Analytics {
 
     /// The rows of every tier in the range, each hour once, with the filters applied.
     /// Cold data is read from the files of the days in the range only, and, when
-    /// `whole_days` allows it, from day rollups for days that lie wholly in the range and
-    /// are older than anything hot or warm hold.
+    /// `whole_days` allows it and no video is asked for, from day rollups for days that
+    /// lie wholly in the range and are older than anything hot or warm hold.
     fn source(&self, conn: &Connection, f: &Filter, whole_days: bool) -> Result<(String, Vec<Value>), duckdb::Error> {
         let (lo_m, hi_m) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
         let (lo_h, hi_h) = (lo_m.div_euclid(60), (hi_m + 59).div_euclid(60));
         let (lo_d, hi_d) = (lo_h.div_euclid(24), (hi_h - 1).div_euclid(24));
         let mut hour_days = self.cold_days("cold/hour", lo_d, hi_d);
         let mut day_days = BTreeSet::new();
+        // Day files are sorted by channel, hour files by video: a video's rows are found
+        // fastest in the hour files.
+        let whole_days = whole_days && !f.eq.iter().any(|(d, _)| *d == "video");
         if whole_days {
             let live_start = self.live_tiers_start_hour(conn)?;
             let day_ms = 86_400_000u64;

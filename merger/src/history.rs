@@ -1,6 +1,7 @@
 //! Generated history, for benchmarks and tests: years of hourly and daily rows for many
 //! Zipf-popular videos, written into the cold tier exactly as the merger writes it
-//! (`cold/hour/date=D/data.parquet`, `cold/day/date=D/data.parquet`), so that the
+//! (`cold/hour/date=D/data.parquet` sorted by video, `cold/day/date=D/data.parquet`
+//! sorted by channel and video), so that the
 //! analytics API and the catalog read it like any other history.
 
 use crate::tiers::{DIMS, Retention, TierError, Tiers, date_of_day, sql_str};
@@ -99,7 +100,7 @@ pub fn generate(
                 "SELECT epoch_ms({day}::BIGINT * 86400000) AS ts, {DIMS}, sum(views)::UBIGINT AS views,
                         sum(watch_ms)::UBIGINT AS watch_ms, sum(completions)::UBIGINT AS completions,
                         sum(likes)::BIGINT AS likes, sum(shares)::UBIGINT AS shares, sum(comments)::UBIGINT AS comments
-                 FROM read_parquet({hour_file}) GROUP BY ALL ORDER BY video"
+                 FROM read_parquet({hour_file}) GROUP BY ALL ORDER BY channel, video"
             ),
             &day_path,
         )?;

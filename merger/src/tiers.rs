@@ -6,8 +6,9 @@
 //! * warm: `warm.duckdb`, hour rows (default 90 days), recomputed from hot for every hour
 //!   that changed (replace, never add: a crash mid-rollup just redoes it);
 //! * cold: Parquet, `cold/hour/date=YYYY-MM-DD/` and `cold/day/date=YYYY-MM-DD/`, written
-//!   (atomically, by rename) once a day can no longer change, sorted by video so that a
-//!   video's rows sit in few row groups; kept 3 years.
+//!   (atomically, by rename) once a day can no longer change; hours sorted by video and
+//!   days by channel, so that a video's or a channel's rows sit in few row groups; kept
+//!   3 years.
 //!
 //! The merger holds the DuckDB files open for writing, so analysts read *published*
 //! Parquet: changed hours of hot and changed days of warm are exported under
@@ -454,7 +455,7 @@ impl Tiers {
                 "SELECT epoch_ms({day}::BIGINT * 86400000) AS ts, {DIMS}, sum(views)::UBIGINT AS views, sum(watch_ms)::UBIGINT AS watch_ms,
                    sum(completions)::UBIGINT AS completions, sum(likes)::BIGINT AS likes, sum(shares)::UBIGINT AS shares,
                    sum(comments)::UBIGINT AS comments
-                 FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL ORDER BY video"
+                 FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL ORDER BY channel, video"
             ),
             &self.dir.join(format!("cold/day/date={date}/data.parquet")),
         )?;
