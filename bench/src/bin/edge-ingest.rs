@@ -32,7 +32,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-async fn run(native: bool, seconds: u64, connections: usize, shape: &Shape) -> Result<Figures> {
+async fn run(native: bool, deadline_ms: u64, seconds: u64, connections: usize, shape: &Shape) -> Result<Figures> {
     let dir = tempfile::tempdir()?;
     let mut mcfg = tally_merger::MergerConfig {
         data_dir: dir.path().join("merger"),
@@ -53,6 +53,7 @@ async fn run(native: bool, seconds: u64, connections: usize, shape: &Shape) -> R
         spool_dir: dir.path().join("spool"),
         workers: 2,
         native,
+        call_deadline_ms: deadline_ms,
         token_key: String::from_utf8(shape.key.clone())?,
         // The load comes from one address and a few thousand sessions at full speed:
         // the limits are for abuse, not for this benchmark.
@@ -215,20 +216,17 @@ async fn main() -> Result<()> {
     );
     let rss0 = rss_bytes();
     let mut rows = Vec::new();
-    for native in [false, true] {
-        let f = run(native, seconds, connections, &shape)
+    for (name, native, deadline_ms) in [
+        ("collector.wasm, 1 s call deadline (default)", false, 1_000),
+        ("collector.wasm, no call deadline", false, 0),
+        ("native collector (baseline)", true, 0),
+    ] {
+        let f = run(native, deadline_ms, seconds, connections, &shape)
             .await
-            .with_context(|| format!("run with native = {native}"))?;
-        rows.push((
-            if native {
-                "native collector (baseline)"
-            } else {
-                "collector.wasm in wasmtime"
-            },
-            f,
-        ));
+            .with_context(|| format!("run {name}"))?;
+        rows.push((name, f));
     }
-    let base = rows[1].1.events_per_s;
+    let base = rows[2].1.events_per_s;
     println!(
         "| collector | events/s accepted | beacons/s | vs native | wire bytes/event | wire/beacon bytes | instance memory | refused |"
     );

@@ -82,7 +82,8 @@ pub struct AgentConfig {
     pub memory_budget_bytes: u64,
     /// Hard cap on each wasm instance's linear memory.
     pub instance_memory_bytes: u64,
-    /// Longest a single call into an instance may run before it is interrupted.
+    /// Longest a single call into an instance may run before it is interrupted (epoch
+    /// interruption); 0 turns the deadline and its checks off.
     pub call_deadline_ms: u64,
     /// Bearer token for `POST /admin/component`; `None` disables it.
     pub admin_token: Option<String>,
@@ -173,8 +174,8 @@ impl AgentConfig {
         if self.session_events_per_s == 0 || self.addr_beacons_per_s == 0 {
             return bad("rate limits must be positive".into());
         }
-        if self.call_deadline_ms < 10 {
-            return bad("call deadline must be at least 10 ms".into());
+        if self.call_deadline_ms != 0 && self.call_deadline_ms < 10 {
+            return bad("call deadline must be 0 (off) or at least 10 ms".into());
         }
         if self.instance_memory_bytes < 16 << 20 {
             return bad("instance memory must be at least 16 MiB".into());

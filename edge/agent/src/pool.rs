@@ -76,9 +76,11 @@ pub struct WasmKind {
 impl Kind {
     /// Compiles a component with the instance limits of `cfg`.
     pub fn wasm(bytes: &[u8], cfg: &AgentConfig) -> Result<Kind, HostError> {
-        let engine =
-            CollectorEngine::with_call_deadline(bytes, std::time::Duration::from_millis(cfg.call_deadline_ms))?
-                .with_memory_limit(cfg.instance_memory_bytes as usize);
+        let engine = match cfg.call_deadline_ms {
+            0 => CollectorEngine::new(bytes)?,
+            ms => CollectorEngine::with_call_deadline(bytes, std::time::Duration::from_millis(ms))?,
+        }
+        .with_memory_limit(cfg.instance_memory_bytes as usize);
         let ticker = engine.start_ticker();
         Ok(Kind::Wasm(Arc::new(WasmKind {
             engine,
