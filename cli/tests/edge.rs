@@ -522,3 +522,35 @@ async fn component_swap_under_load_loses_nothing() {
     assert_eq!(m.metric("tally_views_total").await as u64, counted);
     assert_eq!(counted, expected, "no accepted view lost or doubled across two swaps");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_merger_replica_gets_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = Merger::start(&dir.path().join("m1"));
+    let m2 = Merger::start(&dir.path().join("m2"));
+    let second = format!("{}={}", m2.quic, m2.fingerprint);
+    let a = Agent::start(
+        (m1.quic, &m1.fingerprint),
+        "iad",
+        &dir.path().join("iad"),
+        &["--merger", &second],
+    );
+    let http = reqwest::Client::new();
+    let urls = vec![a.url("/v1/events")];
+    let mut t = Traffic::new(plan(1, 15), now_ms());
+    drive(&mut t, &http, &urls, 1_500).await;
+    close(&mut t, &http, &urls).await;
+    let expected = t.truth().total_views();
+    assert!(expected > 100);
+    assert_eq!(merger_views(&m1, expected, Duration::from_secs(15)).await, expected);
+    assert_eq!(merger_views(&m2, expected, Duration::from_secs(15)).await, expected);
+    let drained = loop_until(Duration::from_secs(10), || async {
+        (a.metric("tally_edge_spool_frames").await == 0.0).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "frames leave the spool once both replicas acknowledged them"
+    );
+    assert_eq!(a.metric("tally_edge_merger_connected").await, 2.0);
+}

@@ -12,7 +12,7 @@ use tally_link::client::MergerClient;
 /// The secret of every edge the test merger knows.
 pub const SECRET: &str = "edge-secret-123";
 /// Edges the test merger knows.
-pub const EDGES: [&str; 5] = ["fra-1", "ams-1", "fra", "ams", "sin"];
+pub const EDGES: [&str; 6] = ["fra-1", "ams-1", "fra", "ams", "sin", "iad"];
 
 /// Spawns `tally` with `args` and waits for its ready line (JSON on stdout).
 pub fn spawn_ready(args: &[&str], dir_flag: (&str, &Path)) -> (Child, serde_json::Value) {
