@@ -282,53 +282,38 @@ impl Agent {
             "Memory of the collector instances.",
             stats.iter().map(|(_, m)| m).sum(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP tally_edge_merger_connected 1 while connected to the merger.\n# TYPE tally_edge_merger_connected gauge"
-        );
-        for m in &self.shipping.status {
-            let _ = writeln!(
-                out,
-                "tally_edge_merger_connected{{merger=\"{}\"}} {}",
-                m.addr,
-                m.connected.load(Ordering::Relaxed) as u8
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tally_edge_frames_acked_total Frames a merger acknowledged.\n# TYPE tally_edge_frames_acked_total counter"
-        );
-        for m in &self.shipping.status {
-            let _ = writeln!(
-                out,
-                "tally_edge_frames_acked_total{{merger=\"{}\"}} {}",
-                m.addr,
-                m.acked.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tally_edge_wire_bytes_total Frame bytes a merger acknowledged.\n# TYPE tally_edge_wire_bytes_total counter"
-        );
-        for m in &self.shipping.status {
-            let _ = writeln!(
-                out,
-                "tally_edge_wire_bytes_total{{merger=\"{}\"}} {}",
-                m.addr,
-                m.bytes.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tally_edge_merger_backlog Frames waiting for a merger.\n# TYPE tally_edge_merger_backlog gauge"
-        );
-        for m in &self.shipping.status {
-            let _ = writeln!(
-                out,
-                "tally_edge_merger_backlog{{merger=\"{}\"}} {}",
-                m.addr,
-                m.backlog.load(Ordering::Relaxed)
-            );
+        type MergerValue = fn(&ship::MergerStatus) -> u64;
+        let per_merger: [(&str, &str, &str, MergerValue); 4] = [
+            (
+                "tally_edge_merger_connected",
+                "gauge",
+                "1 while connected to the merger.",
+                |m| m.connected.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "tally_edge_frames_acked_total",
+                "counter",
+                "Frames a merger acknowledged.",
+                |m| m.acked.load(Ordering::Relaxed),
+            ),
+            (
+                "tally_edge_wire_bytes_total",
+                "counter",
+                "Frame bytes a merger acknowledged.",
+                |m| m.bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "tally_edge_merger_backlog",
+                "gauge",
+                "Frames waiting for a merger.",
+                |m| m.backlog.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in per_merger {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in &self.shipping.status {
+                let _ = writeln!(out, "{name}{{merger=\"{}\"}} {}", m.addr, value(m));
+            }
         }
         out
     }
