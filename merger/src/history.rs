@@ -4,7 +4,7 @@
 //! sorted by channel and video), so that the
 //! analytics API and the catalog read it like any other history.
 
-use crate::tiers::{DIMS, Retention, TierError, Tiers, date_of_day, sql_str};
+use crate::tiers::{self, DIMS, Retention, TierError, Tiers, date_of_day, sql_str};
 use duckdb::Connection;
 use std::path::Path;
 
@@ -92,7 +92,7 @@ pub fn generate(
                     floor(views * random() * 0.01)::UBIGINT AS shares, floor(views * random() * 0.005)::UBIGINT AS comments
              FROM ({hours}) ORDER BY video, ts"
         );
-        write(&conn, &rows, &hour_path)?;
+        write(&conn, &rows, &hour_path, tiers::COLD_ROW_GROUP)?;
         let hour_file = sql_str(&hour_path.to_string_lossy());
         write(
             &conn,
@@ -103,6 +103,7 @@ pub fn generate(
                  FROM read_parquet({hour_file}) GROUP BY ALL ORDER BY channel, video"
             ),
             &day_path,
+            tiers::COLD_ROW_GROUP,
         )?;
         let (h, v): (u64, u64) = conn.query_row(
             &format!("SELECT count(*)::UBIGINT, sum(views)::UBIGINT FROM read_parquet({hour_file})"),
@@ -126,10 +127,10 @@ pub fn generate(
     Ok(sum)
 }
 
-fn write(conn: &Connection, query: &str, path: &Path) -> Result<(), TierError> {
+fn write(conn: &Connection, query: &str, path: &Path, row_group: usize) -> Result<(), TierError> {
     let tmp = path.with_extension("parquet.tmp");
     conn.execute_batch(&format!(
-        "COPY ({query}) TO {} (FORMAT parquet, ROW_GROUP_SIZE 16384)",
+        "COPY ({query}) TO {} (FORMAT parquet, ROW_GROUP_SIZE {row_group})",
         sql_str(&tmp.to_string_lossy())
     ))?;
     std::fs::rename(&tmp, path)?;

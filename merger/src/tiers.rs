@@ -62,6 +62,10 @@ impl Default for Retention {
     }
 }
 
+/// Rows per Parquet row group in the cold tier: small, so that a filter on the column a
+/// file is sorted by (video for hours, channel for days) reads little beyond its rows.
+pub const COLD_ROW_GROUP: usize = 4096;
+
 pub(crate) const DIMS: &str = "pop, video, channel, category, country, device, source, live";
 const MEASURES: &str = "views, watch_ms, completions, likes, shares, comments";
 
@@ -431,12 +435,17 @@ impl Tiers {
 
     /// Writes `query` to `path` as Parquet, atomically (temp file, then rename).
     fn copy_parquet(&self, query: &str, path: &Path) -> Result<()> {
+        self.copy_parquet_opts(query, path, "")
+    }
+
+    /// Like [`Tiers::copy_parquet`] with extra `COPY` options (`, NAME value`...).
+    fn copy_parquet_opts(&self, query: &str, path: &Path, opts: &str) -> Result<()> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let tmp = path.with_extension("parquet.tmp");
         self.conn.execute_batch(&format!(
-            "COPY ({query}) TO {} (FORMAT parquet)",
+            "COPY ({query}) TO {} (FORMAT parquet{opts})",
             sql_str(&tmp.to_string_lossy())
         ))?;
         std::fs::rename(&tmp, path)?;
@@ -446,11 +455,13 @@ impl Tiers {
     fn export_cold(&self, day: i64) -> Result<()> {
         let date = date_of_day(day);
         let (lo, hi) = (day * 24, day * 24 + 24);
-        self.copy_parquet(
+        let cold = format!(", ROW_GROUP_SIZE {COLD_ROW_GROUP}");
+        self.copy_parquet_opts(
             &format!("SELECT epoch_ms(hour * 3600000) AS ts, {DIMS}, {MEASURES} FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} ORDER BY video, hour"),
             &self.dir.join(format!("cold/hour/date={date}/data.parquet")),
+            &cold,
         )?;
-        self.copy_parquet(
+        self.copy_parquet_opts(
             &format!(
                 "SELECT epoch_ms({day}::BIGINT * 86400000) AS ts, {DIMS}, sum(views)::UBIGINT AS views, sum(watch_ms)::UBIGINT AS watch_ms,
                    sum(completions)::UBIGINT AS completions, sum(likes)::BIGINT AS likes, sum(shares)::UBIGINT AS shares,
@@ -458,6 +469,7 @@ impl Tiers {
                  FROM warm.hour_counts WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL ORDER BY channel, video"
             ),
             &self.dir.join(format!("cold/day/date={date}/data.parquet")),
+            &cold,
         )?;
         let merged = self.merged_sketches(
             "SELECT video, sketch FROM warm.hour_uniques WHERE hour >= ? AND hour < ?",
