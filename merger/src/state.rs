@@ -102,6 +102,8 @@ pub struct State {
     /// Views per minute, country and video, for recent top-K and series.
     minutes: BTreeMap<u32, HashMap<(Country, String), Counts>>,
     live: HashMap<String, HashMap<String, EdgeGauge>>,
+    /// The streams each edge reported in its last frame (so a frame touches only those).
+    edge_streams: HashMap<String, Vec<String>>,
     peaks: HashMap<String, u64>,
     blocked: HashSet<String>,
     /// Ingest counters.
@@ -156,8 +158,17 @@ impl State {
             let _ = v.uniques.merge_bytes(&u.sketch);
         }
         // The frame's live list is the edge's complete set: replace what it sent before.
-        for streams in self.live.values_mut() {
-            streams.remove(&id.edge_id);
+        for stream in self.edge_streams.remove(&id.edge_id).unwrap_or_default() {
+            if let Some(edges) = self.live.get_mut(&stream) {
+                edges.remove(&id.edge_id);
+                if edges.is_empty() {
+                    self.live.remove(&stream);
+                }
+            }
+        }
+        if !frame.live.is_empty() {
+            let names = frame.live.iter().map(|g| frame.str(g.stream).to_owned()).collect();
+            self.edge_streams.insert(id.edge_id.clone(), names);
         }
         for g in &frame.live {
             let stream = frame.str(g.stream);
@@ -173,7 +184,6 @@ impl State {
             let peak = self.peaks.entry(stream.to_owned()).or_default();
             *peak = (*peak).max(watching);
         }
-        self.live.retain(|_, m| !m.is_empty());
         if let Some(&last) = self.minutes.keys().next_back() {
             let keep_from = last.max(newest).saturating_sub(RECENT_MINUTES);
             self.minutes = self.minutes.split_off(&keep_from);
@@ -276,5 +286,51 @@ mod tests {
         assert!(t.insert(2));
         assert_eq!((t.contiguous, t.missing()), (3, 0));
         assert!(t.ahead.is_empty());
+    }
+
+    fn gauges(edge: &str, seq: u64, live: &[(&str, u32)]) -> DeltaFrame {
+        DeltaFrame {
+            header: tally_delta::FrameHeader {
+                id: FrameId {
+                    edge_id: edge.into(),
+                    epoch: 1,
+                    seq,
+                },
+                pop_id: "p".into(),
+                interval_start_ms: 0,
+                interval_end_ms: 1_000,
+            },
+            strings: live.iter().map(|(s, _)| s.to_string()).collect(),
+            counters: vec![],
+            uniques: vec![],
+            live: live
+                .iter()
+                .enumerate()
+                .map(|(i, (_, w))| tally_delta::LiveGauge {
+                    stream: i as u32,
+                    watching: *w,
+                    connected: 0,
+                })
+                .collect(),
+            intake: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_edges_frame_replaces_only_its_own_gauges() {
+        let mut s = State::default();
+        s.apply(&gauges("a", 1, &[("s1", 3), ("s2", 1)]), 0);
+        s.apply(&gauges("b", 1, &[("s1", 2)]), 0);
+        assert_eq!(s.live("s1", 0, 10).watching, 5);
+        // a stops reporting s1: b's viewers stay, the peak is remembered
+        s.apply(&gauges("a", 2, &[("s2", 4)]), 0);
+        let v = s.live("s1", 0, 10);
+        assert_eq!((v.watching, v.peak), (2, 5));
+        assert_eq!(s.live("s2", 0, 10).watching, 4);
+        // an empty frame clears what the edge had
+        s.apply(&gauges("b", 2, &[]), 0);
+        s.apply(&gauges("a", 3, &[]), 0);
+        assert_eq!(s.live("s1", 0, 10).watching, 0);
+        assert!(s.live.is_empty() && s.edge_streams.is_empty());
     }
 }
