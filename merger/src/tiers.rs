@@ -62,9 +62,12 @@ impl Default for Retention {
     }
 }
 
-/// Rows per Parquet row group in the cold tier: small, so that a filter on the column a
-/// file is sorted by (video for hours, channel for days) reads little beyond its rows.
-pub const COLD_ROW_GROUP: usize = 4096;
+/// Rows per Parquet row group in the cold tier: small enough that a filter on the column
+/// a file is sorted by (video for hours, channel for days) skips most of a day, large
+/// enough that footers stay small. Measured by `history-query` over 3 years: 16,384
+/// gave standard 30-day queries p95 <= 67 ms; 4,096 gave 137 ms and a 2.4x slower
+/// 3-year scan.
+pub const COLD_ROW_GROUP: usize = 16_384;
 
 pub(crate) const DIMS: &str = "pop, video, channel, category, country, device, source, live";
 const MEASURES: &str = "views, watch_ms, completions, likes, shares, comments";
