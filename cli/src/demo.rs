@@ -197,7 +197,7 @@ async fn demo(a: DemoArgs) -> Result<()> {
             break;
         }
     }
-    finish(stack, &traffic, views_before, &a.data_dir, view).await
+    finish(stack, &traffic, views_before, &a.data_dir).await
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
@@ -301,13 +301,7 @@ impl View {
     }
 }
 
-async fn finish(
-    stack: Stack,
-    traffic: &Traffic,
-    views_before: u64,
-    data_dir: &std::path::Path,
-    _view: View,
-) -> Result<()> {
+async fn finish(stack: Stack, traffic: &Traffic, views_before: u64, data_dir: &std::path::Path) -> Result<()> {
     // Every agent flushes within a second; wait until every frame is acknowledged.
     let wait_until = Instant::now() + Duration::from_secs(20);
     loop {

@@ -128,7 +128,7 @@ async fn run(native: bool, deadline_ms: u64, seconds: u64, connections: usize, s
         .iter()
         .map(|m| m.bytes.load(Ordering::Relaxed))
         .sum();
-    let instance_memory = agent.agent.pool.stats().await.iter().map(|(_, m)| m).sum();
+    let instance_memory = agent.agent.pool.stats().iter().map(|(_, m)| m).sum();
     let views = merger.ingest.read().total_views();
     anyhow::ensure!(views > 0, "the merger counted no views");
     let f = Figures {

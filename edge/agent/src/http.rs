@@ -128,7 +128,7 @@ async fn events(
         user_agent: header_str(&headers, "user-agent").to_owned(),
         arrival_ms,
     };
-    let outcome = match a.pool.ingest(&bytes, &sessions, &facts).await {
+    let outcome = match a.pool.ingest(&bytes, &sessions, &facts) {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             let code = match e {

@@ -102,7 +102,7 @@ pub struct Agent {
 impl Agent {
     /// Takes a frame from every instance and spools it; returns the frames spooled.
     pub async fn flush(&self) -> usize {
-        let frames = self.pool.flush(now_ms()).await;
+        let frames = self.pool.flush(now_ms());
         self.spool_frames(frames)
     }
 
@@ -147,7 +147,7 @@ impl Agent {
         })
         .await
         .map_err(|e| e.to_string())??;
-        let (frames, result) = self.pool.swap(kind, now_ms()).await;
+        let (frames, result) = self.pool.swap(kind, now_ms());
         self.spool_frames(frames);
         result?;
         tracing::info!("collector component swapped");
@@ -250,7 +250,7 @@ impl Agent {
             "Collector component swaps.",
             self.pool.counters.swaps.load(Ordering::Relaxed),
         );
-        let stats = self.pool.stats().await;
+        let stats = self.pool.stats();
         let sum = |f: fn(&tally_collector::Stats) -> u64| stats.iter().map(|(s, _)| f(s)).sum::<u64>();
         put(
             "tally_edge_duplicates_total",

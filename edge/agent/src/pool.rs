@@ -195,7 +195,7 @@ impl Pool {
     }
 
     /// Ingests one beacon, routing its events by session.
-    pub async fn ingest(&self, body: &[u8], sessions: &Sessions<'_>, facts: &RequestFacts) -> IngestReply {
+    pub fn ingest(&self, body: &[u8], sessions: &Sessions<'_>, facts: &RequestFacts) -> IngestReply {
         match sessions {
             Sessions::One { session, .. } => self.worker(worker_of(session, self.workers.len())).ingest(body, facts),
             Sessions::Unknown => self.worker(0).ingest(body, facts),
@@ -236,7 +236,7 @@ impl Pool {
     }
 
     /// Closes every instance's interval at `now` and takes its frame.
-    pub async fn flush(&self, now: u64) -> Vec<Vec<u8>> {
+    pub fn flush(&self, now: u64) -> Vec<Vec<u8>> {
         (0..self.workers.len())
             .filter_map(|i| self.worker(i).flush(now))
             .collect()
@@ -246,7 +246,7 @@ impl Pool {
     /// handing each old instance's memory to its replacement. Returns the old instances'
     /// last frames, which must be shipped whatever happened, and whether every instance
     /// was replaced.
-    pub async fn swap(&self, kind: Kind, now: u64) -> (Vec<Vec<u8>>, Result<(), String>) {
+    pub fn swap(&self, kind: Kind, now: u64) -> (Vec<Vec<u8>>, Result<(), String>) {
         let mut frames = Vec::new();
         let mut result = Ok(());
         for i in 0..self.workers.len() {
@@ -263,7 +263,7 @@ impl Pool {
     }
 
     /// Each instance's stats and memory bytes.
-    pub async fn stats(&self) -> Vec<(Stats, u64)> {
+    pub fn stats(&self) -> Vec<(Stats, u64)> {
         (0..self.workers.len())
             .filter_map(|i| self.worker(i).instance.as_mut()?.stats().ok())
             .collect()
