@@ -5,78 +5,10 @@
 
 mod common;
 
-use common::{EDGES, Merger, SECRET, metric, spawn_ready};
-use futures_util::future::join_all;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Child;
-use std::time::{Duration, Instant};
-use tally_traffic::{Plan, Traffic, deliver};
+use common::{Agent, KEY, Merger, close, drive, event, loop_until, merger_views, now_ms, token};
+use std::time::Duration;
+use tally_traffic::{Plan, Traffic};
 
-const KEY: &str = "edge-test-signing-key-0001";
-
-struct Agent {
-    child: Child,
-    http: SocketAddr,
-}
-
-impl Agent {
-    fn start(m: (SocketAddr, &str), pop: &str, spool: &Path, extra: &[&str]) -> Agent {
-        assert!(EDGES.contains(&pop));
-        let merger = format!("{}={}", m.0, m.1);
-        let mut args = vec![
-            "edge",
-            "--pop",
-            pop,
-            "--secret",
-            SECRET,
-            "--merger",
-            &merger,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-key",
-            KEY,
-            "--flush-interval",
-            "200ms",
-            "--workers",
-            "2",
-            "--client-addr-header",
-            "x-forwarded-for",
-        ];
-        args.extend_from_slice(extra);
-        let (child, v) = spawn_ready(&args, ("--spool-dir", spool));
-        Agent {
-            child,
-            http: v["http"].as_str().unwrap().parse().unwrap(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        metric(self.http, name).await
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn plan(pops: usize, seed: u64) -> Plan {
     Plan {
@@ -89,49 +21,6 @@ fn plan(pops: usize, seed: u64) -> Plan {
         key: KEY.as_bytes().to_vec(),
         seed,
         ..Plan::default()
-    }
-}
-
-/// Runs the players for `for_ms` of real time, delivering to `urls[pop]`.
-async fn drive(t: &mut Traffic, http: &reqwest::Client, urls: &[String], for_ms: u64) {
-    let end = Instant::now() + Duration::from_millis(for_ms);
-    while Instant::now() < end {
-        let beacons = t.tick(now_ms());
-        send_all(t, http, urls, beacons).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Every player leaves; waits for the answers.
-async fn close(t: &mut Traffic, http: &reqwest::Client, urls: &[String]) {
-    let beacons = t.close_all(now_ms());
-    send_all(t, http, urls, beacons).await;
-    // failed deliveries are retried (as players do) until they are taken or given up
-    for _ in 0..20 {
-        let beacons = t.tick(now_ms());
-        if beacons.is_empty() && t.active_sessions() == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        send_all(t, http, urls, beacons).await;
-    }
-}
-
-async fn send_all(t: &mut Traffic, http: &reqwest::Client, urls: &[String], beacons: Vec<tally_traffic::Beacon>) {
-    let answers = join_all(beacons.iter().map(|b| deliver(http, &urls[b.pop % urls.len()], b))).await;
-    for (b, o) in beacons.iter().zip(answers) {
-        t.outcome(b, o);
-    }
-}
-
-/// Waits until the merger's all-time views reach `want` (or `timeout`); returns them.
-async fn merger_views(m: &Merger, want: u64, timeout: Duration) -> u64 {
-    let end = Instant::now() + timeout;
-    loop {
-        let v = m.metric("tally_views_total").await as u64;
-        if v >= want || Instant::now() > end {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -221,42 +110,6 @@ async fn beacons_in_counts_out_equal_to_ground_truth_and_reads_at_the_edge() {
     .await;
     assert!(drained.is_some(), "spools drained");
     assert!(fra.metric("tally_edge_frames_acked_total").await > 0.0);
-}
-
-/// Polls `f` until it gives `Some` or `timeout` passes.
-async fn loop_until<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn event(id: &str, session: &str, video: &str, kind: &str, token: &str) -> serde_json::Value {
-    serde_json::json!({
-        "event_id": id, "session_id": session, "video_id": video, "type": kind,
-        "ts": now_ms(), "position_s": 0.0, "device": "desktop", "source": "direct", "token": token,
-    })
-}
-
-fn token(video: &str) -> String {
-    let claims = tally_collector::Claims {
-        video: video.into(),
-        channel: "ch1".into(),
-        category: "music".into(),
-        expires_s: now_ms() / 1000 + 3600,
-        live: false,
-    };
-    tally_collector::token::mint(KEY.as_bytes(), &claims)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

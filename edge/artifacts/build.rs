@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (cargo package, file name of the artifact it produces, name we give it)
-const COMPONENTS: &[(&str, &str, &str)] = &[(
-    "tally-collector-component",
-    "tally_collector_component.wasm",
-    "collector.wasm",
-)];
+const COMPONENTS: &[(&str, &str, &str)] = &[
+    (
+        "tally-collector-component",
+        "tally_collector_component.wasm",
+        "collector.wasm",
+    ),
+    ("tally-spin-component", "tally_spin_component.wasm", "spin-collector.wasm"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -30,7 +33,7 @@ fn main() {
         .to_path_buf();
     let wasm_target_dir = target_root.join("wasm-components");
 
-    for dir in ["wit", "edge/collector", "edge/component", "edge/delta"] {
+    for dir in ["wit", "edge/collector", "edge/component", "edge/spin", "edge/delta"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());

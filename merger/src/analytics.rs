@@ -2,7 +2,7 @@
 //! the published catalog): each hour is read once, from minutes where hot has them, else
 //! from warm hours, else from cold Parquet.
 
-use crate::tiers::{date_of_day, day_of_date};
+use crate::tiers::{date_of_day, day_of_date, month_days};
 use duckdb::Connection;
 use duckdb::types::Value;
 use std::collections::BTreeSet;
@@ -111,6 +111,14 @@ fn to_i64(v: &Value) -> i64 {
     }
 }
 
+/// A DuckDB list of file paths.
+fn paths(files: impl Iterator<Item = PathBuf>) -> String {
+    let quoted: Vec<String> = files
+        .map(|p| format!("'{}'", p.to_string_lossy().replace('\'', "''")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 impl Analytics {
     /// Wraps a connection to the tier database; `dir` is the data directory.
     pub fn new(conn: Connection, dir: &Path) -> Analytics {
@@ -137,14 +145,22 @@ impl Analytics {
     }
 
     fn file_list(&self, sub: &str, days: &BTreeSet<i64>) -> String {
-        let files: Vec<String> = days
-            .iter()
-            .map(|d| {
-                let p = self.dir.join(format!("{sub}/date={}/data.parquet", date_of_day(*d)));
-                format!("'{}'", p.to_string_lossy().replace('\'', "''"))
+        paths(days.iter().map(|d| self.dir.join(format!("{sub}/date={}/data.parquet", date_of_day(*d)))))
+    }
+
+    /// Month files (`cold/month/month=YYYY-MM`) as (first day, first day after, path).
+    fn cold_months(&self) -> Vec<(i64, i64, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("cold/month")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let (first, next) = month_days(e.file_name().to_str()?.strip_prefix("month=")?)?;
+                let path = e.path().join("data.parquet");
+                path.exists().then_some((first, next, path))
             })
-            .collect();
-        format!("[{}]", files.join(", "))
+            .collect()
     }
 
     /// The first hour hot or warm still hold (cold alone holds what is older).
@@ -164,13 +180,15 @@ impl Analytics {
     /// The rows of every tier in the range, each hour once, with the filters applied.
     /// Cold data is read from the files of the days in the range only, and, when
     /// `whole_days` allows it and no video is asked for, from day rollups for days that
-    /// lie wholly in the range and are older than anything hot or warm hold.
+    /// lie wholly in the range and are older than anything hot or warm hold (from month
+    /// files for whole months).
     fn source(&self, conn: &Connection, f: &Filter, whole_days: bool) -> Result<(String, Vec<Value>), duckdb::Error> {
         let (lo_m, hi_m) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
         let (lo_h, hi_h) = (lo_m.div_euclid(60), (hi_m + 59).div_euclid(60));
         let (lo_d, hi_d) = (lo_h.div_euclid(24), (hi_h - 1).div_euclid(24));
         let mut hour_days = self.cold_days("cold/hour", lo_d, hi_d);
         let mut day_days = BTreeSet::new();
+        let mut months: Vec<(i64, i64, PathBuf)> = Vec::new();
         // Day files are sorted by channel, hour files by video: a video's rows are found
         // fastest in the hour files.
         let whole_days = whole_days && !f.eq.iter().any(|(d, _)| *d == "video");
@@ -185,7 +203,17 @@ impl Analytics {
                     start >= f.from_ms && end <= f.to_ms && (*d + 1) * 24 <= live_start
                 })
                 .collect();
-            hour_days.retain(|d| !day_days.contains(d));
+            // Whole months in range come from their month file: one file, not thirty.
+            months = self
+                .cold_months()
+                .into_iter()
+                .filter(|(first, next, _)| {
+                    *first as u64 * day_ms >= f.from_ms && *next as u64 * day_ms <= f.to_ms && next * 24 <= live_start
+                })
+                .collect();
+            let in_month = |d: &i64| months.iter().any(|(first, next, _)| (*first..*next).contains(d));
+            day_days.retain(|d| !in_month(d));
+            hour_days.retain(|d| !day_days.contains(d) && !in_month(d));
         }
         let cols = "pop, video, channel, category, country, device, source, views, watch_ms, completions, likes, shares, comments";
         let mut cold = Vec::new();
@@ -201,6 +229,12 @@ impl Analytics {
             cold.push(format!(
                 "SELECT ts, {cols} FROM read_parquet({files})",
                 files = self.file_list("cold/day", &day_days)
+            ));
+        }
+        if !months.is_empty() {
+            cold.push(format!(
+                "SELECT ts, {cols} FROM read_parquet({files})",
+                files = paths(months.into_iter().map(|(_, _, p)| p))
             ));
         }
         if cold.is_empty() {

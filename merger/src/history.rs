@@ -1,7 +1,7 @@
 //! Generated history, for benchmarks and tests: years of hourly and daily rows for many
 //! Zipf-popular videos, written into the cold tier exactly as the merger writes it
 //! (`cold/hour/date=D/data.parquet` sorted by video, `cold/day/date=D/data.parquet`
-//! sorted by channel and video), so that the
+//! sorted by channel and video, and month files of complete months), so that the
 //! analytics API and the catalog read it like any other history.
 
 use crate::tiers::{self, DIMS, Retention, TierError, Tiers, date_of_day, sql_str};
@@ -124,6 +124,7 @@ pub fn generate(
         sum.views += v;
         progress(day, &sum);
     }
+    tiers::compact_months(&conn, dir)?;
     Ok(sum)
 }
 
@@ -201,5 +202,59 @@ mod tests {
         // analysts see the same history through the catalog
         let (_, rows) = crate::tiers::query_catalog(dir.path(), "SELECT sum(views)::UBIGINT FROM views").unwrap();
         assert_eq!(rows[0][0], sum.views.to_string());
+    }
+
+    #[test]
+    fn whole_months_are_read_from_month_files_with_the_same_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2024-08-25 .. 2024-10-03: August (from the 25th) and September are complete
+        let spec = HistorySpec {
+            days: 40,
+            end_day: 20_000,
+            videos: 30,
+            channels: 4,
+            rows_per_hour: 4,
+            seed: 0.3,
+        };
+        let sum = generate(dir.path(), &spec, |_, _| {}).unwrap();
+        let mut months: Vec<String> = std::fs::read_dir(dir.path().join("cold/month"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        months.sort();
+        assert_eq!(months, vec!["month=2024-08", "month=2024-09"]);
+        // a second pass writes nothing new
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(tiers::compact_months(&conn, dir.path()).unwrap(), 0);
+
+        let tiers = Tiers::open(dir.path(), Retention::default()).unwrap();
+        let a = Analytics::new(tiers.reader().unwrap(), dir.path());
+        let all = Filter {
+            eq: vec![],
+            from_ms: 19_960 * DAY,
+            to_ms: 20_000 * DAY,
+        };
+        let channel = Filter {
+            eq: vec![("channel", "ch00002".into())],
+            ..all.clone()
+        };
+        let answers = |a: &Analytics| {
+            (
+                a.timeseries(&all, Granularity::Day).unwrap(),
+                a.timeseries(&channel, Granularity::Day).unwrap(),
+                a.breakdown(&channel, "country", 100).unwrap(),
+            )
+        };
+        let with_months = answers(&a);
+        assert_eq!(with_months.0.len(), 40);
+        assert_eq!(with_months.0.iter().map(|r| r.views).sum::<u64>(), sum.views);
+        assert!(with_months.1.iter().map(|r| r.views).sum::<u64>() > 0);
+        // the same answers from the day files alone
+        std::fs::remove_dir_all(dir.path().join("cold/month")).unwrap();
+        assert_eq!(answers(&a), with_months);
+        // month days and names
+        assert_eq!(tiers::month_days("2024-02"), Some((19_754, 19_783)));
+        assert_eq!(tiers::month_days("2024-12").map(|(a, b)| b - a), Some(31));
+        assert_eq!(tiers::month_days("2024-13"), None);
     }
 }

@@ -8,7 +8,9 @@
 //! * cold: Parquet, `cold/hour/date=YYYY-MM-DD/` and `cold/day/date=YYYY-MM-DD/`, written
 //!   (atomically, by rename) once a day can no longer change; hours sorted by video and
 //!   days by channel, so that a video's or a channel's rows sit in few row groups; kept
-//!   3 years.
+//!   3 years. Once a month is complete its day rows are also written as one file,
+//!   `cold/month/month=YYYY-MM/`, sorted by channel, so that a query over years opens one
+//!   file a month instead of thirty (the catalog reads the day files).
 //!
 //! The merger holds the DuckDB files open for writing, so analysts read *published*
 //! Parquet: changed hours of hot and changed days of warm are exported under
@@ -17,7 +19,7 @@
 
 use crate::log::LogPos;
 use duckdb::{Connection, params};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tally_delta::{Counts, DeltaFrame, UniqueSketch};
@@ -144,6 +146,63 @@ pub fn day_of_date(date: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Some(era * 146_097 + doe - 719_468)
+}
+
+/// The first day of month `YYYY-MM` and the first day of the month after it.
+pub fn month_days(month: &str) -> Option<(i64, i64)> {
+    let (y, m) = month.split_once('-')?;
+    let (y, m): (i64, i64) = (y.parse().ok()?, m.parse().ok()?);
+    if month.len() != 7 || !(1..=12).contains(&m) {
+        return None;
+    }
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((
+        day_of_date(&format!("{month}-01"))?,
+        day_of_date(&format!("{ny:04}-{nm:02}-01"))?,
+    ))
+}
+
+/// Writes the month files (`cold/month/month=YYYY-MM/data.parquet`: the month's day rows,
+/// sorted by channel and video) of every month that is complete, meaning the cold tier
+/// holds a day of a later month, and has no month file yet. Days reach cold in order, so
+/// a complete month's day files no longer change. Returns how many were written.
+pub fn compact_months(conn: &Connection, dir: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir.join("cold/day")) else {
+        return Ok(0);
+    };
+    let dates: BTreeSet<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("date=").map(str::to_owned))
+        .filter(|d| day_of_date(d).is_some() && d.len() == 10)
+        .collect();
+    let Some(latest) = dates.last() else {
+        return Ok(0);
+    };
+    let mut months: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in dates.iter().filter(|d| d[..7] < latest[..7]) {
+        months.entry(&d[..7]).or_default().push(d);
+    }
+    let mut written = 0;
+    for (month, days) in months {
+        let path = dir.join(format!("cold/month/month={month}/data.parquet"));
+        if path.exists() {
+            continue;
+        }
+        let files: Vec<String> = days
+            .iter()
+            .map(|d| sql_str(&dir.join(format!("cold/day/date={d}/data.parquet")).to_string_lossy()))
+            .collect();
+        std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+        let tmp = path.with_extension("parquet.tmp");
+        conn.execute_batch(&format!(
+            "COPY (SELECT * FROM read_parquet([{}]) ORDER BY channel, video, ts) TO {} (FORMAT parquet, ROW_GROUP_SIZE {COLD_ROW_GROUP})",
+            files.join(", "),
+            sql_str(&tmp.to_string_lossy())
+        ))?;
+        std::fs::rename(&tmp, &path)?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 impl Tiers {
@@ -390,6 +449,9 @@ impl Tiers {
                 .execute("INSERT OR IGNORE INTO warm.cold_days VALUES (?)", params![day])?;
             report.cold_days += 1;
         }
+        if report.cold_days > 0 {
+            compact_months(&self.conn, &self.dir)?;
+        }
         let r = self.retention;
         report.hot_deleted = self.conn.execute(
             "DELETE FROM main.minute_counts WHERE minute < ? AND minute // 60 NOT IN (SELECT hour FROM main.dirty_hours)",
@@ -527,6 +589,13 @@ impl Tiers {
                 n.strip_prefix("date=").is_some_and(|d| d < cold_before.as_str())
             })?;
         }
+        // A month file goes with the month's first day: its later days are read from
+        // their day files until they expire too.
+        sweep("cold/month", &|n| {
+            n.strip_prefix("month=")
+                .and_then(month_days)
+                .is_some_and(|(first, _)| first < today - r.cold_days)
+        })?;
         Ok(())
     }
 

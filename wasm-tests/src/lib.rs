@@ -1,11 +1,15 @@
-//! The collector conformance harness.
+//! The wasm harnesses.
 //!
-//! [`Driver`] runs a collector behind a uniform API, natively or as the real
-//! `collector.wasm` inside wasmtime; [`Kit`] builds beacons and tokens; [`scenarios`]
-//! lists the conformance scenarios, each run against both builds by the tests, which
-//! assert identical outcomes and byte-identical delta frames.
+//! The collector conformance harness: [`Driver`] runs a collector behind a uniform API,
+//! natively or as the real `collector.wasm` inside wasmtime; [`Kit`] builds beacons and
+//! tokens; [`scenarios`] lists the conformance scenarios, each run against both builds by
+//! the tests, which assert identical outcomes and byte-identical delta frames.
+//!
+//! The Spin harness: [`spin_host`] serves the Spin component under wasmtime and
+//! wasmtime-wasi-http with host implementations of the Spin interfaces it imports.
 
 pub mod scenarios;
+pub mod spin_host;
 
 use serde::Serialize;
 use tally_collector::{BatchError, Claims, Collector, Config, IngestOutcome, RequestFacts, Stats};

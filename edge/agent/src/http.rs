@@ -1,7 +1,7 @@
 //! The agent's HTTP endpoint: beacons in, counts out (from the pushed cache).
 
 use crate::Agent;
-use crate::route;
+use tally_collector::route;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};

@@ -16,7 +16,6 @@ pub mod http;
 pub mod limits;
 pub mod pool;
 pub mod reads;
-pub mod route;
 pub mod ship;
 pub mod spool;
 

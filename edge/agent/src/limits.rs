@@ -2,7 +2,7 @@
 //! a beacon is ingested so that a refused beacon counts nothing.
 
 use crate::config::AgentConfig;
-use crate::route::Sessions;
+use tally_collector::route::Sessions;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 

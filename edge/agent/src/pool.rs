@@ -6,11 +6,11 @@
 //! agent never reuses a frame id.
 
 use crate::config::AgentConfig;
-use crate::route::{Sessions, worker_of};
+use tally_collector::route::{self, Sessions, worker_of};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tally_collector::{BatchError, Collector, IngestOutcome, Rejection, RequestFacts, Stats};
+use tally_collector::{BatchError, Collector, IngestOutcome, RequestFacts, Stats};
 use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
 
 /// Epochs handed out in blocks reserved on disk, so that they grow across restarts.
@@ -201,35 +201,15 @@ impl Pool {
             Sessions::Unknown => self.worker(0).ingest(body, facts),
             Sessions::Many(events) => {
                 let n = self.workers.len();
-                let mut parts: Vec<(Vec<u8>, Vec<u32>)> = vec![(b"[".to_vec(), Vec::new()); n];
-                for (i, (session, raw)) in events.iter().enumerate() {
-                    let (body, idx) = &mut parts[worker_of(session, n)];
-                    if !idx.is_empty() {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(raw.get().as_bytes());
-                    idx.push(i as u32);
-                }
                 let mut total = IngestOutcome::default();
-                for (w, (mut body, idx)) in parts.into_iter().enumerate() {
-                    if idx.is_empty() {
-                        continue;
-                    }
-                    body.push(b']');
+                for part in route::group(events, |session| worker_of(session, n)) {
                     // The parts of one beacon are ingested one after another; a part can
                     // only fail as a whole for a reason the whole beacon would fail for.
-                    let o = match self.worker(w).ingest(&body, facts)? {
-                        Ok(o) => o,
+                    match self.worker(part.key).ingest(&part.body, facts)? {
+                        Ok(o) => part.absorb(&mut total, o),
                         Err(e) => return Ok(Err(e)),
-                    };
-                    total.accepted += o.accepted;
-                    total.duplicates += o.duplicates;
-                    total.rejected.extend(o.rejected.into_iter().map(|r| Rejection {
-                        index: idx[r.index as usize],
-                        reason: r.reason,
-                    }));
+                    }
                 }
-                total.rejected.sort_by_key(|r| r.index);
                 Ok(Ok(total))
             }
         }

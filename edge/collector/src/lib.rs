@@ -10,6 +10,7 @@ mod beacon;
 mod collector;
 mod config;
 mod expiring;
+pub mod route;
 pub mod token;
 
 pub use beacon::{Event, EventType, MAX_ID_LEN, MAX_TOKEN_LEN};

@@ -1,10 +1,11 @@
-//! Which session a beacon's events belong to, so that every event of a session reaches
-//! the same collector instance (dedup is exact per instance) and rate limits apply per
-//! session.
+//! Which session a beacon's events belong to, so that a host can give every event of a
+//! session to the same collector state (dedup is exact per state) and apply rate limits
+//! per session.
 //!
 //! Nearly every beacon carries one session: a byte scan for the `"session_id"` key finds
 //! it without parsing. Only a beacon with several sessions is parsed and split.
 
+use crate::{IngestOutcome, Rejection};
 use memchr::memmem;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -139,6 +140,62 @@ pub fn worker_of(session: &[u8], workers: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(session) % workers.max(1) as u64) as usize
 }
 
+/// Part of a split beacon: the events that go to one place, as a JSON array body, and
+/// their indexes in the original beacon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part<K> {
+    /// Where the part goes (a worker, a session).
+    pub key: K,
+    /// The part's events as a beacon body (a JSON array).
+    pub body: Vec<u8>,
+    /// Index in the original beacon of each event of the part.
+    pub indexes: Vec<u32>,
+}
+
+impl<K> Part<K> {
+    /// Adds the outcome of ingesting this part to the beacon's `total`, mapping the part's
+    /// rejection indexes back to the original beacon's.
+    pub fn absorb(&self, total: &mut IngestOutcome, part: IngestOutcome) {
+        total.accepted += part.accepted;
+        total.duplicates += part.duplicates;
+        total.rejected.extend(part.rejected.into_iter().map(|r| Rejection {
+            index: self.indexes.get(r.index as usize).copied().unwrap_or(r.index),
+            reason: r.reason,
+        }));
+        total.rejected.sort_by_key(|r| r.index);
+    }
+}
+
+/// Groups the events of a split beacon by `key_of(session)`, keeping their order; parts
+/// come in the order their first event appears.
+pub fn group<K: PartialEq>(events: &[(Vec<u8>, &RawValue)], key_of: impl Fn(&[u8]) -> K) -> Vec<Part<K>> {
+    let mut parts: Vec<Part<K>> = Vec::new();
+    for (i, (session, raw)) in events.iter().enumerate() {
+        let key = key_of(session);
+        let at = match parts.iter().position(|p| p.key == key) {
+            Some(at) => at,
+            None => {
+                parts.push(Part {
+                    key,
+                    body: b"[".to_vec(),
+                    indexes: Vec::new(),
+                });
+                parts.len() - 1
+            }
+        };
+        let part = &mut parts[at];
+        if !part.indexes.is_empty() {
+            part.body.push(b',');
+        }
+        part.body.extend_from_slice(raw.get().as_bytes());
+        part.indexes.push(i as u32);
+    }
+    for p in &mut parts {
+        p.body.push(b']');
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +239,29 @@ mod tests {
     fn garbage_is_unknown() {
         assert_eq!(sessions(b"not json"), Sessions::Unknown);
         assert_eq!(sessions(br#"[{"session_id":"a"},{"session_id":"b""#), Sessions::Unknown);
+    }
+
+    #[test]
+    fn groups_keep_order_and_map_rejections_back() {
+        let b = br#"[{"session_id":"a","n":1},{"session_id":"b"},{"session_id":"a","n":2}]"#;
+        let Sessions::Many(events) = sessions(b) else {
+            panic!("expected a split")
+        };
+        let parts = group(&events, |s| s.to_vec());
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].key, b"a");
+        assert_eq!(parts[0].body, br#"[{"session_id":"a","n":1},{"session_id":"a","n":2}]"#);
+        assert_eq!(parts[0].indexes, vec![0, 2]);
+        assert_eq!(parts[1].body, br#"[{"session_id":"b"}]"#);
+        let mut total = IngestOutcome::default();
+        let one = |index| Rejection {
+            index,
+            reason: crate::RejectReason::TokenForOtherVideo,
+        };
+        parts[1].absorb(&mut total, IngestOutcome { accepted: 1, duplicates: 0, rejected: vec![] });
+        parts[0].absorb(&mut total, IngestOutcome { accepted: 1, duplicates: 1, rejected: vec![one(1)] });
+        assert_eq!((total.accepted, total.duplicates), (2, 1));
+        assert_eq!(total.rejected, vec![one(2)]);
     }
 
     #[test]

@@ -1,0 +1,420 @@
+//! The Spin HTTP component: a host around [`crate::session`] that does the I/O Spin
+//! offers, the request, the key-value store, variables and outbound HTTP.
+
+use crate::session::{self, SESSION_PREFIX, SessionRecord, StepError};
+use crate::settings::Settings;
+use serde_json::json;
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::key_value::Store;
+use std::hash::BuildHasher;
+use tally_collector::route::{self, Part, Sessions};
+use tally_collector::{BatchError, IngestOutcome, RequestFacts};
+use tally_delta::FrameId;
+
+/// At most one request per this interval sweeps lapsed records out of the store.
+const SWEEP_EVERY_MS: u64 = 60_000;
+/// Store key holding when the next sweep is due.
+const SWEEP_KEY: &str = "sweep/next";
+/// Key prefix of cached stats answers.
+const STATS_PREFIX: &str = "stats/";
+/// Cached stats answers older than this are deleted by the sweep.
+const STATS_KEEP_MS: u64 = 60_000;
+
+#[http_component]
+async fn handle(req: Request) -> Response {
+    let path = req.path().to_owned();
+    let answer = match (req.method(), path.as_str()) {
+        (Method::Options, _) => Ok(preflight()),
+        (Method::Post, "/v1/events") => events(&req).await,
+        (Method::Get, p) if p.starts_with("/v1/videos/") && p.ends_with("/stats") => {
+            let id = &p["/v1/videos/".len()..p.len() - "/stats".len()];
+            stats(id).await
+        }
+        (_, "/v1/events") => Err(error(405, "use POST for /v1/events")),
+        _ => Err(error(404, "no such endpoint")),
+    };
+    let mut r = answer.unwrap_or_else(|e| e);
+    r.set_header("access-control-allow-origin", "*");
+    r.set_header("vary", "origin");
+    r
+}
+
+/// An answer with a JSON body.
+fn json_response(status: u16, body: &serde_json::Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .build()
+}
+
+/// An error answer: `{"error": "..."}`.
+fn error(status: u16, msg: impl std::fmt::Display) -> Response {
+    json_response(status, &json!({ "error": msg.to_string() }))
+}
+
+/// An error answer that tells the client when to retry.
+fn retry_later(status: u16, msg: impl std::fmt::Display, after_s: u32) -> Response {
+    let mut r = error(status, msg);
+    r.set_header("retry-after", after_s.to_string());
+    r
+}
+
+fn preflight() -> Response {
+    Response::builder()
+        .status(200)
+        .header("access-control-allow-methods", "GET,POST")
+        .header("access-control-allow-headers", "content-type")
+        .header("access-control-max-age", "86400")
+        .body(())
+        .build()
+}
+
+fn header(req: &Request, name: &str) -> String {
+    req.header(name)
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn settings() -> Result<Settings, Response> {
+    Settings::from_variables(|name| match spin_sdk::variables::get(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(spin_sdk::variables::Error::Undefined(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    })
+    .map_err(|e| {
+        eprintln!("tally spin: {e}");
+        error(500, e)
+    })
+}
+
+fn open_store(s: &Settings) -> Result<Store, Response> {
+    Store::open(&s.store).map_err(|e| {
+        eprintln!("tally spin: key-value store {:?}: {e}", s.store);
+        retry_later(503, format!("key-value store {:?} unavailable: {e}", s.store), 1)
+    })
+}
+
+/// `POST /v1/events`: the edge agent's contract, with each session's memory in the store.
+async fn events(req: &Request) -> Result<Response, Response> {
+    let s = settings()?;
+    let ct = header(req, "content-type");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !ct.is_empty() && media != "application/json" && media != "text/plain" {
+        return Err(error(
+            415,
+            format!("content type {media:?} is not accepted: send application/json or text/plain"),
+        ));
+    }
+    let body = req.body();
+    if body.len() > s.collector.max_body_bytes as usize {
+        return Err(error(
+            413,
+            format!("beacon body exceeds {} bytes", s.collector.max_body_bytes),
+        ));
+    }
+    let now = now_ms();
+    let client = match &s.client_addr_header {
+        Some(h) => header(req, h).split(',').next().unwrap_or("").trim().to_owned(),
+        None => String::new(),
+    };
+    let facts = RequestFacts {
+        country: header(req, &s.country_header),
+        client_addr: if client.is_empty() {
+            header(req, "spin-client-addr")
+        } else {
+            client
+        },
+        user_agent: header(req, "user-agent"),
+        arrival_ms: now,
+    };
+    let store = open_store(&s)?;
+    sweep(&store, &s, now).await;
+
+    let parts: Vec<Part<Vec<u8>>> = match route::sessions(body) {
+        Sessions::One { session, .. } => vec![whole(session.to_vec(), body)],
+        Sessions::Unknown => vec![whole(Vec::new(), body)],
+        Sessions::Many(events) => route::group(&events, |session| session.to_vec()),
+    };
+    let mut total = IngestOutcome::default();
+    for part in parts {
+        let outcome = ingest_part(&store, &s, &part, &facts, now).await?;
+        part.absorb(&mut total, outcome);
+    }
+    let rejected: Vec<_> = total
+        .rejected
+        .iter()
+        .map(|r| json!({ "index": r.index, "reason": r.reason.to_string() }))
+        .collect();
+    let mut answer = json!({
+        "accepted": total.accepted,
+        "duplicates": total.duplicates,
+        "rejected": rejected,
+    });
+    if total.accepted == 0 && !total.rejected.is_empty() {
+        answer["error"] = json!("no event of the beacon was accepted; see `rejected`");
+        return Ok(json_response(400, &answer));
+    }
+    Ok(json_response(202, &answer))
+}
+
+/// A beacon that is one part as it is.
+fn whole(session: Vec<u8>, body: &[u8]) -> Part<Vec<u8>> {
+    Part {
+        key: session,
+        body: body.to_vec(),
+        indexes: Vec::new(),
+    }
+}
+
+/// Runs one session's events through its stored memory, saves it, ships its frames.
+async fn ingest_part(
+    store: &Store,
+    s: &Settings,
+    part: &Part<Vec<u8>>,
+    facts: &RequestFacts,
+    now: u64,
+) -> Result<IngestOutcome, Response> {
+    let key = session::session_key(&part.key);
+    let mut record = load(store, &key, &part.key, now)?;
+    // Frames an earlier request could not ship go first, in order.
+    ship_pending(s, &mut record).await;
+    let outcome = match session::ingest(&mut record, &s.collector, &part.body, facts, now) {
+        Ok(o) => o,
+        Err(StepError::Batch(e)) => {
+            let code = match e {
+                BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. } => 413,
+                BatchError::Malformed(_) => 400,
+            };
+            return Err(error(code, e));
+        }
+        Err(e @ StepError::Backlog(_)) => {
+            save(store, &key, &record)?;
+            return Err(retry_later(503, e, 5));
+        }
+        Err(e @ StepError::Config(_)) => return Err(error(500, e)),
+    };
+    // Durable before it is shipped: from here the frame is the merger's to count, once.
+    save(store, &key, &record)?;
+    if !record.pending.is_empty() && ship_pending(s, &mut record).await {
+        // Best effort: if this write is lost the frame is resent and acknowledged as a
+        // duplicate.
+        let _ = store.set(&key, &record.encode());
+    }
+    Ok(outcome)
+}
+
+fn load(store: &Store, key: &str, session: &[u8], now: u64) -> Result<SessionRecord, Response> {
+    let stored = store.get(key).map_err(|e| {
+        eprintln!("tally spin: read {key}: {e}");
+        retry_later(503, format!("key-value store read failed: {e}"), 1)
+    })?;
+    let fresh = || {
+        let random = std::hash::RandomState::new().hash_one((session, now));
+        SessionRecord::new(session::epoch_from(random))
+    };
+    Ok(match stored {
+        None => fresh(),
+        Some(bytes) => SessionRecord::decode(&bytes).unwrap_or_else(|e| {
+            eprintln!("tally spin: {key}: {e}; starting the session afresh");
+            fresh()
+        }),
+    })
+}
+
+fn save(store: &Store, key: &str, record: &SessionRecord) -> Result<(), Response> {
+    store.set(key, &record.encode()).map_err(|e| {
+        eprintln!("tally spin: write {key}: {e}");
+        retry_later(503, format!("key-value store write failed: {e}"), 1)
+    })
+}
+
+/// Ships a record's pending frames in order until one fails; returns whether any left.
+async fn ship_pending(s: &Settings, record: &mut SessionRecord) -> bool {
+    let mut shipped = false;
+    while let Some(p) = record.pending.first().cloned() {
+        let id = FrameId {
+            edge_id: s.collector.edge_id.clone(),
+            epoch: record.epoch,
+            seq: p.seq,
+        };
+        match post_frame(s, &id, p.bytes).await {
+            Ok(()) => {}
+            Err(Ship::Refused(why)) => {
+                // The merger will never take it: keeping it would block the session.
+                eprintln!("tally spin: merger refused frame {id:?} for good: {why}");
+            }
+            Err(Ship::Retry(why)) => {
+                eprintln!("tally spin: frame {id:?} not shipped yet: {why}");
+                break;
+            }
+        }
+        record.acknowledge(p.seq);
+        shipped = true;
+    }
+    shipped
+}
+
+enum Ship {
+    Refused(String),
+    Retry(String),
+}
+
+/// Posts one frame to the merger's frame ingest. The frame id (edge, epoch, seq) is the
+/// idempotency key: the merger acknowledges a frame it has applied before and ignores it.
+async fn post_frame(s: &Settings, id: &FrameId, frame: Vec<u8>) -> Result<(), Ship> {
+    let req = Request::builder()
+        .method(Method::Post)
+        .uri(format!("{}/v1/frames", s.merger_url))
+        .header("content-type", "application/octet-stream")
+        .header("x-tally-edge", &s.collector.edge_id)
+        .header("authorization", format!("Bearer {}", s.edge_secret))
+        .header("idempotency-key", format!("{}/{}/{}", id.edge_id, id.epoch, id.seq))
+        .body(frame)
+        .build();
+    let resp: Response = spin_sdk::http::send(req)
+        .await
+        .map_err(|e| Ship::Retry(format!("merger unreachable: {e}")))?;
+    let body = String::from_utf8_lossy(resp.body()).into_owned();
+    match *resp.status() {
+        200 => Ok(()),
+        400 => Err(Ship::Refused(body)),
+        code => Err(Ship::Retry(format!("merger answered {code}: {body}"))),
+    }
+}
+
+/// `GET /v1/videos/{id}/stats`: the merger's answer, cached in the store for a short time.
+async fn stats(id: &str) -> Result<Response, Response> {
+    if id.is_empty()
+        || id.len() > tally_collector::MAX_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
+    {
+        return Err(error(400, format!("{id:?} is not a video id")));
+    }
+    let s = settings()?;
+    let store = open_store(&s)?;
+    let key = format!("{STATS_PREFIX}{id}");
+    let now = now_ms();
+    let cached = store.get(&key).ok().flatten().and_then(|b| Cached::decode(&b));
+    if let Some(c) = &cached
+        && now.saturating_sub(c.fetched_at_ms) < s.stats_cache_ms
+    {
+        return Ok(c.response("hit"));
+    }
+    let req = Request::builder()
+        .method(Method::Get)
+        .uri(format!("{}/v1/videos/{id}/stats", s.merger_url))
+        .build();
+    match spin_sdk::http::send::<_, Response>(req).await {
+        Ok(resp) if matches!(*resp.status(), 200 | 404) => {
+            let fresh = Cached {
+                fetched_at_ms: now,
+                status: *resp.status(),
+                body: resp.into_body(),
+            };
+            let _ = store.set(&key, &fresh.encode());
+            Ok(fresh.response("miss"))
+        }
+        failed => {
+            let why = match failed {
+                Ok(resp) => format!("merger answered {}", resp.status()),
+                Err(e) => format!("merger unreachable: {e}"),
+            };
+            match cached {
+                // Better a stale count than none.
+                Some(c) => Ok(c.response("stale")),
+                None => Err(retry_later(503, format!("no count available: {why}"), 1)),
+            }
+        }
+    }
+}
+
+/// A cached stats answer: fetch time, status, body.
+struct Cached {
+    fetched_at_ms: u64,
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Cached {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.fetched_at_ms.to_le_bytes().to_vec();
+        out.extend_from_slice(&self.status.to_le_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Cached> {
+        Some(Cached {
+            fetched_at_ms: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            status: u16::from_le_bytes(b.get(8..10)?.try_into().ok()?),
+            body: b.get(10..)?.to_vec(),
+        })
+    }
+
+    fn response(&self, cache: &str) -> Response {
+        Response::builder()
+            .status(self.status)
+            .header("content-type", "application/json")
+            .header("cache-control", "public, max-age=1")
+            .header("x-tally-cache", cache)
+            .body(self.body.clone())
+            .build()
+    }
+}
+
+/// Deletes lapsed session records (after shipping what they still hold) and old cached
+/// answers. Spin's store has no expiry of its own; at most one request a minute does this.
+async fn sweep(store: &Store, s: &Settings, now: u64) {
+    let due = store
+        .get(SWEEP_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0);
+    if now < due || store.set(SWEEP_KEY, &(now + SWEEP_EVERY_MS).to_le_bytes()).is_err() {
+        return;
+    }
+    let Ok(keys) = store.get_keys() else { return };
+    for key in keys {
+        if key.starts_with(SESSION_PREFIX) {
+            let Some(mut record) = store
+                .get(&key)
+                .ok()
+                .flatten()
+                .and_then(|b| SessionRecord::decode(&b).ok())
+            else {
+                continue;
+            };
+            if !record.is_expired(now) {
+                continue;
+            }
+            let had = record.pending.len();
+            ship_pending(s, &mut record).await;
+            if record.is_disposable(now) {
+                let _ = store.delete(&key);
+            } else if record.pending.len() != had {
+                let _ = store.set(&key, &record.encode());
+            }
+        } else if key.starts_with(STATS_PREFIX) {
+            let old = store
+                .get(&key)
+                .ok()
+                .flatten()
+                .and_then(|b| Cached::decode(&b))
+                .is_none_or(|c| now.saturating_sub(c.fetched_at_ms) > STATS_KEEP_MS);
+            if old {
+                let _ = store.delete(&key);
+            }
+        }
+    }
+}
