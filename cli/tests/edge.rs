@@ -9,7 +9,6 @@ use common::{Agent, KEY, Merger, close, drive, event, loop_until, merger_views, 
 use std::time::Duration;
 use tally_traffic::{Plan, Traffic};
 
-
 fn plan(pops: usize, seed: u64) -> Plan {
     Plan {
         pops,

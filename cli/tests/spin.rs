@@ -7,9 +7,7 @@
 //! edge agent answers it.
 mod common;
 
-use common::{
-    Agent, KEY, Merger, SECRET, close, drive, event, loop_until, merger_views, metric, now_ms, token,
-};
+use common::{Agent, KEY, Merger, SECRET, close, drive, event, loop_until, merger_views, metric, now_ms, token};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,7 +61,10 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
 }
 
 fn record(app: &RunningApp, session: &str) -> SessionRecord {
-    let bytes = app.kv.get(STORE, &session_key(session.as_bytes())).expect("a session record");
+    let bytes = app
+        .kv
+        .get(STORE, &session_key(session.as_bytes()))
+        .expect("a session record");
     SessionRecord::decode(&bytes).expect("a readable record")
 }
 
@@ -95,13 +96,21 @@ async fn spin_beacons_reach_the_merger_exactly_once_equal_to_ground_truth() {
     let expected = t.truth().total_views();
     assert!(expected > 30, "enough traffic to mean something: {expected}");
     let counted = merger_views(&m, expected, Duration::from_secs(20)).await;
-    assert_eq!(counted, expected, "views at the merger against the players' ground truth");
+    assert_eq!(
+        counted, expected,
+        "views at the merger against the players' ground truth"
+    );
     for (video, n) in t.truth().top(5) {
         assert_eq!(m.views(video).await, n, "views of {video}");
     }
     // every frame was acknowledged: no session record still holds one
     for app in [&sin, &iad] {
-        let sessions: Vec<String> = app.kv.keys(STORE).into_iter().filter(|k| k.starts_with("session/")).collect();
+        let sessions: Vec<String> = app
+            .kv
+            .keys(STORE)
+            .into_iter()
+            .filter(|k| k.starts_with("session/"))
+            .collect();
         assert!(!sessions.is_empty());
         for k in sessions {
             let r = SessionRecord::decode(&app.kv.get(STORE, &k).unwrap()).unwrap();
@@ -121,20 +130,32 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     let http = reqwest::Client::new();
     let events = url(&app, "/v1/events");
     let tk = token("sv1");
-    let first = json!({ "events": [event("a1", "s1", "sv1", "play", &tk), event("a2", "s1", "sv1", "heartbeat", &tk)] });
+    let first =
+        json!({ "events": [event("a1", "s1", "sv1", "play", &tk), event("a2", "s1", "sv1", "heartbeat", &tk)] });
     let (s, j) = post(&http, &events, &first).await;
-    assert_eq!((s, j["accepted"].as_u64(), j["duplicates"].as_u64()), (202, Some(2), Some(0)), "{j}");
+    assert_eq!(
+        (s, j["accepted"].as_u64(), j["duplicates"].as_u64()),
+        (202, Some(2), Some(0)),
+        "{j}"
+    );
     // the player did not see the answer and sends the same request again
     let (s, j) = post(&http, &events, &first).await;
     assert_eq!((s, j["duplicates"].as_u64()), (202, Some(2)), "{j}");
     // the page reloads: a new play in the same session, in a new request (a new instance)
     let (s, j) = post(&http, &events, &json!([event("a3", "s1", "sv1", "play", &tk)])).await;
-    assert_eq!((s, j["accepted"].as_u64(), j["duplicates"].as_u64()), (202, Some(1), Some(0)), "{j}");
+    assert_eq!(
+        (s, j["accepted"].as_u64(), j["duplicates"].as_u64()),
+        (202, Some(1), Some(0)),
+        "{j}"
+    );
     // another viewer
     let (s, _) = post(&http, &events, &json!([event("b1", "s2", "sv1", "play", &tk)])).await;
     assert_eq!(s, 202);
     // one beacon with both sessions is split between their records
-    let both = json!([event("a4", "s1", "sv1", "share", &tk), event("c1", "s3", "sv1", "play", &tk)]);
+    let both = json!([
+        event("a4", "s1", "sv1", "share", &tk),
+        event("c1", "s3", "sv1", "play", &tk)
+    ]);
     let (s, j) = post(&http, &events, &both).await;
     assert_eq!((s, j["accepted"].as_u64()), (202, Some(2)), "{j}");
     assert_eq!(merger_views(&m, 3, Duration::from_secs(10)).await, 3);
@@ -142,10 +163,39 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     let (_, stats) = m.get("/v1/videos/sv1/stats").await;
     assert_eq!(stats["views"], 3, "s1 counted once, s2 and s3 once each: {stats}");
     assert_eq!(stats["shares"], 1, "{stats}");
+    // ten requests of one session at once (a player's burst, duplicates): each instance
+    // reads and writes the session's record with compare-and-swap, so nothing is lost
+    // and the session's view counts once
+    let tk2 = token("sv2");
+    let burst = (0..10).map(|i| {
+        let body = json!([
+            event(&format!("x{i}"), "s4", "sv2", "play", &tk2),
+            event(&format!("y{i}"), "s4", "sv2", "share", &tk2)
+        ]);
+        let (http, events) = (http.clone(), events.clone());
+        async move { post(&http, &events, &body).await }
+    });
+    let answers = futures_util::future::join_all(burst).await;
+    assert!(
+        answers.iter().all(|(s, j)| *s == 202 && j["accepted"] == 2),
+        "{answers:?}"
+    );
+    let burst_counted = loop_until(Duration::from_secs(10), || async {
+        let (_, j) = m.get("/v1/videos/sv2/stats").await;
+        (j["shares"].as_u64() == Some(10)).then_some(j)
+    })
+    .await
+    .expect("all ten shares reach the merger");
+    assert_eq!(burst_counted["views"], 1, "{burst_counted}");
     // each session's frames are numbered in its own epoch
     let (r1, r2) = (record(&app, "s1"), record(&app, "s2"));
     assert_ne!(r1.epoch, r2.epoch);
-    assert!(r1.seq >= 2 && r2.seq == 1, "s1 made frames for a1+a2 and a4 (the retry none): {} {}", r1.seq, r2.seq);
+    assert!(
+        r1.seq >= 2 && r2.seq == 1,
+        "s1 made frames for a1+a2 and a4 (the retry none): {} {}",
+        r1.seq,
+        r2.seq
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +240,11 @@ async fn frames_held_while_the_merger_is_down_are_shipped_once_it_is_back() {
         (d > dup_before).then_some(d)
     })
     .await;
-    assert_eq!(dup, Some(dup_before + 1.0), "the resent frame is acknowledged and ignored");
+    assert_eq!(
+        dup,
+        Some(dup_before + 1.0),
+        "the resent frame is acknowledged and ignored"
+    );
     let (_, j) = m.get("/v1/videos/dv1/stats").await;
     assert_eq!((j["views"].as_u64(), j["shares"].as_u64()), (Some(1), Some(1)), "{j}");
 
@@ -241,7 +295,10 @@ async fn bad_input_is_answered_as_the_agent_answers_it() {
         }
         let (spin_answer, agent_answer) = (&answers[0], &answers[1]);
         assert_eq!(spin_answer, agent_answer, "{what}: Spin component vs agent");
-        assert!(spin_answer.0 == 202 || spin_answer.1["error"].is_string(), "{what}: {spin_answer:?}");
+        assert!(
+            spin_answer.0 == 202 || spin_answer.1["error"].is_string(),
+            "{what}: {spin_answer:?}"
+        );
     }
     // CORS: preflight and the header on answers, as the agent sends them
     let r = http
@@ -253,7 +310,12 @@ async fn bad_input_is_answered_as_the_agent_answers_it() {
         .unwrap();
     assert!(r.status().is_success());
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
-    assert!(r.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(
+        r.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
     // other methods and paths
     let r = http.get(url(&app, "/v1/events")).send().await.unwrap();
     assert_eq!(r.status(), 405);
@@ -285,5 +347,9 @@ fn the_manifest_names_what_must_be_set() {
     assert!(!c.may_reach("https", "127.0.0.1", 10));
     assert!(c.stores.contains(&STORE.to_string()));
     // what `spin build` writes is what the workspace build embeds
-    assert!(c.source.ends_with("wasm32-wasip2/wasm/tally_spin_component.wasm"), "{}", c.source);
+    assert!(
+        c.source.ends_with("wasm32-wasip2/wasm/tally_spin_component.wasm"),
+        "{}",
+        c.source
+    );
 }

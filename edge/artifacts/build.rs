@@ -15,7 +15,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "tally_collector_component.wasm",
         "collector.wasm",
     ),
-    ("tally-spin-component", "tally_spin_component.wasm", "spin-collector.wasm"),
+    (
+        "tally-spin-component",
+        "tally_spin_component.wasm",
+        "spin-collector.wasm",
+    ),
 ];
 
 fn main() {

@@ -145,7 +145,10 @@ impl Analytics {
     }
 
     fn file_list(&self, sub: &str, days: &BTreeSet<i64>) -> String {
-        paths(days.iter().map(|d| self.dir.join(format!("{sub}/date={}/data.parquet", date_of_day(*d)))))
+        paths(
+            days.iter()
+                .map(|d| self.dir.join(format!("{sub}/date={}/data.parquet", date_of_day(*d)))),
+        )
     }
 
     /// Month files (`cold/month/month=YYYY-MM`) as (first day, first day after, path).

@@ -5,7 +5,8 @@
 //!   variables (defaults, `required`, overrides like `spin up --variable`), component
 //!   variables as `{{ name }}` templates, `key_value_stores`, `allowed_outbound_hosts`;
 //! - every request gets a fresh instance, as in Spin;
-//! - `fermyon:spin/key-value@2.0.0` is an in-memory store shared by all instances, and
+//! - `wasi:keyvalue/store` and `wasi:keyvalue/atomics` (`0.2.0-draft2`, with
+//!   compare-and-swap) are an in-memory store shared by all instances, and
 //!   `fermyon:spin/variables@2.0.0` answers the component's variables;
 //! - outbound HTTP goes only to allowed hosts; HTTPS pins one certificate fingerprint
 //!   (the merger's self-signed one), where Spin would use its CA roots or `client_tls`.
@@ -34,13 +35,17 @@ use wasmtime_wasi_http::p2::{HttpResult, WasiHttpCtxView, WasiHttpHooks, WasiHtt
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "wit/spin-host.wit",
-        world: "spin-host",
-        with: { "fermyon:spin/key-value.store": super::OpenStore },
+        path: "wit",
+        world: "tally:spin-host/spin-host",
+        with: {
+            "wasi:keyvalue/store.bucket": super::OpenBucket,
+            "wasi:keyvalue/atomics.cas": super::CasHandle,
+        },
     });
 }
 
-use bindings::fermyon::spin::{key_value, variables};
+use bindings::fermyon::spin::variables;
+use bindings::wasi::keyvalue::{atomics, store};
 
 /// Why an app cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +133,10 @@ impl AppConfig {
             )));
         }
         if let Some((n, _)) = set.iter().find(|(n, _)| !m.variables.contains_key(*n)) {
-            return Err(SpinError::Variable(n.to_string(), "is not declared in [variables]".into()));
+            return Err(SpinError::Variable(
+                n.to_string(),
+                "is not declared in [variables]".into(),
+            ));
         }
         let mut app = HashMap::new();
         for (name, decl) in &m.variables {
@@ -215,37 +223,66 @@ fn expand(template: &str, vars: &HashMap<String, String>) -> Result<String, Spin
     Ok(out)
 }
 
+/// Keys per `list-keys` page.
+const KEYS_PAGE: usize = 100;
+
 /// The key-value stores of a served app, shared by all its instances; tests read it.
+/// Every write gives the key a new version, which compare-and-swap checks.
 #[derive(Debug, Default)]
 pub struct KeyValue {
-    stores: Mutex<HashMap<String, BTreeMap<String, Vec<u8>>>>,
+    inner: Mutex<Stores>,
+}
+
+#[derive(Debug, Default)]
+struct Stores {
+    by_label: HashMap<String, BTreeMap<String, (u64, Vec<u8>)>>,
+    version: u64,
+}
+
+impl Stores {
+    fn store(&mut self, label: &str) -> &mut BTreeMap<String, (u64, Vec<u8>)> {
+        self.by_label.entry(label.to_owned()).or_default()
+    }
+
+    fn put(&mut self, label: &str, key: String, value: Vec<u8>) {
+        self.version += 1;
+        let v = self.version;
+        self.store(label).insert(key, (v, value));
+    }
 }
 
 impl KeyValue {
-    fn with<R>(&self, label: &str, f: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) -> R) -> R {
-        let mut all = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        f(all.entry(label.to_owned()).or_default())
+    fn with<R>(&self, f: impl FnOnce(&mut Stores) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The keys of store `label`.
     pub fn keys(&self, label: &str) -> Vec<String> {
-        self.with(label, |s| s.keys().cloned().collect())
+        self.with(|s| s.store(label).keys().cloned().collect())
     }
 
     /// A value of store `label`.
     pub fn get(&self, label: &str, key: &str) -> Option<Vec<u8>> {
-        self.with(label, |s| s.get(key).cloned())
+        self.with(|s| s.store(label).get(key).map(|(_, v)| v.clone()))
     }
 
     /// Sets a value (a test stands in for an earlier request).
     pub fn set(&self, label: &str, key: &str, value: Vec<u8>) {
-        self.with(label, |s| s.insert(key.to_owned(), value));
+        self.with(|s| s.put(label, key.to_owned(), value));
     }
 }
 
-/// An open store handle inside an instance.
-pub struct OpenStore {
+/// An open store (bucket) inside an instance.
+pub struct OpenBucket {
     label: String,
+}
+
+/// A compare-and-swap handle: the key, and the version (0: absent) and value it read.
+pub struct CasHandle {
+    label: String,
+    key: String,
+    version: u64,
+    value: Option<Vec<u8>>,
 }
 
 /// Outbound HTTP policy and TLS of a served app.
@@ -283,63 +320,151 @@ impl WasiHttpView for SpinState {
     }
 }
 
-impl key_value::Host for SpinState {}
+impl SpinState {
+    fn bucket(&self, b: &Resource<OpenBucket>) -> Result<String, store::Error> {
+        self.table
+            .get(b)
+            .map(|b| b.label.clone())
+            .map_err(|e| store::Error::Other(e.to_string()))
+    }
+}
 
-impl key_value::HostStore for SpinState {
-    fn open(&mut self, label: String) -> Result<Resource<OpenStore>, key_value::Error> {
-        if !self.outbound.config.stores.contains(&label) {
-            return Err(key_value::Error::AccessDenied);
+impl store::Host for SpinState {
+    fn open(&mut self, identifier: String) -> Result<Resource<OpenBucket>, store::Error> {
+        if !self.outbound.config.stores.contains(&identifier) {
+            return Err(store::Error::AccessDenied);
         }
         self.table
-            .push(OpenStore { label })
-            .map_err(|e| key_value::Error::Other(e.to_string()))
+            .push(OpenBucket { label: identifier })
+            .map_err(|e| store::Error::Other(e.to_string()))
+    }
+}
+
+impl store::HostBucket for SpinState {
+    fn get(&mut self, b: Resource<OpenBucket>, key: String) -> Result<Option<Vec<u8>>, store::Error> {
+        let label = self.bucket(&b)?;
+        Ok(self.kv.get(&label, &key))
     }
 
-    fn get(&mut self, store: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, key_value::Error> {
-        let label = self.label(&store)?;
-        Ok(self.kv.with(&label, |s| s.get(&key).cloned()))
-    }
-
-    fn set(&mut self, store: Resource<OpenStore>, key: String, value: Vec<u8>) -> Result<(), key_value::Error> {
-        let label = self.label(&store)?;
-        self.kv.with(&label, |s| s.insert(key, value));
+    fn set(&mut self, b: Resource<OpenBucket>, key: String, value: Vec<u8>) -> Result<(), store::Error> {
+        let label = self.bucket(&b)?;
+        self.kv.with(|s| s.put(&label, key, value));
         Ok(())
     }
 
-    fn delete(&mut self, store: Resource<OpenStore>, key: String) -> Result<(), key_value::Error> {
-        let label = self.label(&store)?;
-        self.kv.with(&label, |s| s.remove(&key));
+    fn delete(&mut self, b: Resource<OpenBucket>, key: String) -> Result<(), store::Error> {
+        let label = self.bucket(&b)?;
+        self.kv.with(|s| s.store(&label).remove(&key));
         Ok(())
     }
 
-    fn exists(&mut self, store: Resource<OpenStore>, key: String) -> Result<bool, key_value::Error> {
-        let label = self.label(&store)?;
-        Ok(self.kv.with(&label, |s| s.contains_key(&key)))
+    fn exists(&mut self, b: Resource<OpenBucket>, key: String) -> Result<bool, store::Error> {
+        let label = self.bucket(&b)?;
+        Ok(self.kv.with(|s| s.store(&label).contains_key(&key)))
     }
 
-    fn get_keys(&mut self, store: Resource<OpenStore>) -> Result<Vec<String>, key_value::Error> {
-        let label = self.label(&store)?;
-        Ok(self.kv.with(&label, |s| s.keys().cloned().collect()))
+    fn list_keys(
+        &mut self,
+        b: Resource<OpenBucket>,
+        cursor: Option<String>,
+    ) -> Result<store::KeyResponse, store::Error> {
+        let label = self.bucket(&b)?;
+        Ok(self.kv.with(|s| {
+            let all = s.store(&label);
+            let after = |k: &&String| cursor.as_ref().is_none_or(|c| *k > c);
+            let keys: Vec<String> = all.keys().filter(after).take(KEYS_PAGE + 1).cloned().collect();
+            let more = keys.len() > KEYS_PAGE;
+            let keys: Vec<String> = keys.into_iter().take(KEYS_PAGE).collect();
+            store::KeyResponse {
+                cursor: if more { keys.last().cloned() } else { None },
+                keys,
+            }
+        }))
     }
 
-    fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
-        self.table.delete(store)?;
+    fn drop(&mut self, b: Resource<OpenBucket>) -> wasmtime::Result<()> {
+        self.table.delete(b)?;
         Ok(())
     }
 }
 
-impl SpinState {
-    fn label(&self, store: &Resource<OpenStore>) -> Result<String, key_value::Error> {
+impl atomics::Host for SpinState {
+    fn increment(&mut self, b: Resource<OpenBucket>, key: String, delta: i64) -> Result<i64, store::Error> {
+        let label = self.bucket(&b)?;
+        self.kv.with(|s| {
+            let now = match s.store(&label).get(&key) {
+                None => 0,
+                Some((_, v)) => i64::from_le_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| store::Error::Other(format!("{key} does not hold a counter")))?,
+                ),
+            };
+            let next = now.wrapping_add(delta);
+            s.put(&label, key, next.to_le_bytes().to_vec());
+            Ok(next)
+        })
+    }
+
+    fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        let (label, key, version) = match self.table.get(&cas) {
+            Ok(c) => (c.label.clone(), c.key.clone(), c.version),
+            Err(e) => return Err(atomics::CasError::StoreError(store::Error::Other(e.to_string()))),
+        };
+        let swapped = self.kv.with(|s| {
+            let current = s.store(&label).get(&key).map_or(0, |(v, _)| *v);
+            if current == version {
+                s.put(&label, key, value);
+                true
+            } else {
+                false
+            }
+        });
+        if !swapped {
+            return Err(atomics::CasError::CasFailed(cas));
+        }
+        let _ = self.table.delete(cas);
+        Ok(())
+    }
+}
+
+impl atomics::HostCas for SpinState {
+    fn new(&mut self, b: Resource<OpenBucket>, key: String) -> Result<Resource<CasHandle>, store::Error> {
+        let label = self.bucket(&b)?;
+        let (version, value) = self.kv.with(|s| match s.store(&label).get(&key) {
+            Some((v, value)) => (*v, Some(value.clone())),
+            None => (0, None),
+        });
         self.table
-            .get(store)
-            .map(|s| s.label.clone())
-            .map_err(|e| key_value::Error::Other(e.to_string()))
+            .push(CasHandle {
+                label,
+                key,
+                version,
+                value,
+            })
+            .map_err(|e| store::Error::Other(e.to_string()))
+    }
+
+    fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, store::Error> {
+        self.table
+            .get(&cas)
+            .map(|c| c.value.clone())
+            .map_err(|e| store::Error::Other(e.to_string()))
+    }
+
+    fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
     }
 }
 
 impl variables::Host for SpinState {
     fn get(&mut self, name: String) -> Result<String, variables::Error> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             return Err(variables::Error::InvalidName(name));
         }
         self.outbound
@@ -363,7 +488,11 @@ impl WasiHttpHooks for Outbound {
                 a.host().trim_matches(['[', ']']).to_owned(),
                 a.port_u16().unwrap_or(if config.use_tls { 443 } else { 80 }),
             ),
-            None => return Ok(HostFutureIncomingResponse::ready(Ok(Err(ErrorCode::HttpRequestUriInvalid)))),
+            None => {
+                return Ok(HostFutureIncomingResponse::ready(Ok(Err(
+                    ErrorCode::HttpRequestUriInvalid,
+                ))));
+            }
         };
         if !self.config.may_reach(scheme, &host, port) {
             return Ok(HostFutureIncomingResponse::ready(Ok(Err(ErrorCode::HttpRequestDenied))));
@@ -393,7 +522,12 @@ async fn send(
         request.headers_mut().insert(hyper::header::HOST, v);
     }
     // On the wire the request line carries only the path.
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
     *request.uri_mut() = path.parse().map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
     if !config.use_tls {
         return exchange(tcp, request, &config).await;
@@ -512,11 +646,19 @@ fn plain(status: u16, text: &str) -> hyper::Response<HyperOutgoingBody> {
 }
 
 /// Serves one request with a fresh instance, as Spin does.
-async fn handle(app: Arc<App>, peer: SocketAddr, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    mut req: hyper::Request<Incoming>,
+) -> hyper::Response<HyperOutgoingBody> {
     if !app.outbound.config.routes_to(req.uri().path()) {
         return plain(404, "Not Found");
     }
-    let full_url = format!("http://{}{}", req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or(""), req.uri());
+    let full_url = format!(
+        "http://{}{}",
+        req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or(""),
+        req.uri()
+    );
     for (name, value) in [("spin-client-addr", peer.to_string()), ("spin-full-url", full_url)] {
         if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
             req.headers_mut().insert(name, v);

@@ -2,11 +2,11 @@
 //! they print their JSON line, killed when dropped.
 #![allow(dead_code)]
 
+use futures_util::future::join_all;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use futures_util::future::join_all;
 use std::time::{Duration, Instant};
 use tally_link::client::MergerClient;
 use tally_traffic::{Traffic, deliver};
@@ -204,7 +204,6 @@ impl Drop for Agent {
     }
 }
 
-
 /// Wall clock, ms since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -212,7 +211,6 @@ pub fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
-
 
 /// Runs the players for `for_ms` of real time, delivering to `urls[pop]`.
 pub async fn drive(t: &mut Traffic, http: &reqwest::Client, urls: &[String], for_ms: u64) {
@@ -256,7 +254,6 @@ pub async fn merger_views(m: &Merger, want: u64, timeout: Duration) -> u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
 
 /// Polls `f` until it gives `Some` or `timeout` passes.
 pub async fn loop_until<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>

@@ -1,7 +1,6 @@
 //! The agent's HTTP endpoint: beacons in, counts out (from the pushed cache).
 
 use crate::Agent;
-use tally_collector::route;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -15,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tally_collector::route;
 use tally_collector::{BatchError, RequestFacts};
 use tower_http::cors::{Any, CorsLayer};
 

@@ -2,9 +2,9 @@
 //! a beacon is ingested so that a refused beacon counts nothing.
 
 use crate::config::AgentConfig;
-use tally_collector::route::Sessions;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
+use tally_collector::route::Sessions;
 
 /// The agent's rate limiters.
 pub struct Limits {

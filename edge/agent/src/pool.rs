@@ -6,10 +6,10 @@
 //! agent never reuses a frame id.
 
 use crate::config::AgentConfig;
-use tally_collector::route::{self, Sessions, worker_of};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tally_collector::route::{self, Sessions, worker_of};
 use tally_collector::{BatchError, Collector, IngestOutcome, RequestFacts, Stats};
 use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
 

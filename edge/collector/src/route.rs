@@ -258,8 +258,22 @@ mod tests {
             index,
             reason: crate::RejectReason::TokenForOtherVideo,
         };
-        parts[1].absorb(&mut total, IngestOutcome { accepted: 1, duplicates: 0, rejected: vec![] });
-        parts[0].absorb(&mut total, IngestOutcome { accepted: 1, duplicates: 1, rejected: vec![one(1)] });
+        parts[1].absorb(
+            &mut total,
+            IngestOutcome {
+                accepted: 1,
+                duplicates: 0,
+                rejected: vec![],
+            },
+        );
+        parts[0].absorb(
+            &mut total,
+            IngestOutcome {
+                accepted: 1,
+                duplicates: 1,
+                rejected: vec![one(1)],
+            },
+        );
         assert_eq!((total.accepted, total.duplicates), (2, 1));
         assert_eq!(total.rejected, vec![one(2)]);
     }

@@ -6,7 +6,8 @@ use crate::settings::Settings;
 use serde_json::json;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
-use spin_sdk::key_value::Store;
+use spin_sdk::wit::wasi::keyvalue::atomics::{self, Cas, CasError};
+use spin_sdk::wit::wasi::keyvalue::store::{self, Bucket};
 use std::hash::BuildHasher;
 use tally_collector::route::{self, Part, Sessions};
 use tally_collector::{BatchError, IngestOutcome, RequestFacts};
@@ -20,6 +21,9 @@ const SWEEP_KEY: &str = "sweep/next";
 const STATS_PREFIX: &str = "stats/";
 /// Cached stats answers older than this are deleted by the sweep.
 const STATS_KEEP_MS: u64 = 60_000;
+/// Times a request redoes its step when another request of the same session wrote the
+/// session's record first.
+const CAS_ATTEMPTS: usize = 32;
 
 #[http_component]
 async fn handle(req: Request) -> Response {
@@ -72,10 +76,7 @@ fn preflight() -> Response {
 }
 
 fn header(req: &Request, name: &str) -> String {
-    req.header(name)
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_owned()
+    req.header(name).and_then(|v| v.as_str()).unwrap_or("").to_owned()
 }
 
 fn now_ms() -> u64 {
@@ -97,8 +98,8 @@ fn settings() -> Result<Settings, Response> {
     })
 }
 
-fn open_store(s: &Settings) -> Result<Store, Response> {
-    Store::open(&s.store).map_err(|e| {
+fn open_store(s: &Settings) -> Result<Bucket, Response> {
+    store::open(&s.store).map_err(|e| {
         eprintln!("tally spin: key-value store {:?}: {e}", s.store);
         retry_later(503, format!("key-value store {:?} unavailable: {e}", s.store), 1)
     })
@@ -137,8 +138,8 @@ async fn events(req: &Request) -> Result<Response, Response> {
         user_agent: header(req, "user-agent"),
         arrival_ms: now,
     };
-    let store = open_store(&s)?;
-    sweep(&store, &s, now).await;
+    let bucket = open_store(&s)?;
+    sweep(&bucket, &s, now).await;
 
     let parts: Vec<Part<Vec<u8>>> = match route::sessions(body) {
         Sessions::One { session, .. } => vec![whole(session.to_vec(), body)],
@@ -147,7 +148,7 @@ async fn events(req: &Request) -> Result<Response, Response> {
     };
     let mut total = IngestOutcome::default();
     for part in parts {
-        let outcome = ingest_part(&store, &s, &part, &facts, now).await?;
+        let outcome = ingest_part(&bucket, &s, &part, &facts, now).await?;
         part.absorb(&mut total, outcome);
     }
     let rejected: Vec<_> = total
@@ -177,65 +178,105 @@ fn whole(session: Vec<u8>, body: &[u8]) -> Part<Vec<u8>> {
 }
 
 /// Runs one session's events through its stored memory, saves it, ships its frames.
+///
+/// The record is read and written with compare-and-swap: when another request of the
+/// same session (a duplicate, a retry) wrote it in between, the step is redone on what
+/// that request wrote, so no request's events or frames are lost or counted twice.
 async fn ingest_part(
-    store: &Store,
+    bucket: &Bucket,
     s: &Settings,
     part: &Part<Vec<u8>>,
     facts: &RequestFacts,
     now: u64,
 ) -> Result<IngestOutcome, Response> {
     let key = session::session_key(&part.key);
-    let mut record = load(store, &key, &part.key, now)?;
-    // Frames an earlier request could not ship go first, in order.
-    ship_pending(s, &mut record).await;
-    let outcome = match session::ingest(&mut record, &s.collector, &part.body, facts, now) {
-        Ok(o) => o,
-        Err(StepError::Batch(e)) => {
-            let code = match e {
-                BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. } => 413,
-                BatchError::Malformed(_) => 400,
-            };
-            return Err(error(code, e));
+    let mut attempt = 0;
+    let (outcome, mut record) = loop {
+        attempt += 1;
+        let (cas, mut record) = load(bucket, &key, &part.key, now)?;
+        // Frames an earlier request could not ship go first, in order.
+        ship_pending(s, &mut record).await;
+        let outcome = match session::ingest(&mut record, &s.collector, &part.body, facts, now) {
+            Ok(o) => o,
+            Err(StepError::Batch(e)) => {
+                let code = match e {
+                    BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. } => 413,
+                    BatchError::Malformed(_) => 400,
+                };
+                return Err(error(code, e));
+            }
+            Err(e @ StepError::Backlog(_)) => return Err(retry_later(503, e, 5)),
+            Err(e @ StepError::Config(_)) => return Err(error(500, e)),
+        };
+        // Durable before it is shipped: from here the frame is the merger's to count, once.
+        match atomics::swap(cas, &record.encode()) {
+            Ok(()) => break (outcome, record),
+            Err(CasError::CasFailed(_)) if attempt < CAS_ATTEMPTS => continue,
+            Err(CasError::CasFailed(_)) => {
+                return Err(retry_later(503, "too many concurrent requests for this session", 1));
+            }
+            Err(CasError::StoreError(e)) => {
+                eprintln!("tally spin: write {key}: {e}");
+                return Err(retry_later(503, format!("key-value store write failed: {e}"), 1));
+            }
         }
-        Err(e @ StepError::Backlog(_)) => {
-            save(store, &key, &record)?;
-            return Err(retry_later(503, e, 5));
-        }
-        Err(e @ StepError::Config(_)) => return Err(error(500, e)),
     };
-    // Durable before it is shipped: from here the frame is the merger's to count, once.
-    save(store, &key, &record)?;
-    if !record.pending.is_empty() && ship_pending(s, &mut record).await {
-        // Best effort: if this write is lost the frame is resent and acknowledged as a
-        // duplicate.
-        let _ = store.set(&key, &record.encode());
+    let before: Vec<u64> = record.pending.iter().map(|p| p.seq).collect();
+    if ship_pending(s, &mut record).await {
+        let shipped: Vec<u64> = before
+            .into_iter()
+            .filter(|seq| !record.pending.iter().any(|p| p.seq == *seq))
+            .collect();
+        acknowledge(bucket, &key, &shipped);
     }
     Ok(outcome)
 }
 
-fn load(store: &Store, key: &str, session: &[u8], now: u64) -> Result<SessionRecord, Response> {
-    let stored = store.get(key).map_err(|e| {
+/// Reads a session's record for a compare-and-swap; a session seen for the first time
+/// (or a record this build cannot read) starts afresh under a new random epoch.
+fn load(bucket: &Bucket, key: &str, session: &[u8], now: u64) -> Result<(Cas, SessionRecord), Response> {
+    let unavailable = |e: store::Error| {
         eprintln!("tally spin: read {key}: {e}");
         retry_later(503, format!("key-value store read failed: {e}"), 1)
-    })?;
+    };
+    let cas = Cas::new(bucket, key).map_err(unavailable)?;
+    let stored = cas.current().map_err(unavailable)?;
     let fresh = || {
         let random = std::hash::RandomState::new().hash_one((session, now));
         SessionRecord::new(session::epoch_from(random))
     };
-    Ok(match stored {
+    let record = match stored {
         None => fresh(),
         Some(bytes) => SessionRecord::decode(&bytes).unwrap_or_else(|e| {
             eprintln!("tally spin: {key}: {e}; starting the session afresh");
             fresh()
         }),
-    })
+    };
+    Ok((cas, record))
 }
 
-fn save(store: &Store, key: &str, record: &SessionRecord) -> Result<(), Response> {
-    store.set(key, &record.encode()).map_err(|e| {
-        eprintln!("tally spin: write {key}: {e}");
-        retry_later(503, format!("key-value store write failed: {e}"), 1)
-    })
+/// Drops acknowledged frames from the stored record. Best effort: a frame whose
+/// acknowledgement is not recorded is sent again later and acknowledged as a duplicate.
+fn acknowledge(bucket: &Bucket, key: &str, shipped: &[u64]) {
+    for _ in 0..CAS_ATTEMPTS {
+        let Ok(cas) = Cas::new(bucket, key) else { return };
+        let Some(mut record) = cas
+            .current()
+            .ok()
+            .flatten()
+            .and_then(|b| SessionRecord::decode(&b).ok())
+        else {
+            return;
+        };
+        if !shipped.iter().any(|seq| record.pending.iter().any(|p| p.seq == *seq)) {
+            return;
+        }
+        record.pending.retain(|p| !shipped.contains(&p.seq));
+        match atomics::swap(cas, &record.encode()) {
+            Err(CasError::CasFailed(_)) => continue,
+            _ => return,
+        }
+    }
 }
 
 /// Ships a record's pending frames in order until one fails; returns whether any left.
@@ -301,10 +342,10 @@ async fn stats(id: &str) -> Result<Response, Response> {
         return Err(error(400, format!("{id:?} is not a video id")));
     }
     let s = settings()?;
-    let store = open_store(&s)?;
+    let bucket = open_store(&s)?;
     let key = format!("{STATS_PREFIX}{id}");
     let now = now_ms();
-    let cached = store.get(&key).ok().flatten().and_then(|b| Cached::decode(&b));
+    let cached = bucket.get(&key).ok().flatten().and_then(|b| Cached::decode(&b));
     if let Some(c) = &cached
         && now.saturating_sub(c.fetched_at_ms) < s.stats_cache_ms
     {
@@ -321,7 +362,7 @@ async fn stats(id: &str) -> Result<Response, Response> {
                 status: *resp.status(),
                 body: resp.into_body(),
             };
-            let _ = store.set(&key, &fresh.encode());
+            let _ = bucket.set(&key, &fresh.encode());
             Ok(fresh.response("miss"))
         }
         failed => {
@@ -373,48 +414,67 @@ impl Cached {
 }
 
 /// Deletes lapsed session records (after shipping what they still hold) and old cached
-/// answers. Spin's store has no expiry of its own; at most one request a minute does this.
-async fn sweep(store: &Store, s: &Settings, now: u64) {
-    let due = store
+/// answers. The store has no expiry of its own; at most one request a minute does this.
+async fn sweep(bucket: &Bucket, s: &Settings, now: u64) {
+    let due = bucket
         .get(SWEEP_KEY)
         .ok()
         .flatten()
         .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
         .unwrap_or(0);
-    if now < due || store.set(SWEEP_KEY, &(now + SWEEP_EVERY_MS).to_le_bytes()).is_err() {
+    if now < due || bucket.set(SWEEP_KEY, &(now + SWEEP_EVERY_MS).to_le_bytes()).is_err() {
         return;
     }
-    let Ok(keys) = store.get_keys() else { return };
-    for key in keys {
-        if key.starts_with(SESSION_PREFIX) {
-            let Some(mut record) = store
-                .get(&key)
-                .ok()
-                .flatten()
-                .and_then(|b| SessionRecord::decode(&b).ok())
-            else {
-                continue;
-            };
-            if !record.is_expired(now) {
-                continue;
-            }
-            let had = record.pending.len();
-            ship_pending(s, &mut record).await;
-            if record.is_disposable(now) {
-                let _ = store.delete(&key);
-            } else if record.pending.len() != had {
-                let _ = store.set(&key, &record.encode());
-            }
-        } else if key.starts_with(STATS_PREFIX) {
-            let old = store
-                .get(&key)
-                .ok()
-                .flatten()
-                .and_then(|b| Cached::decode(&b))
-                .is_none_or(|c| now.saturating_sub(c.fetched_at_ms) > STATS_KEEP_MS);
-            if old {
-                let _ = store.delete(&key);
+    let mut cursor = None;
+    loop {
+        let Ok(page) = bucket.list_keys(cursor.as_deref()) else {
+            return;
+        };
+        for key in page.keys {
+            if key.starts_with(SESSION_PREFIX) {
+                sweep_session(bucket, s, &key, now).await;
+            } else if key.starts_with(STATS_PREFIX) {
+                let old = bucket
+                    .get(&key)
+                    .ok()
+                    .flatten()
+                    .and_then(|b| Cached::decode(&b))
+                    .is_none_or(|c| now.saturating_sub(c.fetched_at_ms) > STATS_KEEP_MS);
+                if old {
+                    let _ = bucket.delete(&key);
+                }
             }
         }
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return,
+        }
+    }
+}
+
+/// Ships what a lapsed record still holds, then deletes it.
+async fn sweep_session(bucket: &Bucket, s: &Settings, key: &str, now: u64) {
+    let Ok(cas) = Cas::new(bucket, key) else { return };
+    let Some(mut record) = cas
+        .current()
+        .ok()
+        .flatten()
+        .and_then(|b| SessionRecord::decode(&b).ok())
+    else {
+        return;
+    };
+    if !record.is_expired(now) {
+        return;
+    }
+    let had = record.pending.len();
+    ship_pending(s, &mut record).await;
+    if record.is_disposable(now) {
+        // Not conditional (the store has no compare-and-delete): a request of this
+        // session landing in this instant would lose its new record. Its memory is void
+        // anyway (the session had lapsed), and the request ships its frame itself; only
+        // a frame that also failed to ship in that instant would be lost.
+        let _ = bucket.delete(key);
+    } else if record.pending.len() != had {
+        let _ = atomics::swap(cas, &record.encode());
     }
 }

@@ -289,7 +289,10 @@ mod tests {
         assert_eq!(SessionRecord::decode(&r.encode()).unwrap(), r);
         assert_eq!(SessionRecord::decode(&[9, 1]), Err(RecordError::Version(9)));
         assert_eq!(SessionRecord::decode(&[]), Err(RecordError::Corrupt));
-        assert_eq!(SessionRecord::decode(&[RECORD_VERSION, 0xff]), Err(RecordError::Corrupt));
+        assert_eq!(
+            SessionRecord::decode(&[RECORD_VERSION, 0xff]),
+            Err(RecordError::Corrupt)
+        );
         assert_ne!(session_key(b"a"), session_key(b"b"));
         assert!(session_key(b"a").starts_with(SESSION_PREFIX));
     }
