@@ -208,6 +208,10 @@ async fn ingest_part(
             Err(e @ StepError::Backlog(_)) => return Err(retry_later(503, e, 5)),
             Err(e @ StepError::Config(_)) => return Err(error(500, e)),
         };
+        if outcome.accepted == 0 {
+            // Nothing taken, nothing to remember.
+            break (outcome, record);
+        }
         // Durable before it is shipped: from here the frame is the merger's to count, once.
         match atomics::swap(cas, &record.encode()) {
             Ok(()) => break (outcome, record),
