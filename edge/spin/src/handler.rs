@@ -259,17 +259,18 @@ fn load(bucket: &Bucket, key: &str, session: &[u8], now: u64) -> Result<(Cas, Se
     Ok((cas, record))
 }
 
+/// A stored, readable record with its compare-and-swap handle; `None` if there is none.
+fn stored_record(bucket: &Bucket, key: &str) -> Option<(Cas, SessionRecord)> {
+    let cas = Cas::new(bucket, key).ok()?;
+    let record = SessionRecord::decode(&cas.current().ok()??).ok()?;
+    Some((cas, record))
+}
+
 /// Drops acknowledged frames from the stored record. Best effort: a frame whose
 /// acknowledgement is not recorded is sent again later and acknowledged as a duplicate.
 fn acknowledge(bucket: &Bucket, key: &str, shipped: &[u64]) {
     for _ in 0..CAS_ATTEMPTS {
-        let Ok(cas) = Cas::new(bucket, key) else { return };
-        let Some(mut record) = cas
-            .current()
-            .ok()
-            .flatten()
-            .and_then(|b| SessionRecord::decode(&b).ok())
-        else {
+        let Some((cas, mut record)) = stored_record(bucket, key) else {
             return;
         };
         if !shipped.iter().any(|seq| record.pending.iter().any(|p| p.seq == *seq)) {
@@ -458,13 +459,7 @@ async fn sweep(bucket: &Bucket, s: &Settings, now: u64) {
 
 /// Ships what a lapsed record still holds, then deletes it.
 async fn sweep_session(bucket: &Bucket, s: &Settings, key: &str, now: u64) {
-    let Ok(cas) = Cas::new(bucket, key) else { return };
-    let Some(mut record) = cas
-        .current()
-        .ok()
-        .flatten()
-        .and_then(|b| SessionRecord::decode(&b).ok())
-    else {
+    let Some((cas, mut record)) = stored_record(bucket, key) else {
         return;
     };
     if !record.is_expired(now) {
