@@ -281,7 +281,8 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
          # HELP tally_ingest_lag_ms Merger time minus the newest frame's interval end.\n# TYPE tally_ingest_lag_ms gauge\ntally_ingest_lag_ms {}\n\
          # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n\
          # HELP tally_views_total Views of all videos, all time.\n# TYPE tally_views_total counter\ntally_views_total {}\n\
-         # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n",
+         # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n\
+         # HELP tally_frame_trackers (edge, epoch) pairs whose applied frames are tracked.\n# TYPE tally_frame_trackers gauge\ntally_frame_trackers {}\n",
         c.frames_applied,
         c.frames_duplicate,
         c.frames_rejected,
@@ -292,6 +293,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         s.video_count(),
         s.total_views(),
         api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
+        s.tracker_count(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

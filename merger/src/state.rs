@@ -6,6 +6,14 @@ use tally_delta::{Country, Counts, DeltaFrame, FrameId, UniqueSketch};
 /// Minutes of per-minute series kept in memory (older minutes live in the tiers).
 pub const RECENT_MINUTES: u32 = 24 * 60;
 
+/// The tracker of an (edge, epoch) that sent nothing for this long is dropped. Agents
+/// keep an epoch for their lifetime, but Spin edges use one per viewer session, so the
+/// trackers would otherwise grow without bound. A frame resent after this long would
+/// count again; edges resend within minutes.
+pub const TRACKER_IDLE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Applied frames between two passes that drop idle trackers.
+const PRUNE_EVERY: u64 = 4096;
+
 /// Which frames of one (edge, epoch) have been applied.
 #[derive(Debug, Default, Clone)]
 pub struct SeqTracker {
@@ -13,6 +21,8 @@ pub struct SeqTracker {
     pub contiguous: u64,
     /// Applied seqs above `contiguous` (there is a gap below them).
     pub ahead: BTreeSet<u64>,
+    /// When a frame of this (edge, epoch) last arrived (merger clock, ms).
+    pub last_ms: u64,
 }
 
 impl SeqTracker {
@@ -118,20 +128,34 @@ impl State {
             .is_some_and(|t| t.contains(id.seq))
     }
 
+    /// Drops the trackers of (edge, epoch) pairs silent for [`TRACKER_IDLE_MS`]; returns
+    /// how many.
+    pub fn prune_trackers(&mut self, now_ms: u64) -> usize {
+        let before = self.applied.len();
+        self.applied
+            .retain(|_, t| now_ms.saturating_sub(t.last_ms) < TRACKER_IDLE_MS);
+        before - self.applied.len()
+    }
+
+    /// (edge, epoch) pairs whose applied frames are tracked.
+    pub fn tracker_count(&self) -> usize {
+        self.applied.len()
+    }
+
     /// Applies a decoded frame exactly once; returns false for a duplicate. `now_ms` is
     /// the merger's clock, used to time out silent edges' gauges.
     pub fn apply(&mut self, frame: &DeltaFrame, now_ms: u64) -> bool {
         let id = &frame.header.id;
-        if !self
-            .applied
-            .entry((id.edge_id.clone(), id.epoch))
-            .or_default()
-            .insert(id.seq)
-        {
+        let tracker = self.applied.entry((id.edge_id.clone(), id.epoch)).or_default();
+        tracker.last_ms = tracker.last_ms.max(now_ms);
+        if !tracker.insert(id.seq) {
             self.counters.frames_duplicate += 1;
             return false;
         }
         self.counters.frames_applied += 1;
+        if self.counters.frames_applied.is_multiple_of(PRUNE_EVERY) {
+            self.prune_trackers(now_ms);
+        }
         let counted = frame.intake.accepted.saturating_sub(frame.intake.duplicates);
         self.counters.events_accepted = self.counters.events_accepted.saturating_add(counted);
         self.counters.counter_rows += frame.counters.len() as u64;
@@ -332,5 +356,20 @@ mod tests {
         s.apply(&gauges("a", 3, &[]), 0);
         assert_eq!(s.live("s1", 0, 10).watching, 0);
         assert!(s.live.is_empty() && s.edge_streams.is_empty());
+    }
+
+    #[test]
+    fn trackers_of_silent_epochs_are_dropped_and_busy_ones_kept() {
+        let mut s = State::default();
+        let day = 24 * 3600 * 1000;
+        s.apply(&gauges("old", 1, &[]), 0);
+        s.apply(&gauges("busy", 1, &[]), 0);
+        s.apply(&gauges("busy", 2, &[]), TRACKER_IDLE_MS - day);
+        assert_eq!(s.tracker_count(), 2);
+        assert_eq!(s.prune_trackers(TRACKER_IDLE_MS), 1);
+        assert_eq!(s.tracker_count(), 1);
+        // the busy epoch still knows its frames
+        assert!(!s.apply(&gauges("busy", 2, &[]), TRACKER_IDLE_MS));
+        assert_eq!(s.prune_trackers(TRACKER_IDLE_MS + day), 0);
     }
 }
