@@ -10,9 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_edge::config::{AgentConfig, MergerTarget};
 use tally_traffic::{Beacon, Outcome, Plan, Traffic, Viral};
+use tally_wasm_tests::spin_host::{self, AppConfig, RunningApp};
 use tokio::sync::{Semaphore, mpsc};
 
 const POPS: [&str; 3] = ["fra", "iad", "sin"];
+/// The fourth POP runs the Spin component (a fresh instance per beacon) in the Spin
+/// harness, posting its frames to the merger's HTTPS ingest.
+const SPIN_POP: &str = "spin";
+const SPIN_MANIFEST: &str = include_str!("../../spin.toml");
 const TOKEN_KEY: &str = "tally-demo-signing-key-0001";
 
 /// Flags of `tally demo`.
@@ -35,6 +40,7 @@ pub struct DemoArgs {
 struct Stack {
     merger: tally_merger::Running,
     agents: Vec<tally_edge::Running>,
+    spin: RunningApp,
 }
 
 /// Runs the demo.
@@ -56,10 +62,11 @@ async fn start_stack(a: &DemoArgs) -> Result<Stack> {
         data_dir: a.data_dir.clone(),
         quic_listen: "127.0.0.1:0".parse()?,
         http_listen: "127.0.0.1:0".parse()?,
+        https_listen: Some("127.0.0.1:0".parse()?),
         publish_interval_ms: 2_000,
         ..tally_merger::MergerConfig::default()
     };
-    for pop in POPS {
+    for pop in POPS.into_iter().chain([SPIN_POP]) {
         mcfg.edges.insert(pop.into(), format!("demo-secret-{pop}"));
     }
     let merger = tally_merger::start(mcfg).await.context("starting the merger")?;
@@ -86,7 +93,24 @@ async fn start_stack(a: &DemoArgs) -> Result<Stack> {
                 .with_context(|| format!("starting the {pop} edge agent"))?,
         );
     }
-    Ok(Stack { merger, agents })
+    let https = merger.https_addr.context("the merger's HTTPS ingest")?.to_string();
+    let secret = format!("demo-secret-{SPIN_POP}");
+    let vars = [
+        ("merger_host", https.as_str()),
+        ("edge_id", SPIN_POP),
+        ("edge_secret", secret.as_str()),
+        ("token_key", TOKEN_KEY),
+        ("pop_id", SPIN_POP),
+    ];
+    let app = AppConfig::parse(SPIN_MANIFEST, "collector", &vars).context("reading spin.toml")?;
+    let spin = spin_host::serve(
+        tally_wasm_artifacts::SPIN_COLLECTOR_WASM,
+        app,
+        Some(&merger.fingerprint),
+    )
+    .await
+    .context("starting the Spin component")?;
+    Ok(Stack { merger, agents, spin })
 }
 
 struct View {
@@ -104,11 +128,12 @@ async fn demo(a: DemoArgs) -> Result<()> {
         .agents
         .iter()
         .map(|r| format!("http://{}/v1/events", r.addr))
+        .chain([format!("http://{}/v1/events", stack.spin.addr)])
         .collect();
     let edge0 = format!("http://{}", stack.agents[0].addr);
     let views_before = stack.merger.ingest.read().total_views();
     eprintln!(
-        "tally demo: merger on QUIC {} / HTTP {}; edge agents {} on {}; traffic for {:?}",
+        "tally demo: merger on QUIC {} / HTTP {}; edge agents {} on {}; Spin component ({SPIN_POP}) on {}; traffic for {:?}",
         stack.merger.quic_addr,
         merger_http,
         POPS.join(", "),
@@ -118,12 +143,13 @@ async fn demo(a: DemoArgs) -> Result<()> {
             .map(|r| r.addr.to_string())
             .collect::<Vec<_>>()
             .join(", "),
+        stack.spin.addr,
         a.duration
     );
     let secs = a.duration.as_millis() as u64;
     let plan = Plan {
         new_sessions_per_s: a.sessions_per_s,
-        pops: POPS.len(),
+        pops: urls.len(),
         viral: Some(Viral {
             start_ms: secs * 3 / 10,
             end_ms: secs * 55 / 100,
@@ -251,6 +277,14 @@ async fn screen(
             ag.pending_frames()
         ));
     }
+    let sessions = stack
+        .spin
+        .kv
+        .keys("default")
+        .iter()
+        .filter(|k| k.starts_with("session/"))
+        .count();
+    pops.push(format!("{SPIN_POP} (Spin component): {sessions} session records"));
     lines.push(format!("edges: {}", pops.join(" | ")));
     let top = get_json(http, &format!("{merger_http}/v1/top?k=5&from=0")).await;
     let mut top_line = String::from("top videos (merger /v1/top): ");
@@ -349,6 +383,7 @@ async fn finish(stack: Stack, traffic: &Traffic, views_before: u64, data_dir: &s
     for r in stack.agents {
         r.shutdown(Duration::from_secs(2)).await;
     }
+    drop(stack.spin);
     stack.merger.shutdown().await;
     let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
     println!();
@@ -356,7 +391,7 @@ async fn finish(stack: Stack, traffic: &Traffic, views_before: u64, data_dir: &s
     println!("Views Tally counted:                                                                         {counted}");
     println!("Accuracy: {accuracy:.3}%   (top-5 videos: {per_video_diff} views apart in total)");
     println!(
-        "Beacons: {} ({} events, {} bytes); delta frames shipped: {} bytes ({:.2}% of the beacon bytes)",
+        "Beacons: {} ({} events, {} bytes); delta frames the agents shipped: {} bytes ({:.2}% of their beacon bytes)",
         truth.beacons,
         truth.events,
         truth.bytes,
@@ -377,6 +412,7 @@ async fn finish(stack: Stack, traffic: &Traffic, views_before: u64, data_dir: &s
         dir.display()
     );
     println!("  edge spools    {}/edges/", dir.display());
+    println!("  (the Spin POP keeps its sessions in the harness's in-memory key-value store)");
     println!("Try:");
     println!(
         "  duckdb {}/catalog.duckdb \"select video, sum(views) as views from views group by video order by views desc limit 5\"",

@@ -125,7 +125,12 @@ impl AppConfig {
     /// `spin up --variable name=value`.
     pub fn load(manifest: &Path, component: &str, set: &[(&str, &str)]) -> Result<AppConfig, SpinError> {
         let text = std::fs::read_to_string(manifest).map_err(|e| SpinError::Manifest(e.to_string()))?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| SpinError::Manifest(e.to_string()))?;
+        Self::parse(&text, component, set)
+    }
+
+    /// Like [`AppConfig::load`], from the manifest's text.
+    pub fn parse(text: &str, component: &str, set: &[(&str, &str)]) -> Result<AppConfig, SpinError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| SpinError::Manifest(e.to_string()))?;
         if m.spin_manifest_version != 2 {
             return Err(SpinError::Manifest(format!(
                 "spin_manifest_version {} (only 2 is supported)",
