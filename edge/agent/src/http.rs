@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tally_collector::route;
-use tally_collector::{BatchError, RequestFacts};
+use tally_collector::{RequestFacts, answer};
 use tower_http::cors::{Any, CorsLayer};
 
 /// How long a read waits for the mergers' first snapshot of something new.
@@ -78,13 +78,8 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let arrival_ms = crate::now_ms();
     a.counters.beacons.fetch_add(1, Ordering::Relaxed);
-    let ct = header_str(&headers, "content-type");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !ct.is_empty() && media != "application/json" && media != "text/plain" {
-        return Err(a.refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {media:?} is not accepted: send application/json or text/plain"),
-        ));
+    if let Some(why) = answer::refused_media_type(header_str(&headers, "content-type")) {
+        return Err(a.refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, why));
     }
     if a.spool_full.load(Ordering::Relaxed) {
         return Err(a.refuse_retry(
@@ -97,10 +92,7 @@ async fn events(
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
-            return Err(a.refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("beacon body exceeds {limit} bytes"),
-            ));
+            return Err(a.refuse(StatusCode::PAYLOAD_TOO_LARGE, answer::body_too_large(limit)));
         }
     };
     let client = match &a.cfg.client_addr_header {
@@ -131,10 +123,7 @@ async fn events(
     let outcome = match a.pool.ingest(&bytes, &sessions, &facts) {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
-            let code = match e {
-                BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                BatchError::Malformed(_) => StatusCode::BAD_REQUEST,
-            };
+            let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             return Err(a.refuse(code, e.to_string()));
         }
         Err(e) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -148,23 +137,12 @@ async fn events(
     a.counters
         .bytes_accepted
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    let rejected: Vec<_> = outcome
-        .rejected
-        .iter()
-        .map(|r| json!({ "index": r.index, "reason": r.reason.to_string() }))
-        .collect();
-    let none_accepted = outcome.accepted == 0 && !outcome.rejected.is_empty();
-    let mut body = json!({
-        "accepted": outcome.accepted,
-        "duplicates": outcome.duplicates,
-        "rejected": rejected,
-    });
-    if none_accepted {
-        body["error"] = json!("no event of the beacon was accepted; see `rejected`");
+    let (code, body) = outcome.answer();
+    if code != 202 {
         a.counters.refused.fetch_add(1, Ordering::Relaxed);
-        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
     }
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    Ok((code, Json(body)).into_response())
 }
 
 impl Agent {

@@ -6,6 +6,7 @@
 //! The same source builds natively (agent, tests, benchmarks) and for `wasm32-wasip2`
 //! (`collector.wasm`).
 
+pub mod answer;
 mod beacon;
 mod collector;
 mod config;

@@ -10,7 +10,7 @@ use spin_sdk::wit::wasi::keyvalue::atomics::{self, Cas, CasError};
 use spin_sdk::wit::wasi::keyvalue::store::{self, Bucket};
 use std::hash::BuildHasher;
 use tally_collector::route::{self, Part, Sessions};
-use tally_collector::{BatchError, IngestOutcome, RequestFacts};
+use tally_collector::{IngestOutcome, RequestFacts, answer};
 use tally_delta::FrameId;
 
 /// At most one request per this interval sweeps lapsed records out of the store.
@@ -108,20 +108,13 @@ fn open_store(s: &Settings) -> Result<Bucket, Response> {
 /// `POST /v1/events`: the edge agent's contract, with each session's memory in the store.
 async fn events(req: &Request) -> Result<Response, Response> {
     let s = settings()?;
-    let ct = header(req, "content-type");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !ct.is_empty() && media != "application/json" && media != "text/plain" {
-        return Err(error(
-            415,
-            format!("content type {media:?} is not accepted: send application/json or text/plain"),
-        ));
+    if let Some(why) = answer::refused_media_type(&header(req, "content-type")) {
+        return Err(error(415, why));
     }
     let body = req.body();
-    if body.len() > s.collector.max_body_bytes as usize {
-        return Err(error(
-            413,
-            format!("beacon body exceeds {} bytes", s.collector.max_body_bytes),
-        ));
+    let limit = s.collector.max_body_bytes as usize;
+    if body.len() > limit {
+        return Err(error(413, answer::body_too_large(limit)));
     }
     let now = now_ms();
     let client = match &s.client_addr_header {
@@ -151,21 +144,8 @@ async fn events(req: &Request) -> Result<Response, Response> {
         let outcome = ingest_part(&bucket, &s, &part, &facts, now).await?;
         part.absorb(&mut total, outcome);
     }
-    let rejected: Vec<_> = total
-        .rejected
-        .iter()
-        .map(|r| json!({ "index": r.index, "reason": r.reason.to_string() }))
-        .collect();
-    let mut answer = json!({
-        "accepted": total.accepted,
-        "duplicates": total.duplicates,
-        "rejected": rejected,
-    });
-    if total.accepted == 0 && !total.rejected.is_empty() {
-        answer["error"] = json!("no event of the beacon was accepted; see `rejected`");
-        return Ok(json_response(400, &answer));
-    }
-    Ok(json_response(202, &answer))
+    let (code, body) = total.answer();
+    Ok(json_response(code, &body))
 }
 
 /// A beacon that is one part as it is.
@@ -198,13 +178,7 @@ async fn ingest_part(
         ship_pending(s, &mut record).await;
         let outcome = match session::ingest(&mut record, &s.collector, &part.body, facts, now) {
             Ok(o) => o,
-            Err(StepError::Batch(e)) => {
-                let code = match e {
-                    BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. } => 413,
-                    BatchError::Malformed(_) => 400,
-                };
-                return Err(error(code, e));
-            }
+            Err(StepError::Batch(e)) => return Err(error(e.status(), e)),
             Err(e @ StepError::Backlog(_)) => return Err(retry_later(503, e, 5)),
             Err(e @ StepError::Config(_)) => return Err(error(500, e)),
         };
@@ -225,12 +199,8 @@ async fn ingest_part(
             }
         }
     };
-    let before: Vec<u64> = record.pending.iter().map(|p| p.seq).collect();
-    if ship_pending(s, &mut record).await {
-        let shipped: Vec<u64> = before
-            .into_iter()
-            .filter(|seq| !record.pending.iter().any(|p| p.seq == *seq))
-            .collect();
+    let shipped = ship_pending(s, &mut record).await;
+    if !shipped.is_empty() {
         acknowledge(bucket, &key, &shipped);
     }
     Ok(outcome)
@@ -284,9 +254,10 @@ fn acknowledge(bucket: &Bucket, key: &str, shipped: &[u64]) {
     }
 }
 
-/// Ships a record's pending frames in order until one fails; returns whether any left.
-async fn ship_pending(s: &Settings, record: &mut SessionRecord) -> bool {
-    let mut shipped = false;
+/// Ships a record's pending frames in order until one fails, dropping each from the
+/// record once the merger has taken (or refused for good) it; returns their seqs.
+async fn ship_pending(s: &Settings, record: &mut SessionRecord) -> Vec<u64> {
+    let mut shipped = Vec::new();
     while let Some(p) = record.pending.first().cloned() {
         let id = FrameId {
             edge_id: s.collector.edge_id.clone(),
@@ -305,7 +276,7 @@ async fn ship_pending(s: &Settings, record: &mut SessionRecord) -> bool {
             }
         }
         record.acknowledge(p.seq);
-        shipped = true;
+        shipped.push(p.seq);
     }
     shipped
 }
@@ -465,15 +436,14 @@ async fn sweep_session(bucket: &Bucket, s: &Settings, key: &str, now: u64) {
     if !record.is_expired(now) {
         return;
     }
-    let had = record.pending.len();
-    ship_pending(s, &mut record).await;
+    let shipped = ship_pending(s, &mut record).await;
     if record.is_disposable(now) {
         // Not conditional (the store has no compare-and-delete): a request of this
         // session landing in this instant would lose its new record. Its memory is void
         // anyway (the session had lapsed), and the request ships its frame itself; only
         // a frame that also failed to ship in that instant would be lost.
         let _ = bucket.delete(key);
-    } else if record.pending.len() != had {
+    } else if !shipped.is_empty() {
         let _ = atomics::swap(cas, &record.encode());
     }
 }
