@@ -2,7 +2,7 @@
 //! the published catalog): each hour is read once, from minutes where hot has them, else
 //! from warm hours, else from cold Parquet.
 
-use crate::tiers::{date_of_day, day_of_date, month_days};
+use crate::tiers::{date_of_day, month_days, partition_days};
 use duckdb::Connection;
 use duckdb::types::Value;
 use std::collections::BTreeSet;
@@ -134,14 +134,7 @@ impl Analytics {
 
     /// Days present in a cold sub-directory (`cold/hour`, `cold/day`) within `[lo, hi]`.
     fn cold_days(&self, sub: &str, lo: i64, hi: i64) -> BTreeSet<i64> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
-            return BTreeSet::new();
-        };
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| day_of_date(e.file_name().to_str()?.strip_prefix("date=")?))
-            .filter(|d| (lo..=hi).contains(d))
-            .collect()
+        partition_days(&self.dir, sub).range(lo..=hi).copied().collect()
     }
 
     fn file_list(&self, sub: &str, days: &BTreeSet<i64>) -> String {

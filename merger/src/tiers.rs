@@ -148,6 +148,17 @@ pub fn day_of_date(date: &str) -> Option<i64> {
     Some(era * 146_097 + doe - 719_468)
 }
 
+/// The days of the `date=YYYY-MM-DD` partitions under `dir/sub` (e.g. `cold/day`).
+pub fn partition_days(dir: &Path, sub: &str) -> BTreeSet<i64> {
+    let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| day_of_date(e.file_name().to_str()?.strip_prefix("date=")?))
+        .collect()
+}
+
 /// The first day of month `YYYY-MM` and the first day of the month after it.
 pub fn month_days(month: &str) -> Option<(i64, i64)> {
     let (y, m) = month.split_once('-')?;
@@ -167,20 +178,15 @@ pub fn month_days(month: &str) -> Option<(i64, i64)> {
 /// holds a day of a later month, and has no month file yet. Days reach cold in order, so
 /// a complete month's day files no longer change. Returns how many were written.
 pub fn compact_months(conn: &Connection, dir: &Path) -> Result<usize> {
-    let Ok(entries) = std::fs::read_dir(dir.join("cold/day")) else {
+    let days = partition_days(dir, "cold/day");
+    let Some(latest) = days.last().map(|d| date_of_day(*d)) else {
         return Ok(0);
     };
-    let dates: BTreeSet<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("date=").map(str::to_owned))
-        .filter(|d| day_of_date(d).is_some() && d.len() == 10)
-        .collect();
-    let Some(latest) = dates.last() else {
-        return Ok(0);
-    };
-    let mut months: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for d in dates.iter().filter(|d| d[..7] < latest[..7]) {
-        months.entry(&d[..7]).or_default().push(d);
+    let mut months: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for date in days.iter().map(|d| date_of_day(*d)) {
+        if date[..7] < latest[..7] {
+            months.entry(date[..7].to_owned()).or_default().push(date);
+        }
     }
     let mut written = 0;
     for (month, days) in months {
