@@ -1,6 +1,9 @@
 //! `tally demo`: the whole pipeline on this machine. A merger and three edge agents on
 //! loopback, and simulated players sending real HTTP beacons to the agents; a live view
-//! of the counts; at the end the views Tally counted beside the players' ground truth.
+//! of the counts; at the end the views, likes and live viewers Tally counted beside the
+//! players' ground truth. The players do what real ones do: retry, duplicate, reload,
+//! deliver late, switch POP mid-session and have beacons retried at another POP; and
+//! one agent is restarted half-way.
 
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
@@ -40,6 +43,7 @@ pub struct DemoArgs {
 struct Stack {
     merger: tally_merger::Running,
     agents: Vec<tally_edge::Running>,
+    agent_cfgs: Vec<AgentConfig>,
     spin: RunningApp,
 }
 
@@ -71,6 +75,7 @@ async fn start_stack(a: &DemoArgs) -> Result<Stack> {
     }
     let merger = tally_merger::start(mcfg).await.context("starting the merger")?;
     let mut agents = Vec::new();
+    let mut agent_cfgs = Vec::new();
     for pop in POPS {
         let cfg = AgentConfig {
             pop_id: pop.into(),
@@ -88,10 +93,11 @@ async fn start_stack(a: &DemoArgs) -> Result<Stack> {
             ..AgentConfig::default()
         };
         agents.push(
-            tally_edge::start(cfg)
+            tally_edge::start(cfg.clone())
                 .await
                 .with_context(|| format!("starting the {pop} edge agent"))?,
         );
+        agent_cfgs.push(cfg);
     }
     let https = merger.https_addr.context("the merger's HTTPS ingest")?.to_string();
     let secret = format!("demo-secret-{SPIN_POP}");
@@ -110,7 +116,12 @@ async fn start_stack(a: &DemoArgs) -> Result<Stack> {
     )
     .await
     .context("starting the Spin component")?;
-    Ok(Stack { merger, agents, spin })
+    Ok(Stack {
+        merger,
+        agents,
+        agent_cfgs,
+        spin,
+    })
 }
 
 struct View {
@@ -122,16 +133,16 @@ struct View {
 }
 
 async fn demo(a: DemoArgs) -> Result<()> {
-    let stack = start_stack(&a).await?;
+    let mut stack = start_stack(&a).await?;
     let merger_http = format!("http://{}", stack.merger.http_addr);
-    let urls: Vec<String> = stack
+    let mut urls: Vec<String> = stack
         .agents
         .iter()
         .map(|r| format!("http://{}/v1/events", r.addr))
         .chain([format!("http://{}/v1/events", stack.spin.addr)])
         .collect();
-    let edge0 = format!("http://{}", stack.agents[0].addr);
     let views_before = stack.merger.ingest.read().total_views();
+    let before = stack.merger.ingest.read().totals();
     eprintln!(
         "tally demo: merger on QUIC {} / HTTP {}; edge agents {} on {}; Spin component ({SPIN_POP}) on {}; traffic for {:?}",
         stack.merger.quic_addr,
@@ -158,6 +169,8 @@ async fn demo(a: DemoArgs) -> Result<()> {
         }),
         key: TOKEN_KEY.as_bytes().to_vec(),
         seed: tally_edge::now_ms(),
+        pop_switch_rate: 0.1,
+        cross_pop_retry_rate: 0.02,
         ..Plan::default()
     };
     let mut traffic = Traffic::new(plan, tally_edge::now_ms());
@@ -178,6 +191,8 @@ async fn demo(a: DemoArgs) -> Result<()> {
     let mut next_draw = Instant::now();
     let mut in_flight = 0usize;
     let mut closing = false;
+    let mut restarted = false;
+    let mut live_report: Option<Vec<String>> = None;
     let deadline = view.started + a.duration;
     let hard_stop = deadline + Duration::from_secs(30);
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -192,6 +207,28 @@ async fn demo(a: DemoArgs) -> Result<()> {
         tick.tick().await;
         let now = Instant::now();
         let stop = now >= deadline || interrupted.load(std::sync::atomic::Ordering::Relaxed);
+        if !restarted && !stop && now >= view.started + a.duration / 2 {
+            // Half-way, the first agent is stopped and started again on its spool: players
+            // whose beacons fail meanwhile retry, and sessions go on at the new process.
+            restarted = true;
+            let old = stack.agents.remove(0);
+            old.shutdown(Duration::from_secs(5)).await;
+            let cfg = stack.agent_cfgs[0].clone();
+            let fresh = tally_edge::start(cfg).await.context("restarting the fra edge agent")?;
+            urls[0] = format!("http://{}/v1/events", fresh.addr);
+            stack.agents.insert(0, fresh);
+        }
+        if stop && live_report.is_none() {
+            // Before the players leave: let what is in flight land, then compare the live
+            // viewers the merger counts with what the players are doing.
+            while in_flight > 0 {
+                if let Some((b, o)) = done_rx.recv().await {
+                    in_flight -= 1;
+                    traffic.outcome(&b, o);
+                }
+            }
+            live_report = Some(live_accuracy(&stack, &traffic).await);
+        }
         let beacons = if stop && !closing {
             closing = true;
             traffic.close_all(tally_edge::now_ms())
@@ -216,6 +253,7 @@ async fn demo(a: DemoArgs) -> Result<()> {
         }
         if now >= next_draw {
             next_draw = now + Duration::from_secs(1);
+            let edge0 = format!("http://{}", stack.agents[0].addr);
             let screen = screen(&stack, &traffic, &http, &merger_http, &edge0, &view, views_before).await;
             view.show(&screen);
         }
@@ -223,7 +261,67 @@ async fn demo(a: DemoArgs) -> Result<()> {
             break;
         }
     }
-    finish(stack, &traffic, views_before, &a.data_dir).await
+    finish(
+        stack,
+        &traffic,
+        (views_before, before),
+        live_report.unwrap_or_default(),
+        &a.data_dir,
+    )
+    .await
+}
+
+/// Flushes every agent and waits until the merger acknowledged all their frames.
+async fn drain_agents(stack: &Stack, within: Duration) {
+    let wait_until = Instant::now() + within;
+    loop {
+        for r in &stack.agents {
+            r.agent.flush().await;
+        }
+        let pending: usize = stack.agents.iter().map(|r| r.agent.pending_frames()).sum();
+        if pending == 0 || Instant::now() > wait_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Live viewers at the merger beside the players' own state, per stream, and the
+/// accuracy over all streams (watching and paused apart).
+async fn live_accuracy(stack: &Stack, traffic: &Traffic) -> Vec<String> {
+    drain_agents(stack, Duration::from_secs(10)).await;
+    let truth = traffic.truth();
+    let now = tally_edge::now_ms();
+    let mut lines = Vec::new();
+    let (mut tw, mut tc, mut dw, mut dc) = (0u64, 0u64, 0u64, 0u64);
+    for stream in truth.live_streams() {
+        let (w, c) = truth.live(stream);
+        let got = stack.merger.ingest.read().live(stream, now, 10_000);
+        tw += w;
+        tc += c;
+        dw += got.watching.abs_diff(w);
+        dc += got.connected.abs_diff(c);
+        lines.push(format!(
+            "  {stream}: players {w} watching / {c} paused; Tally {} / {}",
+            got.watching, got.connected
+        ));
+    }
+    let pct = |diff: u64, total: u64| {
+        if total == 0 {
+            100.0
+        } else {
+            100.0 * (1.0 - diff as f64 / total as f64)
+        }
+    };
+    lines.insert(
+        0,
+        format!(
+            "Live viewers (before the players leave): watching {:.3}%, paused {:.3}%",
+            pct(dw, tw),
+            pct(dc, tc)
+        ),
+    );
+    lines
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
@@ -335,21 +433,21 @@ impl View {
     }
 }
 
-async fn finish(stack: Stack, traffic: &Traffic, views_before: u64, data_dir: &std::path::Path) -> Result<()> {
+async fn finish(
+    stack: Stack,
+    traffic: &Traffic,
+    (views_before, before): (u64, tally_delta::Counts),
+    live_report: Vec<String>,
+    data_dir: &std::path::Path,
+) -> Result<()> {
     // Every agent flushes within a second; wait until every frame is acknowledged.
-    let wait_until = Instant::now() + Duration::from_secs(20);
-    loop {
-        for r in &stack.agents {
-            r.agent.flush().await;
-        }
-        let pending: usize = stack.agents.iter().map(|r| r.agent.pending_frames()).sum();
-        if pending == 0 || Instant::now() > wait_until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drain_agents(&stack, Duration::from_secs(20)).await;
     let truth = traffic.truth();
     let counted = stack.merger.ingest.read().total_views() - views_before;
+    let totals = stack.merger.ingest.read().totals();
+    let likes = totals.likes - before.likes;
+    let (shares, comments) = (totals.shares - before.shares, totals.comments - before.comments);
+    let caught = stack.merger.ingest.read().facts.stats.duplicates;
     let expected = truth.total_views();
     // Let the tier writer commit and publish the last minutes for the catalog.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -390,6 +488,28 @@ async fn finish(stack: Stack, traffic: &Traffic, views_before: u64, data_dir: &s
     println!("Ground truth (views the players produced, after their own retries, duplicates and reloads): {expected}");
     println!("Views Tally counted:                                                                         {counted}");
     println!("Accuracy: {accuracy:.3}%   (top-5 videos: {per_video_diff} views apart in total)");
+    let exact = |got: i64, want: i64| {
+        if want == 0 {
+            if got == 0 { 100.0 } else { 0.0 }
+        } else {
+            100.0 * (1.0 - (got - want).abs() as f64 / want as f64)
+        }
+    };
+    let (want_shares, want_comments) = truth.shares_comments();
+    println!(
+        "Likes: players {} / Tally {likes} ({:.3}%); shares {want_shares} / {shares} ({:.3}%); comments {want_comments} / {comments} ({:.3}%)",
+        truth.total_likes(),
+        exact(likes, truth.total_likes()),
+        exact(shares as i64, want_shares as i64),
+        exact(comments as i64, want_comments as i64),
+    );
+    println!(
+        "Copies the merger caught (POP switches, cross-POP retries, the agent restart): {} views, {} shares, {} comments, {} likes that changed nothing",
+        caught[0], caught[2], caught[3], caught[4]
+    );
+    for l in &live_report {
+        println!("{l}");
+    }
     println!(
         "Beacons: {} ({} events, {} bytes); delta frames the agents shipped: {} bytes ({:.2}% of their beacon bytes)",
         truth.beacons,

@@ -282,7 +282,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
          # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n\
          # HELP tally_views_total Views of all videos, all time.\n# TYPE tally_views_total counter\ntally_views_total {}\n\
          # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n\
-         # HELP tally_frame_trackers (edge, epoch) pairs whose applied frames are tracked.\n# TYPE tally_frame_trackers gauge\ntally_frame_trackers {}\n",
+         # HELP tally_frame_trackers (edge, epoch) pairs whose applied frames are tracked.\n# TYPE tally_frame_trackers gauge\ntally_frame_trackers {}\n{}",
         c.frames_applied,
         c.frames_duplicate,
         c.frames_rejected,
@@ -294,8 +294,39 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         s.total_views(),
         api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
         s.tracker_count(),
+        fact_metrics(&s.facts),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The fact sets' series: what they counted, the copies they caught, their size.
+fn fact_metrics(f: &tally_delta::FactIndex) -> String {
+    use std::fmt::Write;
+    use tally_delta::FactKind;
+    let mut out = String::from(
+        "# HELP tally_duplicate_facts_total Copies of already counted facts (views, completions, shares, comments by key; likes that changed nothing) that did not count.\n# TYPE tally_duplicate_facts_total counter\n",
+    );
+    for k in FactKind::ALL {
+        let _ = writeln!(out, "tally_duplicate_facts_total{{kind=\"{}\"}} {}", k.name(), f.stats.duplicates[k as usize]);
+    }
+    out.push_str("# HELP tally_facts_counted_total Facts counted for the first time (likes: state changes).\n# TYPE tally_facts_counted_total counter\n");
+    for k in FactKind::ALL {
+        let _ = writeln!(out, "tally_facts_counted_total{{kind=\"{}\"}} {}", k.name(), f.stats.counted[k as usize]);
+    }
+    let (keys, likes) = f.sizes();
+    out.push_str("# HELP tally_fact_keys Fact keys held in the merger's time-bucketed sets (likes: registers).\n# TYPE tally_fact_keys gauge\n");
+    for k in FactKind::ALL {
+        let n = keys.get(k as usize).copied().unwrap_or(likes);
+        let _ = writeln!(out, "tally_fact_keys{{kind=\"{}\"}} {n}", k.name());
+    }
+    let _ = write!(
+        out,
+        "# HELP tally_fact_memory_bytes Bytes of the fact sets' tables.\n# TYPE tally_fact_memory_bytes gauge\ntally_fact_memory_bytes {}\n\
+         # HELP tally_facts_beyond_window_total Facts older than every retained key bucket, counted unchecked.\n# TYPE tally_facts_beyond_window_total counter\ntally_facts_beyond_window_total {}\n",
+        f.memory_bytes(),
+        f.stats.beyond_window
+    );
+    out
 }
 
 /// Runs a tier query on the blocking pool (DuckDB calls block), mapping failures to 500s.

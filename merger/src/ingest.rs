@@ -79,8 +79,8 @@ impl Ingest {
             let now = now_ms();
             for (pos, r) in records {
                 match DeltaFrame::decode(&r) {
-                    Ok(f) => {
-                        if s.apply(&f, now)
+                    Ok(mut f) => {
+                        if s.apply(&mut f, now)
                             && let Some(tx) = &tier_tx
                             && watermark.is_none_or(|w| pos > w)
                         {
@@ -142,8 +142,8 @@ impl Ingest {
                     {
                         let mut s = write(&st);
                         let now = now_ms();
-                        for (j, pos) in fresh.into_iter().zip(positions) {
-                            let applied = s.apply(&j.frame, now);
+                        for (mut j, pos) in fresh.into_iter().zip(positions) {
+                            let applied = s.apply(&mut j.frame, now);
                             let _ = j.reply.send(if applied { Ack::Applied } else { Ack::Duplicate });
                             if applied {
                                 to_tiers.push((pos, Arc::new(j.frame)));

@@ -53,6 +53,10 @@ pub struct MergerConfig {
     pub warm_days: i64,
     /// Days of Parquet in the cold tier.
     pub cold_days: i64,
+    /// How long behind the newest frame the keys of counted facts are remembered, so
+    /// that a copy arriving later does not count again (ms; the edges' lateness bound
+    /// plus grace for frames waiting in a spool).
+    pub fact_window_ms: u64,
 }
 
 impl Default for MergerConfig {
@@ -72,11 +76,20 @@ impl Default for MergerConfig {
             hot_days: 7,
             warm_days: 90,
             cold_days: 3 * 365,
+            fact_window_ms: tally_delta::DEFAULT_FACT_WINDOW_MS,
         }
     }
 }
 
 impl MergerConfig {
+    /// How the fact sets remember keys.
+    pub fn facts(&self) -> tally_delta::FactConfig {
+        tally_delta::FactConfig {
+            window_ms: self.fact_window_ms,
+            ..tally_delta::FactConfig::default()
+        }
+    }
+
     /// Reads a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<MergerConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -140,12 +153,14 @@ pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
         cold_days: cfg.cold_days,
     };
     let mut t = tiers::Tiers::open(dir, retention)?;
-    let mut seen = std::collections::HashSet::new();
+    // The same state the merger replays into, so facts are resolved exactly as live.
+    let mut state = state::State::new(cfg.facts(), cfg.live_timeout_ms);
+    let now = ingest::now_ms();
     let mut n = 0;
     for (i, (pos, bytes)) in records.into_iter().enumerate() {
-        let frame =
+        let mut frame =
             tally_delta::DeltaFrame::decode(&bytes).with_context(|| format!("log record {i} is not a frame"))?;
-        if seen.insert(frame.header.id.clone()) {
+        if state.apply(&mut frame, now) {
             t.add(pos, &frame)?;
             n += 1;
         }
@@ -170,7 +185,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let fingerprint = identity.fingerprint();
     let (log, records) = log::FrameLog::open(&cfg.data_dir.join("log")).context("opening the frame log")?;
     let replayed = records.len();
-    let state = Arc::new(RwLock::new(state::State::default()));
+    let state = Arc::new(RwLock::new(state::State::new(cfg.facts(), cfg.live_timeout_ms)));
     let retention = tiers::Retention {
         hot_days: cfg.hot_days,
         warm_days: cfg.warm_days,

@@ -1,7 +1,7 @@
 //! Live state: what every applied frame adds up to, kept in memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use tally_delta::{Country, Counts, DeltaFrame, FrameId, UniqueSketch};
+use tally_delta::{Country, Counts, DeltaFrame, FactConfig, FactIndex, FrameId, LiveStatus, UniqueSketch};
 
 /// Minutes of per-minute series kept in memory (older minutes live in the tiers).
 pub const RECENT_MINUTES: u32 = 24 * 60;
@@ -11,6 +11,10 @@ pub const RECENT_MINUTES: u32 = 24 * 60;
 /// trackers would otherwise grow without bound. A frame resent after this long would
 /// count again; edges resend within minutes.
 pub const TRACKER_IDLE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// A live session whose edges sent no beat for this long is gone (merger clock, ms):
+/// players beat every few seconds, and the edges' own timeout is 30 s.
+pub const LIVE_SESSION_TIMEOUT_MS: u64 = 30_000;
+
 /// Applied frames between two passes that drop idle trackers.
 const PRUNE_EVERY: u64 = 4096;
 
@@ -112,15 +116,34 @@ pub struct State {
     /// Views per minute, country and video, for recent top-K and series.
     minutes: BTreeMap<u32, HashMap<(Country, String), Counts>>,
     live: HashMap<String, HashMap<String, EdgeGauge>>,
+    /// Live sessions by stream, from every edge's beats: (watching, last beat at, ms).
+    sessions: HashMap<String, HashMap<u64, (bool, u64)>>,
+    /// When expired live sessions were last dropped.
+    sessions_pruned_ms: u64,
+    /// Edges silent this long stop counting in gauges and peaks (ms; 0: never).
+    live_timeout_ms: u64,
     /// The streams each edge reported in its last frame (so a frame touches only those).
     edge_streams: HashMap<String, Vec<String>>,
     peaks: HashMap<String, u64>,
     blocked: HashSet<String>,
+    /// Where every copy of a counted fact meets: views, completions, shares and comments
+    /// count once by their keys, likes are one per (user, video).
+    pub facts: FactIndex,
     /// Ingest counters.
     pub counters: IngestCounters,
 }
 
 impl State {
+    /// An empty state whose fact sets remember keys as `facts` says, and whose peaks
+    /// leave out edges silent for `live_timeout_ms`.
+    pub fn new(facts: FactConfig, live_timeout_ms: u64) -> State {
+        State {
+            facts: FactIndex::new(facts),
+            live_timeout_ms,
+            ..State::default()
+        }
+    }
+
     /// Whether the frame was applied before.
     pub fn is_applied(&self, id: &FrameId) -> bool {
         self.applied
@@ -144,7 +167,12 @@ impl State {
 
     /// Applies a decoded frame exactly once; returns false for a duplicate. `now_ms` is
     /// the merger's clock, used to time out silent edges' gauges.
-    pub fn apply(&mut self, frame: &DeltaFrame, now_ms: u64) -> bool {
+    ///
+    /// The frame's rows are resolved against the fact sets first (see
+    /// [`FactIndex::resolve`]), so afterwards they count only facts seen for the first
+    /// time: that resolved frame is what the tiers must get. Frames must be applied in
+    /// log order, so that a replay decides exactly as the first run did.
+    pub fn apply(&mut self, frame: &mut DeltaFrame, now_ms: u64) -> bool {
         let id = &frame.header.id;
         let tracker = self.applied.entry((id.edge_id.clone(), id.epoch)).or_default();
         tracker.last_ms = tracker.last_ms.max(now_ms);
@@ -156,6 +184,8 @@ impl State {
         if self.counters.frames_applied.is_multiple_of(PRUNE_EVERY) {
             self.prune_trackers(now_ms);
         }
+        self.facts.resolve(frame);
+        let frame = &*frame;
         let counted = frame.intake.accepted.saturating_sub(frame.intake.duplicates);
         self.counters.events_accepted = self.counters.events_accepted.saturating_add(counted);
         self.counters.counter_rows += frame.counters.len() as u64;
@@ -194,6 +224,35 @@ impl State {
             let names = frame.live.iter().map(|g| frame.str(g.stream).to_owned()).collect();
             self.edge_streams.insert(id.edge_id.clone(), names);
         }
+        // Beats carry the edge's time; a replayed beat is as old as it was.
+        let beat_at = now_ms.min(frame.header.interval_end_ms);
+        for b in &frame.live_beats {
+            let sessions = self.sessions.entry(frame.str(b.stream).to_owned()).or_default();
+            match b.status {
+                LiveStatus::Gone => {
+                    sessions.remove(&b.session.0);
+                }
+                s => {
+                    sessions.insert(b.session.0, (s == LiveStatus::Watching, beat_at));
+                }
+            }
+        }
+        if now_ms >= self.sessions_pruned_ms + 1_000 {
+            self.sessions_pruned_ms = now_ms;
+            self.sessions.retain(|_, m| {
+                m.retain(|_, (_, at)| now_ms.saturating_sub(*at) <= LIVE_SESSION_TIMEOUT_MS);
+                !m.is_empty()
+            });
+        }
+        let timeout = if self.live_timeout_ms == 0 { u64::MAX } else { self.live_timeout_ms };
+        let mut touched: Vec<&str> = frame.live_beats.iter().map(|b| frame.str(b.stream)).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for stream in touched {
+            let watching = self.live_raw(stream, now_ms, timeout).0;
+            let peak = self.peaks.entry(stream.to_owned()).or_default();
+            *peak = (*peak).max(watching);
+        }
         for g in &frame.live {
             let stream = frame.str(g.stream);
             self.live.entry(stream.to_owned()).or_default().insert(
@@ -204,7 +263,7 @@ impl State {
                     at_ms: now_ms,
                 },
             );
-            let watching = self.live_raw(stream, now_ms, u64::MAX).0;
+            let watching = self.live_raw(stream, now_ms, timeout).0;
             let peak = self.peaks.entry(stream.to_owned()).or_default();
             *peak = (*peak).max(watching);
         }
@@ -215,12 +274,24 @@ impl State {
         true
     }
 
+    /// (watching, connected): gauges of edges heard from within `timeout_ms`, plus
+    /// sessions that beat within [`LIVE_SESSION_TIMEOUT_MS`].
     fn live_raw(&self, stream: &str, now_ms: u64, timeout_ms: u64) -> (u64, u64) {
-        self.live.get(stream).map_or((0, 0), |m| {
+        let (mut w, mut c) = self.live.get(stream).map_or((0, 0), |m| {
             m.values()
                 .filter(|g| now_ms.saturating_sub(g.at_ms) <= timeout_ms)
                 .fold((0, 0), |(w, c), g| (w + g.watching as u64, c + g.connected as u64))
-        })
+        });
+        for (watching, at) in self.sessions.get(stream).into_iter().flat_map(|m| m.values()) {
+            if now_ms.saturating_sub(*at) <= LIVE_SESSION_TIMEOUT_MS {
+                if *watching {
+                    w += 1;
+                } else {
+                    c += 1;
+                }
+            }
+        }
+        (w, c)
     }
 
     /// Live viewers of a stream; edges silent for longer than `timeout_ms` do not count.
@@ -236,6 +307,15 @@ impl State {
     /// All-time totals of a video.
     pub fn video(&self, id: &str) -> Option<&VideoTotals> {
         self.videos.get(id)
+    }
+
+    /// Counts of every video summed, all time.
+    pub fn totals(&self) -> Counts {
+        let mut t = Counts::default();
+        for v in self.videos.values() {
+            t.add(&v.counts);
+        }
+        t
     }
 
     /// Views of every video, all time.
@@ -327,6 +407,7 @@ mod tests {
             strings: live.iter().map(|(s, _)| s.to_string()).collect(),
             counters: vec![],
             uniques: vec![],
+            live_beats: vec![],
             live: live
                 .iter()
                 .enumerate()
@@ -342,34 +423,68 @@ mod tests {
 
     #[test]
     fn an_edges_frame_replaces_only_its_own_gauges() {
-        let mut s = State::default();
-        s.apply(&gauges("a", 1, &[("s1", 3), ("s2", 1)]), 0);
-        s.apply(&gauges("b", 1, &[("s1", 2)]), 0);
+        let mut s = State::new(FactConfig::default(), 0);
+        s.apply(&mut gauges("a", 1, &[("s1", 3), ("s2", 1)]), 0);
+        s.apply(&mut gauges("b", 1, &[("s1", 2)]), 0);
         assert_eq!(s.live("s1", 0, 10).watching, 5);
         // a stops reporting s1: b's viewers stay, the peak is remembered
-        s.apply(&gauges("a", 2, &[("s2", 4)]), 0);
+        s.apply(&mut gauges("a", 2, &[("s2", 4)]), 0);
         let v = s.live("s1", 0, 10);
         assert_eq!((v.watching, v.peak), (2, 5));
         assert_eq!(s.live("s2", 0, 10).watching, 4);
         // an empty frame clears what the edge had
-        s.apply(&gauges("b", 2, &[]), 0);
-        s.apply(&gauges("a", 3, &[]), 0);
+        s.apply(&mut gauges("b", 2, &[]), 0);
+        s.apply(&mut gauges("a", 3, &[]), 0);
         assert_eq!(s.live("s1", 0, 10).watching, 0);
         assert!(s.live.is_empty() && s.edge_streams.is_empty());
     }
 
+    fn beats(edge: &str, seq: u64, end_ms: u64, beats: &[(u64, LiveStatus)]) -> DeltaFrame {
+        let mut f = gauges(edge, seq, &[]);
+        f.header.interval_end_ms = end_ms;
+        f.strings = vec!["s1".into()];
+        f.live_beats = beats
+            .iter()
+            .map(|&(session, status)| tally_delta::LiveBeat {
+                session: tally_delta::FactKey(session),
+                stream: 0,
+                status,
+            })
+            .collect();
+        f
+    }
+
+    #[test]
+    fn live_sessions_count_once_across_edges_and_expire_on_the_mergers_clock() {
+        use LiveStatus::*;
+        let mut s = State::new(FactConfig::default(), 10_000);
+        let t = 1_000_000;
+        s.apply(&mut beats("a", 1, t, &[(1, Watching), (2, Watching), (3, Connected)]), t);
+        // session 2 moves to edge b and pauses there; 1 leaves at b
+        s.apply(&mut beats("b", 1, t + 1_000, &[(2, Connected), (1, Gone)]), t + 1_000);
+        let v = s.live("s1", t + 1_000, 10_000);
+        assert_eq!((v.watching, v.connected, v.peak), (0, 2, 2));
+        // no beats for longer than the timeout: gone
+        let later = t + 1_000 + LIVE_SESSION_TIMEOUT_MS + 1;
+        assert_eq!(s.live("s1", later, 10_000).connected, 0);
+        // a replayed old frame does not bring sessions back
+        let mut s2 = State::new(FactConfig::default(), 10_000);
+        s2.apply(&mut beats("a", 1, t, &[(1, Watching)]), later);
+        assert_eq!(s2.live("s1", later, 10_000).watching, 0);
+    }
+
     #[test]
     fn trackers_of_silent_epochs_are_dropped_and_busy_ones_kept() {
-        let mut s = State::default();
+        let mut s = State::new(FactConfig::default(), 0);
         let day = 24 * 3600 * 1000;
-        s.apply(&gauges("old", 1, &[]), 0);
-        s.apply(&gauges("busy", 1, &[]), 0);
-        s.apply(&gauges("busy", 2, &[]), TRACKER_IDLE_MS - day);
+        s.apply(&mut gauges("old", 1, &[]), 0);
+        s.apply(&mut gauges("busy", 1, &[]), 0);
+        s.apply(&mut gauges("busy", 2, &[]), TRACKER_IDLE_MS - day);
         assert_eq!(s.tracker_count(), 2);
         assert_eq!(s.prune_trackers(TRACKER_IDLE_MS), 1);
         assert_eq!(s.tracker_count(), 1);
         // the busy epoch still knows its frames
-        assert!(!s.apply(&gauges("busy", 2, &[]), TRACKER_IDLE_MS));
+        assert!(!s.apply(&mut gauges("busy", 2, &[]), TRACKER_IDLE_MS));
         assert_eq!(s.prune_trackers(TRACKER_IDLE_MS + day), 0);
     }
 }

@@ -817,6 +817,7 @@ mod tests {
                     watch_ms: 1000 * views,
                     ..Counts::default()
                 },
+                facts: None,
             }],
             uniques: vec![UniqueRow {
                 minute,
@@ -824,6 +825,7 @@ mod tests {
                 sketch: sketch.to_bytes(),
             }],
             live: vec![],
+            live_beats: vec![],
             intake: EdgeCounts::default(),
         }
     }

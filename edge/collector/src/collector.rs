@@ -7,8 +7,8 @@ use crate::{BatchError, Config, ConfigError, IngestOutcome, RejectReason, Reject
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use tally_delta::{
-    CounterRow, Country, Counts, DeltaFrame, Device, EdgeCounts, FrameHeader, FrameId, LiveGauge, Source, UniqueRow,
-    UniqueSketch,
+    CounterRow, Country, Counts, DeltaFrame, Device, EdgeCounts, FactKey, FrameHeader, FrameId, LikeFact, LiveBeat,
+    RowFacts, Source, UniqueRow, UniqueSketch,
 };
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -17,7 +17,14 @@ const WATCH_SLACK_MS: u64 = 2_000;
 /// Verified tokens kept between flushes; the cache is cleared at a flush beyond this.
 const TOKEN_CACHE_MAX: usize = 100_000;
 
-/// Per (session, video) playback state within one dedup window.
+/// A counter row being aggregated, with the identities of the facts it counts.
+#[derive(Default)]
+struct RowAcc {
+    counts: Counts,
+    facts: RowFacts,
+}
+
+/// Per (session, video) playback state while the session is remembered.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SessionVideo {
     /// Latest event time seen.
@@ -115,11 +122,13 @@ pub struct Collector {
     now: u64,
     events_seen: ExpiringMap<()>,
     sessions: ExpiringMap<SessionVideo>,
-    likes: ExpiringMap<bool>,
     live: HashMap<Key, LiveSession, FoldBuild>,
     streams: HashMap<u64, StreamGauge, FoldBuild>,
+    /// Live sessions with events in this interval, with their stream's name: each gets a
+    /// beat in the frame.
+    touched: HashMap<Key, String, FoldBuild>,
     tokens: TokenCache,
-    counters: FxHashMap<AggKey, Counts>,
+    counters: FxHashMap<AggKey, RowAcc>,
     uniques: FxHashMap<(u32, u32), UniqueSketch>,
     intake: EdgeCounts,
     stats: Stats,
@@ -136,9 +145,9 @@ impl Collector {
             now: 0,
             events_seen: ExpiringMap::new(window),
             sessions: ExpiringMap::new(window),
-            likes: ExpiringMap::new(window),
             live: HashMap::default(),
             streams: HashMap::default(),
+            touched: HashMap::default(),
             tokens: TokenCache::default(),
             counters: FxHashMap::default(),
             uniques: FxHashMap::default(),
@@ -222,7 +231,6 @@ impl Collector {
         self.now = now;
         self.events_seen.expire(now);
         self.sessions.expire(now);
-        self.likes.expire(now);
     }
 
     /// Applies one valid event; `Ok(false)` when it was a duplicate.
@@ -280,34 +288,57 @@ impl Collector {
                     self.uniques.entry((minute, claims_idx)).or_default().insert(ids.viewer);
                 }
                 if !delta.is_zero() {
-                    self.counters.entry(agg).or_default().add(&delta);
+                    let row = self.counters.entry(agg).or_default();
+                    row.counts.add(&delta);
+                    if delta.views > 0 || delta.completions > 0 {
+                        let key = FactKey(view_key(session, &ev.video_id));
+                        if delta.views > 0 {
+                            row.facts.views.push(key);
+                        }
+                        if delta.completions > 0 {
+                            row.facts.completions.push(key);
+                        }
+                    }
                 }
                 if live && ev.ts_ms + self.cfg.heartbeat_timeout_ms >= arrival {
                     self.live_event(ev, ids, arrival);
                 }
             }
             EventType::Like | EventType::Unlike => {
-                let like = ev.kind == EventType::Like;
-                let (liked, _) = self
-                    .likes
-                    .touch_or_insert(Key(ids.viewer, ids.video), arrival, || false);
-                if *liked != like {
-                    *liked = like;
-                    self.counters.entry(agg).or_default().likes += if like { 1 } else { -1 };
+                // Every like and unlike goes to the merger, which keeps one register per
+                // (user, video) for ever: the latest event time wins, from any POP.
+                let liked = ev.kind == EventType::Like;
+                let row = self.counters.entry(agg).or_default();
+                row.counts.likes += if liked { 1 } else { -1 };
+                row.facts.likes.push(LikeFact {
+                    user: FactKey(viewer),
+                    ts_ms: ev.ts_ms,
+                    liked,
+                });
+            }
+            EventType::Share | EventType::Comment => {
+                let row = self.counters.entry(agg).or_default();
+                let key = FactKey(event_key_of(session, &ev.event_id));
+                if ev.kind == EventType::Share {
+                    row.counts.shares += 1;
+                    row.facts.shares.push(key);
+                } else {
+                    row.counts.comments += 1;
+                    row.facts.comments.push(key);
                 }
             }
-            EventType::Share => self.counters.entry(agg).or_default().shares += 1,
-            EventType::Comment => self.counters.entry(agg).or_default().comments += 1,
             _ => unreachable!("every event type is playback or engagement"),
         }
         Ok(true)
     }
 
     /// Updates a session's playback state; returns the counts it adds.
+    ///
+    /// A view is one per (session, video): a session that comes back after a long pause
+    /// is the same view (players rotate the session id after 30 minutes of inactivity).
     fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) -> Counts {
-        let window = self.cfg.dedup_window_ms;
         let min_watch = self.cfg.min_watch_ms;
-        let (sv, created) = self
+        let (sv, _) = self
             .sessions
             .touch_or_insert(Key(ids.session, ids.video), arrival, || SessionVideo {
                 last_activity: ev.ts_ms,
@@ -316,16 +347,6 @@ impl Collector {
                 viewed: false,
                 completed: false,
             });
-        if !created && ev.ts_ms > sv.last_activity + window {
-            // The session came back after a window of inactivity: a new view window.
-            *sv = SessionVideo {
-                last_activity: ev.ts_ms,
-                last_pos: None,
-                watched_ms: 0,
-                viewed: false,
-                completed: false,
-            };
-        }
         sv.last_activity = sv.last_activity.max(ev.ts_ms);
         let mut delta = Counts::default();
         if let Some(pos) = ev
@@ -357,12 +378,17 @@ impl Collector {
 
     fn live_event(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) {
         let (k, stream) = (Key(ids.session, ids.video), ids.video);
+        if !self.touched.contains_key(&k) {
+            self.touched.insert(k, ev.video_id.to_string());
+        }
+        let prev = self.live.get(&k).map(|s| s.status);
         let next = match ev.kind {
-            EventType::Play | EventType::Heartbeat | EventType::Resume => Some(LiveStatus::Watching),
+            EventType::Play | EventType::Resume => Some(LiveStatus::Watching),
+            // a paused player keeps beating: it stays connected until it resumes
+            EventType::Heartbeat => Some(prev.unwrap_or(LiveStatus::Watching)),
             EventType::Pause => Some(LiveStatus::Connected),
             _ => None, // leave, complete
         };
-        let prev = self.live.get(&k).map(|s| s.status);
         if prev == next {
             if let Some(s) = self.live.get_mut(&k) {
                 s.last_beat = s.last_beat.max(arrival);
@@ -411,12 +437,11 @@ impl Collector {
     /// Evicts the least recently queued dedup entries while over the memory budget.
     fn enforce_budget(&mut self) {
         while self.memory_bytes() as u64 > self.cfg.memory_budget_bytes {
-            let oldest = [self.events_seen.oldest(), self.sessions.oldest(), self.likes.oldest()];
-            let pick = (0..3).filter(|&i| oldest[i].is_some()).min_by_key(|&i| oldest[i]);
+            let oldest = [self.events_seen.oldest(), self.sessions.oldest()];
+            let pick = (0..2).filter(|&i| oldest[i].is_some()).min_by_key(|&i| oldest[i]);
             let evicted = match pick {
                 Some(0) => self.events_seen.evict_oldest(),
                 Some(1) => self.sessions.evict_oldest(),
-                Some(2) => self.likes.evict_oldest(),
                 _ => false,
             };
             if !evicted {
@@ -427,7 +452,7 @@ impl Collector {
     }
 
     fn dedup_len(&self) -> usize {
-        self.events_seen.len() + self.sessions.len() + self.likes.len()
+        self.events_seen.len() + self.sessions.len()
     }
 
     /// Bytes the entries of the budgeted state take: dedup, session, like and live
@@ -435,7 +460,6 @@ impl Collector {
     pub fn memory_bytes(&self) -> usize {
         self.events_seen.memory_bytes()
             + self.sessions.memory_bytes()
-            + self.likes.memory_bytes()
             + self.live.len() * (std::mem::size_of::<(Key, LiveSession)>() + 1) * 8 / 7
     }
 
@@ -447,12 +471,12 @@ impl Collector {
         self.stats.frames += 1;
 
         let mut strings = Interner::default();
-        let mut counters: Vec<(AggKey, Counts)> = self.counters.drain().collect();
+        let mut counters: Vec<(AggKey, RowAcc)> = self.counters.drain().collect();
         counters.sort_unstable_by_key(|(k, _)| *k);
         let claims = &self.tokens.claims;
         let counters = counters
             .into_iter()
-            .map(|(k, counts)| {
+            .map(|(k, row)| {
                 let c = &claims[k.claims as usize];
                 CounterRow {
                     minute: k.minute,
@@ -463,7 +487,8 @@ impl Collector {
                     device: k.device,
                     source: k.source,
                     live: c.live,
-                    counts,
+                    counts: row.counts,
+                    facts: (!row.facts.is_empty()).then_some(row.facts),
                 }
             })
             .collect();
@@ -477,14 +502,21 @@ impl Collector {
                 sketch: sketch.to_bytes(),
             })
             .collect();
-        let mut gauges: Vec<&StreamGauge> = self.streams.values().collect();
-        gauges.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let live = gauges
-            .into_iter()
-            .map(|g| LiveGauge {
-                stream: strings.get(&g.name),
-                watching: g.watching,
-                connected: g.connected,
+        // One beat per live session seen in the interval. A session that only timed out
+        // here sends nothing: it may have moved to another POP, and the merger expires
+        // sessions on its own clock.
+        let mut touched: Vec<(Key, String)> = self.touched.drain().collect();
+        touched.sort_unstable_by(|a, b| (a.1.as_str(), a.0.0, a.0.1).cmp(&(b.1.as_str(), b.0.0, b.0.1)));
+        let live_beats = touched
+            .iter()
+            .map(|(k, name)| LiveBeat {
+                session: FactKey(k.0),
+                stream: strings.get(name),
+                status: match self.live.get(k).map(|s| s.status) {
+                    Some(LiveStatus::Watching) => tally_delta::LiveStatus::Watching,
+                    Some(LiveStatus::Connected) => tally_delta::LiveStatus::Connected,
+                    None => tally_delta::LiveStatus::Gone,
+                },
             })
             .collect();
 
@@ -502,7 +534,8 @@ impl Collector {
             strings: strings.strings,
             counters,
             uniques,
-            live,
+            live: Vec::new(),
+            live_beats,
             intake: std::mem::take(&mut self.intake),
         };
         self.interval_start = now;
@@ -520,7 +553,6 @@ impl Collector {
             now: self.now,
             events: self.events_seen.entries().map(|(k, _, at)| (k.0, k.1, at)).collect(),
             sessions: self.sessions.entries().map(|(k, v, at)| (k.0, k.1, at, v)).collect(),
-            likes: self.likes.entries().map(|(k, v, at)| (k.0, k.1, at, *v)).collect(),
             live: self.live.iter().map(|(k, v)| (k.0, k.1, v)).collect(),
             streams: self.streams.iter().map(|(k, v)| (*k, v)).collect(),
         };
@@ -554,15 +586,11 @@ impl Collector {
     fn restore(&mut self, mut m: MemoryOwned) {
         m.events.sort_unstable_by_key(|e| e.2);
         m.sessions.sort_unstable_by_key(|e| e.2);
-        m.likes.sort_unstable_by_key(|e| e.2);
         for (a, b, at) in m.events {
             self.events_seen.restore(Key(a, b), (), at);
         }
         for (a, b, at, v) in m.sessions {
             self.sessions.restore(Key(a, b), v, at);
-        }
-        for (a, b, at, v) in m.likes {
-            self.likes.restore(Key(a, b), v, at);
         }
         self.live = m.live.into_iter().map(|(a, b, v)| (Key(a, b), v)).collect();
         self.streams = m.streams.into_iter().collect();
@@ -585,7 +613,8 @@ impl Collector {
 }
 
 const STATE_MAGIC: &[u8] = b"TS";
-const STATE_VERSION: u8 = 1;
+/// Version 2 dropped the like table (likes are resolved at the merger).
+const STATE_VERSION: u8 = 2;
 
 /// The tables a replacement instance takes over (borrowed, for export).
 #[derive(serde::Serialize)]
@@ -593,7 +622,6 @@ struct Memory<'a> {
     now: u64,
     events: Vec<(u64, u64, u64)>,
     sessions: Vec<(u64, u64, u64, &'a SessionVideo)>,
-    likes: Vec<(u64, u64, u64, bool)>,
     live: Vec<(u64, u64, &'a LiveSession)>,
     streams: Vec<(u64, &'a StreamGauge)>,
 }
@@ -604,7 +632,6 @@ struct MemoryOwned {
     now: u64,
     events: Vec<(u64, u64, u64)>,
     sessions: Vec<(u64, u64, u64, SessionVideo)>,
-    likes: Vec<(u64, u64, u64, bool)>,
     live: Vec<(u64, u64, LiveSession)>,
     streams: Vec<(u64, StreamGauge)>,
 }
@@ -638,4 +665,15 @@ impl<'a> Interner<'a> {
             (strings.len() - 1) as u32
         })
     }
+}
+
+/// The identity of a view (and of its completion): one per (session, video), the same
+/// at every POP and in every incarnation of every collector.
+pub fn view_key(session_hash: u64, video_id: &str) -> u64 {
+    xxh3_64_with_seed(video_id.as_bytes(), session_hash)
+}
+
+/// The identity of a share or comment: its event id within its session.
+pub fn event_key_of(session_hash: u64, event_id: &str) -> u64 {
+    xxh3_64_with_seed(event_id.as_bytes(), session_hash ^ 0x5348_4152_4543_4f4d)
 }

@@ -1,10 +1,11 @@
 //! The delta frame and its wire format.
 
-use crate::{Country, Device, Source};
+use crate::{Country, Device, RowFacts, Source};
 use serde::{Deserialize, Serialize};
 
 /// The version byte of frames this crate writes and reads.
-pub const FRAME_VERSION: u8 = 1;
+/// Version 2 added the identities of counted facts ([`CounterRow::facts`]).
+pub const FRAME_VERSION: u8 = 2;
 const MAGIC: [u8; 2] = *b"TD";
 const CRC_LEN: usize = 4;
 
@@ -70,8 +71,12 @@ pub struct CounterRow {
     pub source: Source,
     /// Whether the video is a live stream.
     pub live: bool,
-    /// The counts.
+    /// The counts. The merger recomputes views, completions, shares, comments and likes
+    /// from [`CounterRow::facts`]; watch time is taken as sent.
     pub counts: Counts,
+    /// The identities of the facts the row counts (see [`crate::FactIndex`]); `None`
+    /// once resolved, or when the row only carries watch time.
+    pub facts: Option<RowFacts>,
 }
 
 /// A unique-viewer sketch for one video and minute.
@@ -94,6 +99,32 @@ pub struct LiveGauge {
     pub watching: u32,
     /// Sessions paused or hidden but still heart-beating.
     pub connected: u32,
+}
+
+/// What a live session is doing, as last seen by an edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LiveStatus {
+    /// Playing and heart-beating.
+    Watching,
+    /// Paused or hidden, still heart-beating.
+    Connected,
+    /// Left (or completed) the stream.
+    Gone,
+}
+
+/// One live session's status at the end of the interval, for every session whose events
+/// the edge took in the interval. The merger keeps one entry per (stream, session) from
+/// all edges, so a session that moves POP counts once, a per-request runtime (Spin)
+/// contributes like any other edge, and a session that stops beating expires on the
+/// merger's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveBeat {
+    /// Hash of the session id.
+    pub session: crate::FactKey,
+    /// Stream (video) id (string index).
+    pub stream: u32,
+    /// Its status.
+    pub status: LiveStatus,
 }
 
 /// What the edge accepted and refused in the interval, for the merger's metrics.
@@ -119,7 +150,11 @@ pub struct DeltaFrame {
     /// Unique-viewer sketches.
     pub uniques: Vec<UniqueRow>,
     /// The edge's complete set of live gauges: it replaces whatever the edge sent before.
+    /// (Tally's collectors send [`DeltaFrame::live_beats`] instead; gauges are for
+    /// edges that total their own sessions.)
     pub live: Vec<LiveGauge>,
+    /// Live sessions seen in the interval.
+    pub live_beats: Vec<LiveBeat>,
     /// Intake totals for the interval.
     pub intake: EdgeCounts,
 }
@@ -212,6 +247,9 @@ impl DeltaFrame {
         for g in &self.live {
             check("stream", g.stream)?;
         }
+        for b in &self.live_beats {
+            check("stream", b.stream)?;
+        }
         if self.header.id.seq == 0 {
             return Err(FrameError::Inconsistent("sequence numbers start at 1".into()));
         }
@@ -263,6 +301,15 @@ mod tests {
                     shares: 0,
                     comments: 2,
                 },
+                facts: Some(RowFacts {
+                    views: vec![crate::FactKey(1), crate::FactKey(u64::MAX)],
+                    likes: vec![crate::LikeFact {
+                        user: crate::FactKey(9),
+                        ts_ms: 1_500,
+                        liked: false,
+                    }],
+                    ..RowFacts::default()
+                }),
             }],
             uniques: vec![UniqueRow {
                 minute: 29_000_000,
@@ -273,6 +320,11 @@ mod tests {
                 stream: 0,
                 watching: 5,
                 connected: 1,
+            }],
+            live_beats: vec![LiveBeat {
+                session: crate::FactKey(3),
+                stream: 0,
+                status: LiveStatus::Connected,
             }],
             intake: EdgeCounts {
                 accepted: 10,
@@ -291,9 +343,9 @@ mod tests {
     #[test]
     fn unknown_version_and_corruption_are_refused() {
         let bytes = sample().encode();
-        let mut v2 = bytes.clone();
-        v2[2] = 2;
-        assert_eq!(DeltaFrame::decode(&v2), Err(FrameError::UnknownVersion(2)));
+        let mut v9 = bytes.clone();
+        v9[2] = 9;
+        assert_eq!(DeltaFrame::decode(&v9), Err(FrameError::UnknownVersion(9)));
         for i in 3..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;

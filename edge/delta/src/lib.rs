@@ -6,17 +6,26 @@
 //! apply each exactly once. The edge and the merger both use this crate, so they cannot
 //! disagree on the format or on how deltas combine.
 //!
+//! Counted facts (views, completions, shares, comments, likes) also carry their
+//! identities, so the merger counts each once whichever edges and retries it passed
+//! through ([`FactIndex`]).
+//!
 //! Wire format: `b"TD"`, one version byte ([`FRAME_VERSION`]), the postcard encoding of
 //! [`DeltaFrame`], then a little-endian CRC-32 of everything before it.
 
 mod dims;
+mod facts;
 mod frame;
 mod merge;
 mod sketch;
 
 pub use dims::{Country, Device, Source};
+pub use facts::{
+    DEFAULT_FACT_WINDOW_MS, FactConfig, FactIndex, FactKey, FactKind, FactStats, KeySet, LikeFact, RowFacts,
+};
 pub use frame::{
-    CounterRow, Counts, DeltaFrame, EdgeCounts, FRAME_VERSION, FrameError, FrameHeader, FrameId, LiveGauge, UniqueRow,
+    CounterRow, Counts, DeltaFrame, EdgeCounts, FRAME_VERSION, FrameError, FrameHeader, FrameId, LiveBeat, LiveGauge,
+    LiveStatus, UniqueRow,
 };
 pub use merge::{DimKey, MergedDeltas};
 pub use sketch::{SketchError, UniqueSketch};

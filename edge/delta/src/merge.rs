@@ -1,6 +1,6 @@
 //! How deltas combine: counters add, sketches union, live gauges are replaced per edge.
 
-use crate::{Country, Counts, DeltaFrame, Device, EdgeCounts, FrameError, Source, UniqueSketch};
+use crate::{Country, Counts, DeltaFrame, Device, EdgeCounts, FactIndex, FrameError, LiveStatus, Source, UniqueSketch};
 use std::collections::BTreeMap;
 
 impl Counts {
@@ -43,16 +43,21 @@ pub struct DimKey {
 
 /// The merge of any number of frames: the reference semantics of combining deltas.
 ///
-/// Counter rows with equal dimensions add up, sketches of the same video and minute
-/// union, and the live gauges of an edge are replaced by its latest frame.
-#[derive(Debug, Default, Clone)]
+/// Facts count once by their identities ([`FactIndex`]), counter rows with equal
+/// dimensions add up, sketches of the same video and minute union, and the live gauges
+/// of an edge are replaced by its latest frame.
+#[derive(Debug, Default)]
 pub struct MergedDeltas {
+    /// Where the facts' identities meet.
+    pub facts: FactIndex,
     /// Counters by dimensions.
     pub counters: BTreeMap<DimKey, Counts>,
     /// Unique-viewer sketches by (minute, video).
     pub uniques: BTreeMap<(u32, String), UniqueSketch>,
     /// Latest live gauges by edge, then stream: (watching, connected).
     pub live: BTreeMap<String, BTreeMap<String, (u32, u32)>>,
+    /// Latest status of each live session by stream, from any edge (no expiry here).
+    pub live_sessions: BTreeMap<String, BTreeMap<u64, LiveStatus>>,
     /// Summed intake totals.
     pub intake: EdgeCounts,
 }
@@ -61,6 +66,9 @@ impl MergedDeltas {
     /// Applies one frame.
     pub fn apply(&mut self, frame: &DeltaFrame) -> Result<(), FrameError> {
         frame.validate()?;
+        let mut frame = frame.clone();
+        self.facts.resolve(&mut frame);
+        let frame = &frame;
         for r in &frame.counters {
             let key = DimKey {
                 minute: r.minute,
@@ -87,6 +95,13 @@ impl MergedDeltas {
             .map(|g| (frame.str(g.stream).to_owned(), (g.watching, g.connected)))
             .collect();
         self.live.insert(frame.header.id.edge_id.clone(), gauges);
+        for b in &frame.live_beats {
+            let sessions = self.live_sessions.entry(frame.str(b.stream).to_owned()).or_default();
+            match b.status {
+                LiveStatus::Gone => sessions.remove(&b.session.0),
+                s => sessions.insert(b.session.0, s),
+            };
+        }
         self.intake.accepted = self.intake.accepted.saturating_add(frame.intake.accepted);
         self.intake.duplicates = self.intake.duplicates.saturating_add(frame.intake.duplicates);
         self.intake.rejected = self.intake.rejected.saturating_add(frame.intake.rejected);
@@ -122,12 +137,21 @@ impl MergedDeltas {
         s.estimate()
     }
 
-    /// Live viewers of a stream summed over edges: (watching, connected).
+    /// Live viewers of a stream, edges' gauges plus sessions: (watching, connected).
     pub fn live_of(&self, stream: &str) -> (u32, u32) {
-        self.live
+        let (mut w, mut c) = self
+            .live
             .values()
             .filter_map(|m| m.get(stream))
-            .fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc))
+            .fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc));
+        for s in self.live_sessions.get(stream).into_iter().flat_map(|m| m.values()) {
+            match s {
+                LiveStatus::Watching => w += 1,
+                LiveStatus::Connected => c += 1,
+                LiveStatus::Gone => {}
+            }
+        }
+        (w, c)
     }
 }
 

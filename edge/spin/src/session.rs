@@ -129,8 +129,9 @@ pub fn epoch_from(random: u64) -> u64 {
 /// the record's memory. Counted events become a frame appended to the record's pending
 /// frames; the record's memory and expiry are updated. On error the record is unchanged.
 ///
-/// Live-stream gauges are left out of the frame: a gauge is an edge's total over all its
-/// sessions, which one session's request cannot know.
+/// A live session's status travels as a beat in the frame (see
+/// [`tally_delta::LiveBeat`]): the merger totals sessions from every edge, so a
+/// per-request instance counts its viewers like an agent does.
 pub fn ingest(
     record: &mut SessionRecord,
     cfg: &Config,
@@ -151,8 +152,7 @@ pub fn ingest(
     }
     let outcome = collector.ingest(body, facts)?;
     let mut frame = collector.flush(now_ms);
-    frame.live.clear();
-    if !frame.counters.is_empty() || !frame.uniques.is_empty() {
+    if !frame.counters.is_empty() || !frame.uniques.is_empty() || !frame.live_beats.is_empty() {
         record.seq += 1;
         frame.header.id.seq = record.seq;
         record.pending.push(PendingFrame {
@@ -248,8 +248,10 @@ mod tests {
         assert_eq!(r.pending.len(), 1);
     }
 
+    /// The session's memory lapses with the window, so the collector ships the view
+    /// again; it carries the same (session, video) key, and the merger counts it once.
     #[test]
-    fn after_the_window_a_play_is_a_new_view() {
+    fn after_the_window_the_view_is_shipped_again_with_the_same_key() {
         let mut r = SessionRecord::new(7);
         ingest(&mut r, &cfg(), &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
         assert!(!r.is_expired(T0 + 1));
@@ -258,6 +260,11 @@ mod tests {
         assert!(!r.is_disposable(later), "a frame is still pending");
         ingest(&mut r, &cfg(), &beacon("s1", "e9", "play", later), &facts(later), later).unwrap();
         assert_eq!(views(&r), 2);
+        let mut merged = tally_delta::MergedDeltas::default();
+        for p in &r.pending {
+            merged.apply(&DeltaFrame::decode(&p.bytes).unwrap()).unwrap();
+        }
+        assert_eq!(merged.total().views, 1);
     }
 
     #[test]

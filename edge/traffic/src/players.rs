@@ -49,6 +49,11 @@ pub struct Plan {
     pub refresh_rate: f64,
     /// Share of sessions from offline mobile players, whose events are minutes to hours old.
     pub late_rate: f64,
+    /// Share of sessions that move to another POP half-way (a phone that switches from
+    /// Wi-Fi to cellular); their later beacons go there.
+    pub pop_switch_rate: f64,
+    /// Share of beacons also delivered to another POP (a retry the CDN routed elsewhere).
+    pub cross_pop_retry_rate: f64,
     /// A session sends a beacon this often, ms.
     pub beacon_every_ms: u64,
     /// Playback-token signing key (the edges' `token_key`).
@@ -73,6 +78,8 @@ impl Default for Plan {
             retry_rate: 0.03,
             refresh_rate: 0.05,
             late_rate: 0.02,
+            pop_switch_rate: 0.0,
+            cross_pop_retry_rate: 0.0,
             beacon_every_ms: 2_000,
             key: b"tally-demo-signing-key-0001".to_vec(),
             seed: 1,
@@ -96,6 +103,10 @@ pub struct Beacon {
     /// Session the beacon belongs to.
     pub session: String,
     plays: Vec<(u32, u64, u32)>,
+    /// (index, liker, video, event time, like or unlike)
+    likes: Vec<(u32, String, u32, u64, bool)>,
+    /// (index, event id, share or comment)
+    engaged: Vec<(u32, String, bool)>,
     live: Option<(u32, u64, LiveStatus)>,
     tries: u8,
 }
@@ -133,6 +144,7 @@ struct Session {
     ends_at: u64,
     started: bool,
     refresh_at: Option<u64>,
+    switch_at: Option<u64>,
     paused: bool,
     late_by: u64,
     position_s: f64,
@@ -145,6 +157,10 @@ struct Session {
 pub struct Truth {
     views: HashMap<String, HashSet<u64>>,
     live: HashMap<String, HashMap<u64, LiveStatus>>,
+    /// Latest (event time, liked) per (liker, video); at equal times a like wins.
+    likes: HashMap<(String, u32), (u64, bool)>,
+    shares: HashSet<String>,
+    comments: HashSet<String>,
     /// Beacons delivered (retries included).
     pub beacons: u64,
     /// Events delivered (retries and duplicates included).
@@ -175,6 +191,23 @@ impl Truth {
         all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         all.truncate(k);
         all
+    }
+
+    /// Likes now: (liker, video) pairs whose latest like event is a like.
+    pub fn total_likes(&self) -> i64 {
+        self.likes.values().filter(|(_, liked)| *liked).count() as i64
+    }
+
+    /// Distinct shares and comments.
+    pub fn shares_comments(&self) -> (u64, u64) {
+        (self.shares.len() as u64, self.comments.len() as u64)
+    }
+
+    /// Live streams with sessions now.
+    pub fn live_streams(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.live.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Sessions watching and connected (paused) on a live stream now.
@@ -319,9 +352,18 @@ impl Traffic {
                 continue;
             }
             let mut s = self.sessions.swap_remove(i);
+            if s.switch_at.is_some_and(|t| t <= now_ms) && self.plan.pops > 1 {
+                s.switch_at = None;
+                s.pop = (s.pop + self.rng.random_range(1..self.plan.pops)) % self.plan.pops;
+            }
             let b = self.beacon(&mut s, now_ms);
             if self.rng.random_bool(self.plan.retry_rate) {
                 out.push(b.clone());
+            }
+            if self.plan.pops > 1 && self.rng.random_bool(self.plan.cross_pop_retry_rate) {
+                let mut elsewhere = b.clone();
+                elsewhere.pop = (b.pop + self.rng.random_range(1..self.plan.pops)) % self.plan.pops;
+                out.push(elsewhere);
             }
             out.push(b);
             if s.ends_at > now_ms {
@@ -346,6 +388,23 @@ impl Traffic {
                             .entry(self.videos[*video as usize].clone())
                             .or_default()
                             .insert(*session);
+                    }
+                }
+                for (idx, liker, video, ts, liked) in &beacon.likes {
+                    if !rejected.contains(idx) {
+                        let next = (*ts, *liked);
+                        let slot = self.truth.likes.entry((liker.clone(), *video)).or_insert(next);
+                        *slot = (*slot).max(next);
+                    }
+                }
+                for (idx, id, share) in &beacon.engaged {
+                    if !rejected.contains(idx) {
+                        let set = if *share {
+                            &mut self.truth.shares
+                        } else {
+                            &mut self.truth.comments
+                        };
+                        set.insert(id.clone());
                     }
                 }
                 if let Some((stream, session, status)) = beacon.live {
@@ -404,6 +463,7 @@ impl Traffic {
             refresh_at: rng
                 .random_bool(self.plan.refresh_rate)
                 .then(|| now + rng.random_range(0..=length / 2)),
+            switch_at: rng.random_bool(self.plan.pop_switch_rate).then(|| now + length / 2),
             paused: false,
             late_by: if late {
                 rng.random_range(5 * 60_000..=2 * 3_600_000)
@@ -419,6 +479,8 @@ impl Traffic {
     fn beacon(&mut self, s: &mut Session, now: u64) -> Beacon {
         let mut events: Vec<Value> = Vec::with_capacity(6);
         let mut plays = Vec::new();
+        let mut likes = Vec::new();
+        let mut engaged = Vec::new();
         let ts = now.saturating_sub(s.late_by);
         let live = s.live.is_some();
         let push = |s: &mut Session, kind: &str, events: &mut Vec<Value>| {
@@ -470,14 +532,18 @@ impl Traffic {
             if live && r < 0.08 {
                 s.paused = !s.paused;
                 push(s, if s.paused { "pause" } else { "resume" }, &mut events);
-            } else if r < 0.03 {
-                push(s, "like", &mut events);
             } else if r < 0.04 {
-                push(s, "unlike", &mut events);
-            } else if r < 0.06 {
-                push(s, "share", &mut events);
+                let liker = match &s.user {
+                    Some(u) => format!("u:{u}"),
+                    None => format!("s:{}", s.id),
+                };
+                let liked = r < 0.03;
+                likes.push((events.len() as u32, liker, s.video, ts, liked));
+                push(s, if liked { "like" } else { "unlike" }, &mut events);
             } else if r < 0.07 {
-                push(s, "comment", &mut events);
+                let share = r < 0.06;
+                engaged.push((events.len() as u32, format!("{}-{}", s.id, s.seq + 1), share));
+                push(s, if share { "share" } else { "comment" }, &mut events);
             }
         }
         let ending = s.ends_at <= now;
@@ -510,6 +576,8 @@ impl Traffic {
             body: json!({ "events": events }).to_string(),
             session: s.id.clone(),
             plays,
+            likes,
+            engaged,
             live: s.live.map(|v| (v, s.num, status)),
             tries: 0,
         }
