@@ -171,6 +171,8 @@ async fn demo(a: DemoArgs) -> Result<()> {
         seed: tally_edge::now_ms(),
         pop_switch_rate: 0.1,
         cross_pop_retry_rate: 0.02,
+        // players keep retrying through the agent restart, as a phone would
+        max_tries: 20,
         ..Plan::default()
     };
     let mut traffic = Traffic::new(plan, tally_edge::now_ms());

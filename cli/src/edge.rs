@@ -45,6 +45,10 @@ pub struct EdgeArgs {
     /// Run the collector compiled into tally instead of under wasmtime.
     #[arg(long)]
     native: bool,
+    /// Answer beacons before they are durable (no write-ahead log): faster, but a crash
+    /// loses up to one flush interval of accepted beacons.
+    #[arg(long)]
+    no_wal: bool,
     /// Key that signs playback tokens.
     #[arg(long, env = "TALLY_TOKEN_KEY", hide_env_values = true)]
     token_key: Option<String>,
@@ -83,6 +87,9 @@ impl EdgeArgs {
         }
         if self.native {
             c.native = true;
+        }
+        if self.no_wal {
+            c.wal = false;
         }
         if self.client_addr_header.is_some() {
             c.client_addr_header = self.client_addr_header;

@@ -61,7 +61,9 @@ async fn settle(m: &Merger, video: &str, field: &str, want: i64) -> i64 {
 async fn seen(m: &Merger, kind: &str, n: u64) {
     let total = || async {
         let counted = m.metric(&format!("tally_facts_counted_total{{kind=\"{kind}\"}}")).await;
-        let dups = m.metric(&format!("tally_duplicate_facts_total{{kind=\"{kind}\"}}")).await;
+        let dups = m
+            .metric(&format!("tally_duplicate_facts_total{{kind=\"{kind}\"}}"))
+            .await;
         (counted + dups) as u64
     };
     let ok = loop_until(Duration::from_secs(15), || async { (total().await >= n).then_some(()) }).await;
@@ -74,7 +76,11 @@ fn catalog_sum(dir: &Path, sql: &str, want: i64) -> Option<i64> {
     let mut last = None;
     while std::time::Instant::now() < end {
         if let Ok(rows) = tally_merger::tiers::query_catalog(dir, sql) {
-            last = rows.first().and_then(|r| r.first()).and_then(|v| v.parse::<i64>().ok());
+            last = rows
+                .1
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.parse::<i64>().ok());
             if last == Some(want) {
                 break;
             }
@@ -141,7 +147,11 @@ async fn a_beacon_at_two_pops_and_a_session_that_moves_pop_count_once() {
     let views = catalog_sum(&mdir, sql, 3);
     assert_eq!(views, Some(3), "catalog views");
     let rows = tally_merger::tiers::query_catalog(&mdir, sql).unwrap();
-    assert_eq!(rows[0][1..], ["1".to_string(), "1".to_string()], "catalog shares, comments");
+    assert_eq!(
+        rows.1[0][1..],
+        ["1".to_string(), "1".to_string()],
+        "catalog shares, comments"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +167,12 @@ async fn an_agent_killed_mid_session_and_a_retry_two_hours_late_count_once() {
 
     // ten sessions playing at fra
     for i in 0..10 {
-        post(&http, &fra, &[ev(&format!("p{i}"), &format!("k{i}"), "vk", "play", t, None)]).await;
+        post(
+            &http,
+            &fra,
+            &[ev(&format!("p{i}"), &format!("k{i}"), "vk", "play", t, None)],
+        )
+        .await;
     }
     // a beacon from an offline phone, two hours old, with a share
     let late = [
@@ -175,7 +190,14 @@ async fn an_agent_killed_mid_session_and_a_retry_two_hours_late_count_once() {
         post(
             &http,
             &fra,
-            &[ev(&format!("h{i}"), &format!("k{i}"), "vk", "heartbeat", t + 5_000, None)],
+            &[ev(
+                &format!("h{i}"),
+                &format!("k{i}"),
+                "vk",
+                "heartbeat",
+                t + 5_000,
+                None,
+            )],
         )
         .await;
     }
@@ -185,7 +207,11 @@ async fn an_agent_killed_mid_session_and_a_retry_two_hours_late_count_once() {
     // 10 heartbeats the restarted agent took for new views, and the late view twice
     seen(&m, "view", 23).await;
     seen(&m, "share", 3).await;
-    assert_eq!(settle(&m, "vk", "views", 11).await, 11, "views after restart and retries");
+    assert_eq!(
+        settle(&m, "vk", "views", 11).await,
+        11,
+        "views after restart and retries"
+    );
     assert_eq!(settle(&m, "vk", "shares", 1).await, 1);
     assert_eq!(m.metric("tally_duplicate_facts_total{kind=\"view\"}").await, 12.0);
 
@@ -208,17 +234,17 @@ async fn an_agent_killed_mid_session_and_a_retry_two_hours_late_count_once() {
     seen(&m, "view", 23).await;
     assert_eq!(settle(&m, "vk", "views", 11).await, 11, "views after a merger restart");
     assert_eq!(settle(&m, "vk", "shares", 1).await, 1);
-    assert_eq!(m.metric("tally_duplicate_facts_total{kind=\"view\"}").await, 12.0, "replay decides as before");
+    assert_eq!(
+        m.metric("tally_duplicate_facts_total{kind=\"view\"}").await,
+        12.0,
+        "replay decides as before"
+    );
     // the restarted merger still knows the keys: one more copy counts nothing
     post(&http, &fra, &[ev("h99", "k3", "vk", "heartbeat", t + 9_000, None)]).await;
     post(&http, &sin, &[ev("x1", "k3", "vk", "heartbeat", t + 9_500, None)]).await;
     seen(&m, "view", 24).await;
     assert_eq!(settle(&m, "vk", "views", 11).await, 11);
-    let views = catalog_sum(
-        &mdir,
-        "select sum(views)::BIGINT from views where video = 'vk'",
-        11,
-    );
+    let views = catalog_sum(&mdir, "select sum(views)::BIGINT from views where video = 'vk'", 11);
     assert_eq!(views, Some(11), "catalog views");
 }
 
@@ -255,10 +281,6 @@ async fn likes_are_one_per_user_across_sessions_and_pops_with_unlike_anywhere() 
     assert_eq!(settle(&m, "vl", "likes", 2).await, 2, "u1 liked again");
     // q2 (already liked), q4 (unlike of nothing) and q6 (older than the unlike)
     assert_eq!(m.metric("tally_duplicate_facts_total{kind=\"like\"}").await, 3.0);
-    let likes = catalog_sum(
-        &mdir,
-        "select sum(likes)::BIGINT from views where video = 'vl'",
-        2,
-    );
+    let likes = catalog_sum(&mdir, "select sum(likes)::BIGINT from views where video = 'vl'", 2);
     assert_eq!(likes, Some(2), "catalog likes");
 }

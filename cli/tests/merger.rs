@@ -192,7 +192,7 @@ async fn frames_over_https_are_applied_once_with_a_pinned_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_and_api_errors_are_json() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Merger::start(dir.path());
+    let mut m = Merger::start(dir.path());
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/frames", m.http);
     let f = frames("fra-1", 1, 1).remove(0);
@@ -235,7 +235,23 @@ async fn http_ingest_and_api_errors_are_json() {
         http.put(&block).bearer_auth("op-token").send().await.unwrap().status(),
         200
     );
-    assert_eq!(m.get("/v1/videos/v0/stats").await.1["blocked"], true);
+    let (_, stats) = m.get("/v1/videos/v0/stats").await;
+    assert_eq!(stats["blocked"], true);
+    assert!(stats["views"].is_null(), "a blocked video's counts are hidden: {stats}");
+    let (_, top) = m.get("/v1/top?k=5&from=0").await;
+    assert!(
+        !top["items"].as_array().unwrap().iter().any(|i| i["video"] == "v0"),
+        "blocked videos are not in top-K: {top}"
+    );
+    // the block is durable: a killed and restarted merger still has it
+    m.kill();
+    m = Merger::start(dir.path());
+    let block = format!("http://{}/v1/videos/v0/block", m.http);
+    assert_eq!(
+        m.get("/v1/videos/v0/stats").await.1["blocked"],
+        true,
+        "block survives a restart"
+    );
     assert_eq!(
         http.delete(&block)
             .bearer_auth("op-token")
@@ -245,7 +261,11 @@ async fn http_ingest_and_api_errors_are_json() {
             .status(),
         200
     );
-    assert_eq!(m.get("/v1/videos/v0/stats").await.1["blocked"], false);
+    let (_, stats) = m.get("/v1/videos/v0/stats").await;
+    assert_eq!(
+        (stats["blocked"].as_bool(), stats["views"].as_u64()),
+        (Some(false), Some(2))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,8 @@ pub struct Api {
     pub tier_errors: Arc<std::sync::atomic::AtomicU64>,
     /// Queries over the tiers.
     pub analytics: Arc<Analytics>,
+    /// Where blocked videos are kept.
+    pub blocked_path: Arc<std::path::Path>,
 }
 
 /// An error answer.
@@ -49,7 +51,7 @@ fn err(code: StatusCode, msg: impl Into<String>) -> ApiError {
 /// The router.
 pub fn router(api: Api) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
             "/openapi.json",
@@ -71,16 +73,18 @@ const OPENAPI: &str = include_str!("openapi.json");
 
 /// The stats body of a video, `None` when nothing is recorded for it.
 pub fn video_json(s: &crate::state::State, id: &str) -> Option<serde_json::Value> {
-    let blocked = s.is_blocked(id);
+    if s.is_blocked(id) {
+        // a blocked video's counts are not shown anywhere
+        return Some(json!({ "video": id, "blocked": true }));
+    }
     match s.video(id) {
         Some(v) => Some(json!({
             "video": id, "channel": v.channel, "category": v.category,
             "views": v.counts.views, "uniques": v.uniques.estimate().round() as u64,
             "watch_time_s": v.counts.watch_ms / 1000, "completions": v.counts.completions,
             "likes": v.counts.likes, "shares": v.counts.shares, "comments": v.counts.comments,
-            "blocked": blocked,
+            "blocked": false,
         })),
-        None if blocked => Some(json!({ "video": id, "views": 0, "blocked": true })),
         None => None,
     }
 }
@@ -167,8 +171,10 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
         match s.oldest_minute() {
             Some(oldest) if from_min < oldest => None,
             _ => Some(
-                s.top(country, from_min, to_min, k)
+                s.top(country, from_min, to_min, k + s.blocked().count())
                     .into_iter()
+                    .filter(|(v, _)| !s.is_blocked(v))
+                    .take(k)
                     .map(|(v, n)| json!({ "video": v, "views": n }))
                     .collect(),
             ),
@@ -183,9 +189,12 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
                 from_ms: from,
                 to_ms: to,
             };
-            let rows = query(&api, move |a| a.breakdown(&f, "video", k)).await?;
+            let blocked: std::collections::HashSet<String> = api.ingest.read().blocked().cloned().collect();
+            let n = k + blocked.len();
+            let rows = query(&api, move |a| a.breakdown(&f, "video", n)).await?;
             rows.into_iter()
-                .filter(|r| r.views > 0)
+                .filter(|r| r.views > 0 && !r.key.as_str().is_some_and(|k| blocked.contains(k)))
+                .take(k)
                 .map(|r| json!({ "video": r.key, "views": r.views }))
                 .collect()
         }
@@ -236,7 +245,24 @@ fn set_blocked(
     blocked: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     operator(&api, &headers)?;
-    api.ingest.write().set_blocked(&id, blocked);
+    if id.is_empty() || id.len() > 256 {
+        return Err(err(StatusCode::BAD_REQUEST, "video id must be 1 to 256 bytes"));
+    }
+    // Durable before it is answered; the state changes only if the file could be written.
+    let mut s = api.ingest.write();
+    let mut set: std::collections::BTreeSet<String> = s.blocked().cloned().collect();
+    if blocked {
+        set.insert(id.clone());
+    } else {
+        set.remove(&id);
+    }
+    crate::blocked::save(&api.blocked_path, &set).map_err(|e| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot record the block durably ({e}); nothing changed, retry"),
+        )
+    })?;
+    s.set_blocked(&id, blocked);
     Ok(Json(json!({ "video": id, "blocked": blocked })))
 }
 
@@ -264,9 +290,19 @@ async fn post_frame(
     }
 }
 
+/// 200 while frames can be made durable; 503 once the frame log broke.
+async fn healthz(State(api): State<Api>) -> Response {
+    if api.ingest.read().counters.log_broken {
+        let body = json!({ "status": "failing", "error": "the frame log could not be restored after a write failure; frames are refused until the merger is restarted" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(json!({ "status": "ok" })).into_response()
+}
+
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let s = api.ingest.read();
     let c = s.counters;
+    let totals = s.totals();
     let lag_ms = if c.last_frame_end_ms == 0 {
         0
     } else {
@@ -281,6 +317,9 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
          # HELP tally_ingest_lag_ms Merger time minus the newest frame's interval end.\n# TYPE tally_ingest_lag_ms gauge\ntally_ingest_lag_ms {}\n\
          # HELP tally_videos Videos with counts in live state.\n# TYPE tally_videos gauge\ntally_videos {}\n\
          # HELP tally_views_total Views of all videos, all time.\n# TYPE tally_views_total counter\ntally_views_total {}\n\
+         # HELP tally_likes_total Likes of all videos now (users whose latest like event is a like).\n# TYPE tally_likes_total gauge\ntally_likes_total {}\n\
+         # HELP tally_shares_total Shares of all videos, all time.\n# TYPE tally_shares_total counter\ntally_shares_total {}\n\
+         # HELP tally_comments_total Comments of all videos, all time.\n# TYPE tally_comments_total counter\ntally_comments_total {}\n\
          # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n\
          # HELP tally_frame_trackers (edge, epoch) pairs whose applied frames are tracked.\n# TYPE tally_frame_trackers gauge\ntally_frame_trackers {}\n{}",
         c.frames_applied,
@@ -292,9 +331,20 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         lag_ms,
         s.video_count(),
         s.total_views(),
+        totals.likes,
+        totals.shares,
+        totals.comments,
         api.tier_errors.load(std::sync::atomic::Ordering::Relaxed),
         s.tracker_count(),
         fact_metrics(&s.facts),
+    );
+    let text = format!(
+        "{text}# HELP tally_log_write_failures_total Frame log group commits that failed (not acknowledged; edges resend).\n# TYPE tally_log_write_failures_total counter\ntally_log_write_failures_total {}\n\
+         # HELP tally_log_damaged_regions Damaged regions found in the frame log at start (intact records around them kept).\n# TYPE tally_log_damaged_regions gauge\ntally_log_damaged_regions {}\n\
+         # HELP tally_log_broken 1 when the frame log could not be restored after a failure and takes no more frames.\n# TYPE tally_log_broken gauge\ntally_log_broken {}\n",
+        c.log_write_failures,
+        c.log_damaged,
+        u8::from(c.log_broken),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
@@ -307,11 +357,21 @@ fn fact_metrics(f: &tally_delta::FactIndex) -> String {
         "# HELP tally_duplicate_facts_total Copies of already counted facts (views, completions, shares, comments by key; likes that changed nothing) that did not count.\n# TYPE tally_duplicate_facts_total counter\n",
     );
     for k in FactKind::ALL {
-        let _ = writeln!(out, "tally_duplicate_facts_total{{kind=\"{}\"}} {}", k.name(), f.stats.duplicates[k as usize]);
+        let _ = writeln!(
+            out,
+            "tally_duplicate_facts_total{{kind=\"{}\"}} {}",
+            k.name(),
+            f.stats.duplicates[k as usize]
+        );
     }
     out.push_str("# HELP tally_facts_counted_total Facts counted for the first time (likes: state changes).\n# TYPE tally_facts_counted_total counter\n");
     for k in FactKind::ALL {
-        let _ = writeln!(out, "tally_facts_counted_total{{kind=\"{}\"}} {}", k.name(), f.stats.counted[k as usize]);
+        let _ = writeln!(
+            out,
+            "tally_facts_counted_total{{kind=\"{}\"}} {}",
+            k.name(),
+            f.stats.counted[k as usize]
+        );
     }
     let (keys, likes) = f.sizes();
     out.push_str("# HELP tally_fact_keys Fact keys held in the merger's time-bucketed sets (likes: registers).\n# TYPE tally_fact_keys gauge\n");

@@ -76,6 +76,7 @@ impl Ingest {
         };
         {
             let mut s = write(&state);
+            s.counters.log_damaged = log.damaged() as u64;
             let now = now_ms();
             for (pos, r) in records {
                 match DeltaFrame::decode(&r) {
@@ -125,13 +126,19 @@ impl Ingest {
                     if fresh.is_empty() {
                         continue;
                     }
-                    let written: Result<Vec<LogPos>, _> = fresh.iter().map(|j| log.append(&j.bytes)).collect();
-                    let written = written.and_then(|p| log.sync().map(|()| p));
+                    let payloads: Vec<&[u8]> = fresh.iter().map(|j| j.bytes.as_slice()).collect();
+                    let written = log.append_all(&payloads).and_then(|p| log.sync().map(|()| p));
                     let positions = match written {
                         Ok(p) => p,
                         Err(e) => {
-                            // Nothing is acknowledged that is not durable; edges will resend.
-                            tracing::error!(error = %e, "frame log write failed");
+                            // Nothing is acknowledged that is not durable, and the log was
+                            // cut back to its last good length; edges will resend.
+                            tracing::error!(error = %e, frames = fresh.len(), "frame log write failed; not acknowledging");
+                            {
+                                let mut s = write(&st);
+                                s.counters.log_write_failures += 1;
+                                s.counters.log_broken = log.is_broken();
+                            }
                             for j in fresh {
                                 drop(j.reply);
                             }
@@ -178,7 +185,7 @@ impl Ingest {
     /// Takes one frame from an authenticated edge; resolves once it is durable (or refused).
     /// `Err` means the merger could not make it durable: the edge should resend.
     pub async fn submit(&self, edge_id: &str, bytes: Vec<u8>) -> Result<Ack, String> {
-        let frame = match DeltaFrame::decode(&bytes) {
+        let frame = match DeltaFrame::decode(&bytes).and_then(|f| f.validate_sketches().map(|()| f)) {
             Ok(f) => f,
             Err(e) => {
                 write(&self.state).counters.frames_rejected += 1;

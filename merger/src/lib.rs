@@ -3,6 +3,7 @@
 //! counts over HTTP.
 
 pub mod analytics;
+pub mod blocked;
 pub mod history;
 pub mod http;
 pub mod https;
@@ -202,6 +203,13 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         publish: std::time::Duration::from_millis(cfg.publish_interval_ms.max(100)),
     };
     tiers::spawn_writer(tiers, tier_rx, schedule, tier_errors.clone());
+    let blocked_path = cfg.data_dir.join("blocked.json");
+    {
+        let mut s = ingest::write(&state);
+        for v in blocked::load(&blocked_path).context("reading the blocked videos")? {
+            s.set_blocked(&v, true);
+        }
+    }
     let ingest = ingest::Ingest::start(log, records, state, cfg.edges.clone(), Some((tier_tx, watermark)));
     tracing::info!(frames = replayed, "frame log replayed");
 
@@ -220,6 +228,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         live_timeout_ms: cfg.live_timeout_ms,
         tier_errors,
         analytics,
+        blocked_path: Arc::from(blocked_path.as_path()),
     };
     let app = http::router(api);
     let https_addr = match cfg.https_listen {

@@ -1,19 +1,27 @@
 //! The append-only log of accepted frames: the merger's source of truth.
 //!
-//! Segment files `log/<n>.seg` hold records `[len: u32 LE][crc32: u32 LE][frame bytes]`.
-//! A frame is acknowledged only after the record is written and `fsync`ed; concurrent
-//! frames share one `fsync` (group commit). On start the log is replayed; a torn record at
-//! the tail (a crash mid-write, never acknowledged) is cut off.
+//! Segment files `log/<n>.seg` hold records of the shared format of `tally-records`
+//! (`[len: u32 LE][crc32: u32 LE][frame bytes]`). A frame is acknowledged only after the
+//! record is written and `fsync`ed; concurrent frames share one `fsync` (group commit).
+//! A failed write or `fsync` cuts the segment back to its last good length, so no
+//! acknowledged record ever follows a partial one; if even that fails the log refuses
+//! every further frame (edges keep them and resend).
+//!
+//! On start the log is replayed. A torn record at the tail of the last segment (a crash
+//! mid-write, never acknowledged) is cut off. Damage anywhere else (intact records after
+//! it, or a bad tail in an older segment) is never cut: the intact records on both sides
+//! are replayed, the damage is logged and counted ([`FrameLog::damaged`]), and appends
+//! go to a new segment.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+use tally_records::{Appender, WriteError};
 
 /// Segments are rotated past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
-const HEADER: usize = 8;
 /// No frame is larger than this.
-pub const MAX_RECORD: usize = 64 << 20;
+pub const MAX_RECORD: usize = tally_records::MAX_RECORD;
 
 /// Errors of the frame log.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +34,9 @@ pub enum LogError {
         /// The cause.
         source: io::Error,
     },
+    /// A write or sync failed.
+    #[error("frame log: {0}")]
+    Write(#[from] WriteError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -38,10 +49,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 /// The writer end of the log.
 pub struct FrameLog {
     dir: PathBuf,
-    file: File,
-    path: PathBuf,
+    out: Appender,
     segment: u64,
-    len: u64,
+    damaged: usize,
 }
 
 /// Where a record ends in the log: (segment number, byte offset after the record).
@@ -75,113 +85,108 @@ fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     Ok(out)
 }
 
-/// Reads every intact record of one segment; returns the records and the byte length
-/// of the intact prefix.
-fn read_segment(path: &Path, segment: u64) -> Result<(Vec<(LogPos, Vec<u8>)>, u64), LogError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let mut r = BufReader::new(file);
-    let mut out = Vec::new();
-    let mut good = 0u64;
-    loop {
-        let mut head = [0u8; HEADER];
-        match r.read_exact(&mut head) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(io_err(path)(e)),
-        }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > MAX_RECORD {
-            break;
-        }
-        let mut buf = vec![0u8; len];
-        match r.read_exact(&mut buf) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(io_err(path)(e)),
-        }
-        if crc32fast::hash(&buf) != crc {
-            break;
-        }
-        good += (HEADER + len) as u64;
-        out.push((LogPos { segment, offset: good }, buf));
-    }
-    Ok((out, good))
-}
-
 impl FrameLog {
     /// Opens (creating if needed) the log in `dir` and returns it with every intact record,
-    /// oldest first. A torn tail is truncated.
+    /// oldest first. Only a torn tail of the last segment is cut.
     pub fn open(dir: &Path) -> Result<(FrameLog, Vec<(LogPos, Vec<u8>)>), LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let segs = segments(dir)?;
         let mut records = Vec::new();
-        let mut last = (1, 0);
-        for &n in &segs {
+        let mut damaged = 0;
+        let mut reopen = None;
+        for (i, &n) in segs.iter().enumerate() {
             let path = segment_path(dir, n);
-            let (recs, good) = read_segment(&path, n)?;
-            records.extend(recs);
-            last = (n, good);
+            let scan = tally_records::scan_file(&path).map_err(io_err(&path))?;
+            let last = i + 1 == segs.len();
+            for (from, to) in &scan.damaged {
+                tracing::error!(segment = %path.display(), from, to, "damaged region in the frame log; the intact records around it are kept");
+            }
+            damaged += scan.damaged.len();
+            if let Some(at) = scan.torn_tail
+                && !last
+            {
+                tracing::error!(segment = %path.display(), at, "an older frame log segment ends in damage; kept as it is");
+                damaged += 1;
+            }
+            if last && scan.damaged.is_empty() {
+                reopen = Some((n, scan.valid_len));
+            }
+            records.extend(scan.records.into_iter().map(|r| {
+                (
+                    LogPos {
+                        segment: n,
+                        offset: r.end,
+                    },
+                    r.payload,
+                )
+            }));
         }
-        let (segment, len) = last;
-        let path = segment_path(dir, segment);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.set_len(len).map_err(io_err(&path))?;
-        file.seek(SeekFrom::Start(len)).map_err(io_err(&path))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        let (segment, out) = match reopen {
+            Some((n, valid_len)) => {
+                let path = segment_path(dir, n);
+                (n, Appender::open(&path, valid_len).map_err(io_err(&path))?)
+            }
+            None => {
+                // no segment yet, or the last one is damaged: append to a fresh one
+                let n = segs.last().map_or(1, |l| l + 1);
+                let path = segment_path(dir, n);
+                (n, Appender::create(&path).map_err(io_err(&path))?)
+            }
+        };
         Ok((
             FrameLog {
                 dir: dir.to_owned(),
-                file,
-                path,
+                out,
                 segment,
-                len,
+                damaged,
             },
             records,
         ))
     }
 
-    /// Appends a record (not yet durable: call [`FrameLog::sync`]); returns where it ends.
-    pub fn append(&mut self, frame: &[u8]) -> Result<LogPos, LogError> {
-        if self.len >= SEGMENT_BYTES {
-            self.rotate()?;
-        }
-        let mut rec = Vec::with_capacity(HEADER + frame.len());
-        rec.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&crc32fast::hash(frame).to_le_bytes());
-        rec.extend_from_slice(frame);
-        self.file.write_all(&rec).map_err(io_err(&self.path))?;
-        self.len += rec.len() as u64;
-        Ok(LogPos {
-            segment: self.segment,
-            offset: self.len,
-        })
+    /// Damaged regions found when the log was opened.
+    pub fn damaged(&self) -> usize {
+        self.damaged
     }
 
-    /// Makes everything appended so far durable.
+    /// Whether an unrecoverable write failure stopped the log.
+    pub fn is_broken(&self) -> bool {
+        self.out.is_broken()
+    }
+
+    /// Appends records in one write (not yet durable: call [`FrameLog::sync`]); returns
+    /// where each ends. On failure nothing of them stays in the file.
+    pub fn append_all(&mut self, frames: &[&[u8]]) -> Result<Vec<LogPos>, LogError> {
+        if self.out.len() >= SEGMENT_BYTES {
+            self.rotate()?;
+        }
+        let segment = self.segment;
+        Ok(self
+            .out
+            .append(frames)?
+            .into_iter()
+            .map(|offset| LogPos { segment, offset })
+            .collect())
+    }
+
+    /// Appends one record (see [`FrameLog::append_all`]).
+    pub fn append(&mut self, frame: &[u8]) -> Result<LogPos, LogError> {
+        let mut p = self.append_all(&[frame])?;
+        p.pop().ok_or_else(|| LogError::Write(WriteError::Size(0)))
+    }
+
+    /// Makes everything appended so far durable; on failure, what was appended since the
+    /// last sync is gone from the file (and must not be acknowledged).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.file.sync_data().map_err(io_err(&self.path))
+        Ok(self.out.sync()?)
     }
 
     fn rotate(&mut self) -> Result<(), LogError> {
         self.sync()?;
-        self.segment += 1;
-        self.path = segment_path(&self.dir, self.segment);
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
-        self.len = 0;
+        let next = self.segment + 1;
+        let path = segment_path(&self.dir, next);
+        self.out = Appender::create(&path).map_err(io_err(&path))?;
+        self.segment = next;
         Ok(())
     }
 
@@ -199,6 +204,7 @@ impl FrameLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn records_survive_reopen_and_a_torn_tail_is_cut() {
@@ -212,7 +218,7 @@ mod tests {
         }
         // simulate a crash in the middle of writing a third record
         let seg = segment_path(dir.path(), 1);
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
         let (mut log, recs) = FrameLog::open(dir.path()).unwrap();
@@ -228,21 +234,40 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_record_ends_replay() {
+    fn damage_in_the_middle_keeps_the_records_after_it_and_appends_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut log, _) = FrameLog::open(dir.path()).unwrap();
             log.append(b"good").unwrap();
             log.append(b"flipped").unwrap();
+            log.append(b"after").unwrap();
             log.sync().unwrap();
         }
         let seg = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&seg).unwrap();
-        let n = bytes.len();
-        bytes[n - 1] ^= 1;
-        fs::write(&seg, bytes).unwrap();
+        bytes[8 + 4 + 8 + 2] ^= 1; // inside "flipped"
+        fs::write(&seg, &bytes).unwrap();
+        let (mut log, recs) = FrameLog::open(dir.path()).unwrap();
+        let bodies: Vec<&[u8]> = recs.iter().map(|r| r.1.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            vec![&b"good"[..], b"after"],
+            "the record after the damage is kept"
+        );
+        assert_eq!(log.damaged(), 1);
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "the damaged segment is not cut");
+        log.append(b"new").unwrap();
+        log.sync().unwrap();
+        drop(log);
         let (_, recs) = FrameLog::open(dir.path()).unwrap();
-        assert_eq!(recs.len(), 1);
-        assert_eq!(recs[0].1, b"good");
+        assert_eq!(recs.last().unwrap().1, b"new");
+        assert_eq!(recs.last().unwrap().0.segment, 2, "appends went to a fresh segment");
+    }
+
+    #[test]
+    fn zero_length_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FrameLog::open(dir.path()).unwrap();
+        assert!(log.append(b"").is_err());
     }
 }

@@ -106,6 +106,12 @@ pub struct IngestCounters {
     pub counter_rows: u64,
     /// Latest frame end time seen (edge clock, ms).
     pub last_frame_end_ms: u64,
+    /// Group commits of the frame log that failed (nothing of them was acknowledged).
+    pub log_write_failures: u64,
+    /// Damaged regions found in the frame log at start (kept, not cut).
+    pub log_damaged: u64,
+    /// The frame log could not be restored after a failure and takes no more frames.
+    pub log_broken: bool,
 }
 
 /// The merged state.
@@ -186,6 +192,7 @@ impl State {
         }
         self.facts.resolve(frame);
         let frame = &*frame;
+        let id = &frame.header.id;
         let counted = frame.intake.accepted.saturating_sub(frame.intake.duplicates);
         self.counters.events_accepted = self.counters.events_accepted.saturating_add(counted);
         self.counters.counter_rows += frame.counters.len() as u64;
@@ -244,7 +251,11 @@ impl State {
                 !m.is_empty()
             });
         }
-        let timeout = if self.live_timeout_ms == 0 { u64::MAX } else { self.live_timeout_ms };
+        let timeout = if self.live_timeout_ms == 0 {
+            u64::MAX
+        } else {
+            self.live_timeout_ms
+        };
         let mut touched: Vec<&str> = frame.live_beats.iter().map(|b| frame.str(b.stream)).collect();
         touched.sort_unstable();
         touched.dedup();
@@ -459,7 +470,10 @@ mod tests {
         use LiveStatus::*;
         let mut s = State::new(FactConfig::default(), 10_000);
         let t = 1_000_000;
-        s.apply(&mut beats("a", 1, t, &[(1, Watching), (2, Watching), (3, Connected)]), t);
+        s.apply(
+            &mut beats("a", 1, t, &[(1, Watching), (2, Watching), (3, Connected)]),
+            t,
+        );
         // session 2 moves to edge b and pauses there; 1 leaves at b
         s.apply(&mut beats("b", 1, t + 1_000, &[(2, Connected), (1, Gone)]), t + 1_000);
         let v = s.live("s1", t + 1_000, 10_000);

@@ -388,9 +388,8 @@ impl Tiers {
             }
             self.conn.execute_batch(&format!(
                 "INSERT INTO main.minute_counts SELECT minute, {DIMS}, {MEASURES} FROM main.staging
-                 ON CONFLICT DO UPDATE SET views = views + EXCLUDED.views, watch_ms = watch_ms + EXCLUDED.watch_ms,
-                    completions = completions + EXCLUDED.completions, likes = likes + EXCLUDED.likes,
-                    shares = shares + EXCLUDED.shares, comments = comments + EXCLUDED.comments;"
+                 ON CONFLICT DO UPDATE SET {}",
+                saturating_sums()
             ))?;
             let mut get = self
                 .conn
@@ -814,7 +813,7 @@ mod tests {
                 live: false,
                 counts: Counts {
                     views,
-                    watch_ms: 1000 * views,
+                    watch_ms: views.saturating_mul(1000),
                     ..Counts::default()
                 },
                 facts: None,
@@ -867,6 +866,29 @@ mod tests {
             .query_row("select sketch from minute_uniques", [], |r| r.get(0))
             .unwrap();
         assert_eq!(UniqueSketch::from_bytes(&sketch).unwrap().estimate().round() as i64, 3);
+    }
+
+    #[test]
+    fn upserts_saturate_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = (NOW / 60_000) as u32 - 30;
+        let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+        let mut huge = frame(1, m, "v", u64::MAX - 1, 1);
+        huge.counters[0].counts.watch_ms = u64::MAX;
+        huge.counters[0].counts.likes = i64::MAX;
+        t.add(pos(1), &huge).unwrap();
+        t.commit().unwrap();
+        let mut more = frame(2, m, "v", 5, 2);
+        more.counters[0].counts.likes = 7;
+        t.add(pos(2), &more).unwrap();
+        t.commit().expect("an overflowing upsert saturates");
+        let (views, likes): (String, i64) = t
+            .conn
+            .query_row("select views::VARCHAR, likes from minute_counts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((views, likes), (u64::MAX.to_string(), i64::MAX));
     }
 
     #[test]
@@ -969,6 +991,20 @@ impl Default for Schedule {
             publish: Duration::from_secs(10),
         }
     }
+}
+
+/// The upsert's `SET` list: every measure added in 128-bit arithmetic and clamped to its
+/// column's range, so no frame can make the upsert overflow (and stop the tiers).
+fn saturating_sums() -> String {
+    const U64_MAX: &str = "18446744073709551615";
+    let unsigned = ["views", "watch_ms", "completions", "shares", "comments"]
+        .map(|c| format!("{c} = least({c}::HUGEINT + EXCLUDED.{c}::HUGEINT, {U64_MAX}::HUGEINT)::UBIGINT"));
+    format!(
+        "{}, likes = greatest(least(likes::HUGEINT + EXCLUDED.likes::HUGEINT, {}::HUGEINT), {}::HUGEINT)::BIGINT",
+        unsigned.join(", "),
+        i64::MAX,
+        i64::MIN
+    )
 }
 
 /// Frames the tier writer may hold before ingest waits for it.

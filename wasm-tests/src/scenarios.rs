@@ -462,7 +462,11 @@ pub fn all() -> Vec<Scenario> {
             assert_eq!(first, vec![(l(), Watching), (l(), Connected), (l(), Gone)]);
             let mut second = beats(1);
             second.sort();
-            assert_eq!(second, vec![(l(), Watching), (l(), Connected)], "s1 beats, s2 still paused");
+            assert_eq!(
+                second,
+                vec![(l(), Watching), (l(), Connected)],
+                "s1 beats, s2 still paused"
+            );
             assert_eq!(beats(2), vec![(l(), Watching)], "s2 resumed");
             // nothing seen in the last interval: no beats; s1 timed out here but may
             // have moved POP, so no Gone either (the merger expires it on its clock)

@@ -160,7 +160,11 @@ fn plan() -> impl Strategy<Value = (Vec<Raw>, Vec<Delivery>, usize)> {
                 .into_iter()
                 .enumerate()
                 .map(|(event, (pop, restart))| Delivery { event, pop, restart })
-                .chain(copies.into_iter().map(|(event, pop, restart)| Delivery { event, pop, restart }))
+                .chain(
+                    copies
+                        .into_iter()
+                        .map(|(event, pop, restart)| Delivery { event, pop, restart }),
+                )
                 .collect();
             // a deterministic shuffle from the drawn seed
             let mut x = shuffle | 1;
@@ -198,10 +202,26 @@ proptest! {
 fn without_fact_identities_a_cross_pop_retry_counts_twice() {
     let evs: Vec<Raw> = vec![(0, 0, 0, 1_000), (0, 0, 8, 2_000)];
     let deliveries = vec![
-        Delivery { event: 0, pop: 0, restart: false },
-        Delivery { event: 1, pop: 0, restart: false },
-        Delivery { event: 0, pop: 1, restart: false },
-        Delivery { event: 1, pop: 1, restart: false },
+        Delivery {
+            event: 0,
+            pop: 0,
+            restart: false,
+        },
+        Delivery {
+            event: 1,
+            pop: 0,
+            restart: false,
+        },
+        Delivery {
+            event: 0,
+            pop: 1,
+            restart: false,
+        },
+        Delivery {
+            event: 1,
+            pop: 1,
+            restart: false,
+        },
     ];
     let merged = run(&evs, &deliveries, 2);
     assert_eq!((merged.total().views, merged.total().shares), (1, 1));

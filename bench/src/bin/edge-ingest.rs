@@ -2,7 +2,9 @@
 //! machine, with the load generator on the same machine (HTTP/1.1 keep-alive, 10 events
 //! per beacon), shipping real frames over QUIC to a real merger. The same run measures
 //! the agent with `collector.wasm` under wasmtime and with the collector compiled in
-//! natively (the baseline), and reports wire bytes per accepted event and memory.
+//! natively (the baseline), with and without the write-ahead log (`202` after `fsync`,
+//! the default, against `202` from memory), and reports wire bytes per accepted event
+//! and memory.
 //!
 //! Usage: edge-ingest [seconds] [connections]   (defaults 10 and 32)
 
@@ -32,7 +34,14 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-async fn run(native: bool, deadline_ms: u64, seconds: u64, connections: usize, shape: &Shape) -> Result<Figures> {
+async fn run(
+    native: bool,
+    deadline_ms: u64,
+    wal: bool,
+    seconds: u64,
+    connections: usize,
+    shape: &Shape,
+) -> Result<Figures> {
     let dir = tempfile::tempdir()?;
     let mut mcfg = tally_merger::MergerConfig {
         data_dir: dir.path().join("merger"),
@@ -51,6 +60,7 @@ async fn run(native: bool, deadline_ms: u64, seconds: u64, connections: usize, s
         }],
         listen: "127.0.0.1:0".parse()?,
         spool_dir: dir.path().join("spool"),
+        wal,
         workers: 2,
         native,
         call_deadline_ms: deadline_ms,
@@ -216,17 +226,19 @@ async fn main() -> Result<()> {
     );
     let rss0 = rss_bytes();
     let mut rows = Vec::new();
-    for (name, native, deadline_ms) in [
-        ("collector.wasm, 1 s call deadline (default)", false, 1_000),
-        ("collector.wasm, no call deadline", false, 0),
-        ("native collector (baseline)", true, 0),
+    for (name, native, deadline_ms, wal) in [
+        ("collector.wasm, 1 s call deadline, WAL (default)", false, 1_000, true),
+        ("collector.wasm, 1 s call deadline, no WAL", false, 1_000, false),
+        ("collector.wasm, no call deadline, WAL", false, 0, true),
+        ("native collector, WAL (baseline)", true, 0, true),
+        ("native collector, no WAL", true, 0, false),
     ] {
-        let f = run(native, deadline_ms, seconds, connections, &shape)
+        let f = run(native, deadline_ms, wal, seconds, connections, &shape)
             .await
             .with_context(|| format!("run {name}"))?;
         rows.push((name, f));
     }
-    let base = rows[2].1.events_per_s;
+    let base = rows[3].1.events_per_s;
     println!(
         "| collector | events/s accepted | beacons/s | vs native | wire bytes/event | wire/beacon bytes | instance memory | refused |"
     );
@@ -243,6 +255,11 @@ async fn main() -> Result<()> {
             f.refused
         );
     }
+    println!(
+        "write-ahead log (202 after fsync) vs none (202 from memory): wasm {:.2}x, native {:.2}x the events/s",
+        rows[0].1.events_per_s / rows[1].1.events_per_s,
+        rows[3].1.events_per_s / rows[4].1.events_per_s
+    );
     println!(
         "process RSS (agent, merger and load generator together): {:.1} MiB (was {:.1} MiB at start)",
         rss_bytes() as f64 / (1 << 20) as f64,

@@ -114,7 +114,14 @@ fn main() -> Result<()> {
             .collect();
         let distinct = frames
             .iter()
-            .flat_map(|f| f.counters[0].facts.as_ref().map(|x| x.views.iter().map(|k| k.0)).into_iter().flatten())
+            .flat_map(|f| {
+                f.counters[0]
+                    .facts
+                    .as_ref()
+                    .map(|x| x.views.iter().map(|k| k.0))
+                    .into_iter()
+                    .flatten()
+            })
             .collect::<HashSet<u64>>()
             .len() as u64;
 

@@ -48,8 +48,12 @@ pub struct AgentConfig {
     pub mergers: Vec<MergerTarget>,
     /// HTTP address for beacons and reads (port 0 picks one).
     pub listen: SocketAddr,
-    /// Spool directory (frames until every merger acknowledged them).
+    /// Spool directory (frames until every merger acknowledged them; the write-ahead log
+    /// of accepted beacons is in its `wal/`).
     pub spool_dir: PathBuf,
+    /// Answer `202` only once the beacon is in the write-ahead log and `fsync`ed (group
+    /// commit). Off: answered from memory, and a crash loses up to one flush interval.
+    pub wal: bool,
     /// Most bytes the spool may hold; beyond it beacons are refused with 503.
     pub spool_max_bytes: u64,
     /// How often frames are taken from the collectors.
@@ -98,6 +102,7 @@ impl Default for AgentConfig {
             mergers: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             spool_dir: PathBuf::from("spool"),
+            wal: true,
             spool_max_bytes: 1 << 30,
             flush_interval_ms: 1_000,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoint: beacons in, counts out (from the pushed cache).
 
 use crate::Agent;
+use crate::pool::IngestFailure;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -120,14 +121,39 @@ async fn events(
         user_agent: header_str(&headers, "user-agent").to_owned(),
         arrival_ms,
     };
-    let outcome = match a.pool.ingest(&bytes, &sessions, &facts) {
+    let (reply, tickets) = a.pool.ingest(&bytes, &sessions, &facts);
+    let outcome = match reply {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             return Err(a.refuse(code, e.to_string()));
         }
-        Err(e) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(IngestFailure::Wal(e)) => {
+            return Err(a.refuse_retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the edge cannot make beacons durable ({e}); retry later"),
+                5,
+            ));
+        }
+        Err(IngestFailure::Trap(e)) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
     };
+    // 202 means durable: wait for the write-ahead log's fsync (shared with every beacon
+    // written before it).
+    if !tickets.is_empty() {
+        let synced = tokio::task::spawn_blocking(move || tickets.iter().try_for_each(|t| t.wait())).await;
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "write-ahead log sync failed");
+                return Err(a.refuse_retry(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the edge could not make this beacon durable ({e}); retry it"),
+                    1,
+                ));
+            }
+            Err(e) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    }
     a.counters
         .events_accepted
         .fetch_add(outcome.accepted as u64, Ordering::Relaxed);

@@ -6,10 +6,14 @@
 //! durable [`spool`], ships the frames over QUIC to every merger ([`ship`]) and serves
 //! the counts the mergers push back ([`reads`]).
 //!
-//! Loss bound: a frame is durable in the spool at the end of each flush interval, so an
-//! agent killed at any instant loses at most the events it accepted since its last flush
-//! (one interval, 1 s by default). Dedup memory is lost too, so a view that spans an
-//! agent restart or a component swap may count again.
+//! Durability: a beacon is answered `202` only once it is in the write-ahead log
+//! ([`wal`]) and `fsync`ed; each flush puts the interval's frame in the durable spool and
+//! then deletes the log files it covers. An agent killed at any instant replays, on its
+//! next start, every logged beacon no spooled frame covers, so no accepted event is lost
+//! and the sessions' dedup memory comes back with them. (With `wal = false`, a kill
+//! loses what was accepted since the last flush.) Facts that do count again at an edge
+//! (a session whose dedup memory is gone) carry their identity, and the merger counts
+//! them once.
 
 pub mod config;
 pub mod http;
@@ -18,6 +22,7 @@ pub mod pool;
 pub mod reads;
 pub mod ship;
 pub mod spool;
+pub mod wal;
 
 use config::AgentConfig;
 use pool::{Epochs, Kind, Pool};
@@ -93,7 +98,7 @@ pub struct Agent {
     /// The spool refused the last frames: beacons are refused until it has room.
     pub spool_full: AtomicBool,
     /// Frames taken from the collectors that the spool has not taken yet.
-    unspooled: Mutex<Vec<Vec<u8>>>,
+    unspooled: Mutex<Vec<pool::Flushed>>,
     frames_spooled: AtomicU64,
     swap_lock: tokio::sync::Mutex<()>,
 }
@@ -105,17 +110,22 @@ impl Agent {
         self.spool_frames(frames)
     }
 
-    fn spool_frames(&self, frames: Vec<Vec<u8>>) -> usize {
+    fn spool_frames(&self, frames: Vec<pool::Flushed>) -> usize {
         let mut waiting = self.unspooled.lock().unwrap_or_else(|p| p.into_inner());
         waiting.extend(frames);
         if waiting.is_empty() {
             return 0;
         }
-        match self.spool.append(&waiting) {
+        let bytes: Vec<&[u8]> = waiting.iter().map(|(f, _)| f.as_slice()).collect();
+        match self.spool.append(&bytes) {
             Ok(entries) => {
                 let n = entries.len();
-                waiting.clear();
+                // The log files these frames cover go before the frames can be
+                // acknowledged (and leave the spool), so a restart never replays a
+                // beacon whose frame is gone from the spool.
+                let logs: Vec<std::path::PathBuf> = waiting.drain(..).filter_map(|(_, w)| w).collect();
                 drop(waiting);
+                wal::delete(&logs);
                 self.frames_spooled.fetch_add(n as u64, Ordering::Relaxed);
                 self.shipping.enqueue(entries);
                 if self.spool_full.swap(false, Ordering::Relaxed) {
@@ -282,7 +292,13 @@ impl Agent {
             stats.iter().map(|(_, m)| m).sum(),
         );
         type MergerValue = fn(&ship::MergerStatus) -> u64;
-        let per_merger: [(&str, &str, &str, MergerValue); 4] = [
+        let per_merger: [(&str, &str, &str, MergerValue); 5] = [
+            (
+                "tally_edge_spool_read_errors_total",
+                "counter",
+                "Spooled frames that could not be read back for a merger (each retried).",
+                |m| m.read_errors.load(Ordering::Relaxed),
+            ),
             (
                 "tally_edge_merger_connected",
                 "gauge",
@@ -360,6 +376,47 @@ impl Running {
     }
 }
 
+/// Ingests again every logged beacon that no spooled frame covers (the agent stopped
+/// before the flush that would have spooled it), makes them durable in the new log
+/// files, then deletes the old ones. Returns how many beacons were replayed.
+fn replay_wal(
+    cfg: &AgentConfig,
+    pool: &Pool,
+    logged: Vec<wal::Found>,
+    held: &[(spool::Entry, Vec<u8>)],
+) -> Result<usize, StartError> {
+    if logged.is_empty() {
+        return Ok(0);
+    }
+    let spooled: std::collections::HashSet<(String, u64, u64)> = held
+        .iter()
+        .filter_map(|(_, f)| tally_delta::DeltaFrame::decode(f).ok())
+        .map(|f| (f.header.id.edge_id, f.header.id.epoch, f.header.id.seq))
+        .collect();
+    let mut n = 0;
+    let mut done = Vec::new();
+    for file in logged {
+        let covered = file
+            .covers
+            .is_some_and(|c| spooled.contains(&(format!("{}/{}", cfg.edge_id, file.worker), c.epoch, c.seq)));
+        if !covered {
+            for b in &file.beacons {
+                let sessions = tally_collector::route::sessions(&b.body);
+                match pool.ingest(&b.body, &sessions, &b.facts()).0 {
+                    Ok(_) => n += 1,
+                    Err(e) => {
+                        tracing::error!(file = %file.path.display(), error = %e, "a logged beacon could not be replayed")
+                    }
+                }
+            }
+        }
+        done.push(file.path);
+    }
+    pool.sync_wal().map_err(StartError::Io)?;
+    wal::delete(&done);
+    Ok(n)
+}
+
 /// Starts an agent: opens the spool (resending what it holds), compiles the component,
 /// starts the instances, the shippers, the flush loop and the HTTP endpoint.
 pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
@@ -370,9 +427,7 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
     if !held.is_empty() {
         tracing::info!(frames = held.len(), "resending frames left in the spool");
     }
-    let epochs = Epochs::open(&cfg.spool_dir)
-        .map_err(|e| StartError::Io(format!("reading the epoch counter in {}: {e}", cfg.spool_dir.display())))?;
-    let epochs = Arc::new(Mutex::new(epochs));
+    let epochs = Arc::new(Mutex::new(Epochs::new()));
     let kind = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || -> Result<Kind, String> {
@@ -385,7 +440,16 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
         .map_err(|e| StartError::Component(e.to_string()))?
         .map_err(StartError::Component)?
     };
+    let logged = if cfg.wal {
+        wal::read_all(&cfg.spool_dir.join("wal")).map_err(|e| StartError::Io(e.to_string()))?
+    } else {
+        Vec::new()
+    };
     let pool = Pool::start(kind, &cfg, epochs).map_err(StartError::Component)?;
+    let replayed = replay_wal(&cfg, &pool, logged, &held)?;
+    if replayed > 0 {
+        tracing::info!(beacons = replayed, "replayed accepted beacons from the write-ahead log");
+    }
     let spool = Arc::new(spool);
     let cache = Arc::new(ReadCache::default());
     let shipping = Shipping::start(

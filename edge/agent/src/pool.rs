@@ -2,59 +2,50 @@
 //! comparison, the native core) behind its own lock.
 //!
 //! Every instance numbers its own frames as edge `<edge-id>/<n>` in an epoch taken from
-//! [`Epochs`], so a replaced instance (after a trap or a component swap) or a restarted
-//! agent never reuses a frame id.
+//! [`Epochs`], so a replaced instance (after a trap or a component swap), a restarted
+//! agent or one that lost its spool directory never reuses a frame id.
 
 use crate::config::AgentConfig;
-use std::path::{Path, PathBuf};
+use crate::wal::{Covers, Ticket, Wal};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tally_collector::route::{self, Sessions, worker_of};
 use tally_collector::{BatchError, Collector, IngestOutcome, RequestFacts, Stats};
 use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
 
-/// Epochs handed out in blocks reserved on disk, so that they grow across restarts.
+/// Epochs that never repeat, without local state: the high bits are the wall clock in
+/// milliseconds, the low 20 bits random, and within a process each is above the last.
+/// An agent whose spool directory was lost, a replaced host, or two agents started with
+/// one edge id therefore never reuse an (edge, epoch), which the merger would take for
+/// frames it already has.
 pub struct Epochs {
-    path: PathBuf,
-    next: u64,
-    reserved_until: u64,
+    last: u64,
 }
 
-const EPOCH_BLOCK: u64 = 1_000;
+const RANDOM_BITS: u32 = 20;
 
 impl Epochs {
-    /// Opens (or starts) the epoch counter in `dir`.
-    pub fn open(dir: &Path) -> std::io::Result<Epochs> {
-        let path = dir.join("epoch");
-        let stored = match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
-        Ok(Epochs {
-            path,
-            next: stored + 1,
-            reserved_until: stored,
-        })
+    /// An epoch source.
+    pub fn new() -> Epochs {
+        Epochs { last: 0 }
     }
 
-    /// The next unused epoch (durable before it is returned).
-    pub fn take(&mut self) -> std::io::Result<u64> {
-        if self.next > self.reserved_until {
-            let until = self.next + EPOCH_BLOCK;
-            let tmp = self.path.with_extension("tmp");
-            std::fs::write(&tmp, until.to_string())?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            self.reserved_until = until;
-        }
-        self.next += 1;
-        Ok(self.next - 1)
+    /// The next epoch.
+    pub fn take(&mut self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let now_ms = crate::now_ms();
+        // a per-process random seed, and a fresh hasher per call
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let epoch = (now_ms << RANDOM_BITS) | (random & ((1 << RANDOM_BITS) - 1));
+        self.last = epoch.max(self.last + 1);
+        self.last
+    }
+}
+
+impl Default for Epochs {
+    fn default() -> Self {
+        Epochs::new()
     }
 }
 
@@ -149,8 +140,23 @@ impl Instance {
     }
 }
 
-/// The answer to one ingest: the collector's verdict, or `Err` when the instance failed.
-pub type IngestReply = Result<Result<IngestOutcome, BatchError>, String>;
+/// Why a beacon could not be taken at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestFailure {
+    /// The collector instance failed on it (and was replaced).
+    #[error("{0}")]
+    Trap(String),
+    /// The write-ahead log could not take it: nothing was counted.
+    #[error("{0}")]
+    Wal(String),
+}
+
+/// The answer to one ingest: the collector's verdict, or `Err` when it could not run.
+pub type IngestReply = Result<Result<IngestOutcome, BatchError>, IngestFailure>;
+
+/// A frame taken from an instance, with the write-ahead log file it makes redundant
+/// (delete that once the frame is spooled).
+pub type Flushed = (Vec<u8>, Option<PathBuf>);
 
 /// Counters of the pool itself.
 #[derive(Default)]
@@ -176,6 +182,11 @@ impl Pool {
         let counters = Arc::new(PoolCounters::default());
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
+            let wal = if cfg.wal {
+                Some(Wal::open(&cfg.spool_dir.join("wal"), i).map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
             let mut worker = Worker {
                 index: i,
                 cfg: cfg.clone(),
@@ -183,8 +194,11 @@ impl Pool {
                 counters: counters.clone(),
                 kind: kind.clone(),
                 instance: None,
+                covers: Covers { epoch: 0, seq: 1 },
+                wal,
             };
-            worker.instance = Some(worker.fresh()?);
+            let (inst, epoch) = worker.fresh()?;
+            worker.set_instance(inst, epoch);
             workers.push(Mutex::new(worker));
         }
         Ok(Pool { workers, counters })
@@ -194,39 +208,55 @@ impl Pool {
         self.workers[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ingests one beacon, routing its events by session.
-    pub fn ingest(&self, body: &[u8], sessions: &Sessions<'_>, facts: &RequestFacts) -> IngestReply {
-        match sessions {
-            Sessions::One { session, .. } => self.worker(worker_of(session, self.workers.len())).ingest(body, facts),
-            Sessions::Unknown => self.worker(0).ingest(body, facts),
-            Sessions::Many(events) => {
+    /// Ingests one beacon, routing its events by session. Returns, with the verdict, the
+    /// write-ahead log tickets to wait on before answering.
+    pub fn ingest(&self, body: &[u8], sessions: &Sessions<'_>, facts: &RequestFacts) -> (IngestReply, Vec<Ticket>) {
+        let mut tickets = Vec::new();
+        let reply = match sessions {
+            Sessions::One { session, .. } => {
+                self.worker(worker_of(session, self.workers.len()))
+                    .ingest(body, facts, &mut tickets)
+            }
+            Sessions::Unknown => self.worker(0).ingest(body, facts, &mut tickets),
+            Sessions::Many(events) => (|| {
                 let n = self.workers.len();
                 let mut total = IngestOutcome::default();
                 for part in route::group(events, |session| worker_of(session, n)) {
                     // The parts of one beacon are ingested one after another; a part can
                     // only fail as a whole for a reason the whole beacon would fail for.
-                    match self.worker(part.key).ingest(&part.body, facts)? {
+                    match self.worker(part.key).ingest(&part.body, facts, &mut tickets)? {
                         Ok(o) => part.absorb(&mut total, o),
                         Err(e) => return Ok(Err(e)),
                     }
                 }
                 Ok(Ok(total))
-            }
-        }
+            })(),
+        };
+        (reply, tickets)
     }
 
     /// Closes every instance's interval at `now` and takes its frame.
-    pub fn flush(&self, now: u64) -> Vec<Vec<u8>> {
+    pub fn flush(&self, now: u64) -> Vec<Flushed> {
         (0..self.workers.len())
             .filter_map(|i| self.worker(i).flush(now))
             .collect()
+    }
+
+    /// Makes everything in the write-ahead logs durable now.
+    pub fn sync_wal(&self) -> Result<(), String> {
+        for i in 0..self.workers.len() {
+            if let Some(w) = self.worker(i).wal.as_mut() {
+                w.sync().map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
     }
 
     /// Replaces every instance by one of `kind` (check it with [`Kind::check`] first),
     /// handing each old instance's memory to its replacement. Returns the old instances'
     /// last frames, which must be shipped whatever happened, and whether every instance
     /// was replaced.
-    pub fn swap(&self, kind: Kind, now: u64) -> (Vec<Vec<u8>>, Result<(), String>) {
+    pub fn swap(&self, kind: Kind, now: u64) -> (Vec<Flushed>, Result<(), String>) {
         let mut frames = Vec::new();
         let mut result = Ok(());
         for i in 0..self.workers.len() {
@@ -257,27 +287,31 @@ struct Worker {
     counters: Arc<PoolCounters>,
     kind: Kind,
     instance: Option<Instance>,
+    /// The frame the instance's next flush makes (its epoch and sequence number).
+    covers: Covers,
+    wal: Option<Wal>,
 }
 
 impl Worker {
-    fn fresh_of(&self, kind: &Kind) -> Result<Instance, String> {
-        let epoch = self
-            .epochs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map_err(|e| format!("cannot record a new epoch: {e}"))?;
-        kind.instantiate(&self.cfg.collector_config(self.index, epoch))
+    fn fresh_of(&self, kind: &Kind) -> Result<(Instance, u64), String> {
+        let epoch = self.epochs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok((kind.instantiate(&self.cfg.collector_config(self.index, epoch))?, epoch))
     }
 
-    fn fresh(&self) -> Result<Instance, String> {
+    fn fresh(&self) -> Result<(Instance, u64), String> {
         self.fresh_of(&self.kind)
+    }
+
+    fn set_instance(&mut self, inst: Instance, epoch: u64) {
+        self.instance = Some(inst);
+        self.covers = Covers { epoch, seq: 1 };
     }
 
     /// The instance, made anew if the last one failed.
     fn instance(&mut self) -> Result<&mut Instance, String> {
         if self.instance.is_none() {
-            self.instance = Some(self.fresh()?);
+            let (inst, epoch) = self.fresh()?;
+            self.set_instance(inst, epoch);
         }
         self.instance
             .as_mut()
@@ -285,26 +319,44 @@ impl Worker {
     }
 
     /// After a trap the instance cannot be entered again: drop it (the next call makes a
-    /// new one). What it aggregated since its last flush is lost (at most one interval).
+    /// new one). What it aggregated since its last flush is not lost: the write-ahead
+    /// log file that holds it stays on disk (no frame will cover it) and is replayed at
+    /// the next start.
     fn failed(&mut self, what: &str, e: &HostError) {
         self.counters.traps.fetch_add(1, Ordering::Relaxed);
         tracing::error!(worker = self.index, error = %e, "collector {what} failed; replacing the instance");
         self.instance = None;
+        if let Some(w) = self.wal.as_mut() {
+            w.close();
+        }
     }
 
-    fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> IngestReply {
-        match self.instance()?.ingest(body, facts) {
+    fn ingest(&mut self, body: &[u8], facts: &RequestFacts, tickets: &mut Vec<Ticket>) -> IngestReply {
+        self.instance().map_err(IngestFailure::Trap)?;
+        if let Some(w) = self.wal.as_mut() {
+            // Logged before the collector counts it: a beacon that cannot be made
+            // durable is refused, and nothing of it was counted.
+            let t = w
+                .append(self.covers, body, facts)
+                .map_err(|e| IngestFailure::Wal(e.to_string()))?;
+            tickets.push(t);
+        }
+        match self.instance().map_err(IngestFailure::Trap)?.ingest(body, facts) {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.failed("ingest", &e);
-                Err(format!("the collector failed on this beacon: {e}"))
+                Err(IngestFailure::Trap(format!("the collector failed on this beacon: {e}")))
             }
         }
     }
 
-    fn flush(&mut self, now: u64) -> Option<Vec<u8>> {
+    fn flush(&mut self, now: u64) -> Option<Flushed> {
         match self.instance().ok()?.flush(now) {
-            Ok(f) => Some(f),
+            Ok(f) => {
+                self.covers.seq += 1;
+                let wal = self.wal.as_mut().and_then(Wal::close);
+                Some((f, wal))
+            }
             Err(e) => {
                 self.failed("flush", &e);
                 None
@@ -315,12 +367,19 @@ impl Worker {
     /// The old instance keeps running if no new one can be made. Its last frame goes to
     /// the spool whatever happens; its dedup and session memory goes to the new one, so
     /// views in progress do not count again.
-    fn swap(&mut self, kind: &Kind, now: u64) -> (Option<Vec<u8>>, Result<(), String>) {
+    fn swap(&mut self, kind: &Kind, now: u64) -> (Option<Flushed>, Result<(), String>) {
         let (last, state) = match self.instance.as_mut() {
             Some(inst) => (inst.flush(now).ok(), inst.export_state().ok()),
             None => (None, None),
         };
-        let r = self.fresh_of(kind).map(|mut new| {
+        // The old instance's log file closes either way: with its last frame, or (no
+        // frame) kept on disk for the next start to replay.
+        let closed = self.wal.as_mut().and_then(Wal::close);
+        let last = last.map(|f| {
+            self.covers.seq += 1;
+            (f, closed)
+        });
+        let r = self.fresh_of(kind).map(|(mut new, epoch)| {
             match state.as_deref().map(|s| new.import_state(s)) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => tracing::warn!(
@@ -330,9 +389,30 @@ impl Worker {
                 ),
                 None => tracing::warn!(worker = self.index, "the old collector could not export its memory"),
             }
-            self.instance = Some(new);
+            self.set_instance(new, epoch);
             self.kind = kind.clone();
         });
         (last, r)
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn epochs_grow_and_two_sources_do_not_collide() {
+        let (mut a, mut b) = (Epochs::new(), Epochs::new());
+        let mut seen = std::collections::HashSet::new();
+        let mut last = 0;
+        for _ in 0..1_000 {
+            let e = a.take();
+            assert!(e > last);
+            last = e;
+            assert!(seen.insert(e));
+            assert!(seen.insert(b.take()), "two agents with one edge id drew the same epoch");
+        }
+        // the clock is in the high bits: a later process starts above an earlier one
+        assert!(last >> RANDOM_BITS >= crate::now_ms() - 60_000);
     }
 }

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 /// Frames in flight to one merger at once.
 const IN_FLIGHT: usize = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Wait before reading a spooled frame again after a read error.
+const SPOOL_READ_RETRY: Duration = Duration::from_millis(500);
 
 /// A spooled frame on its way to the mergers.
 pub struct Outgoing {
@@ -36,6 +38,8 @@ pub struct MergerStatus {
     pub acked: AtomicU64,
     /// Frames it rejected for good.
     pub rejected: AtomicU64,
+    /// Spooled frames that could not be read back (each retried).
+    pub read_errors: AtomicU64,
     /// Frames waiting for it.
     pub backlog: AtomicU64,
     /// Bytes of frames it acknowledged.
@@ -194,7 +198,11 @@ impl Link {
                 inflight.push(async move {
                     let r = match spool.read(o.entry) {
                         Ok(bytes) => client.send_frame(&bytes).await.map(|a| (a, bytes.len())),
-                        Err(e) => Err(ClientError::Setup(e.to_string())),
+                        Err(e) => {
+                            // A transient failure (EMFILE, EIO): wait, then try again.
+                            tokio::time::sleep(SPOOL_READ_RETRY).await;
+                            Err(ClientError::Setup(e.to_string()))
+                        }
                     };
                     (o, r)
                 });
@@ -219,9 +227,11 @@ impl Link {
                         done(&self.spool, &o, &self.status);
                     }
                     Err(ClientError::Setup(e)) => {
-                        // The spool cannot give the frame back: nothing to resend.
-                        tracing::error!(error = %e, "cannot read a spooled frame; dropping it");
-                        done(&self.spool, &o, &self.status);
+                        // The frame stays spooled and is read again: a frame leaves the
+                        // spool only when acknowledged.
+                        tracing::error!(error = %e, "cannot read a spooled frame; retrying");
+                        self.status.read_errors.fetch_add(1, Ordering::Relaxed);
+                        backlog.push_back(o);
                     }
                     Err(e) => {
                         tracing::debug!(merger = %self.target.addr, error = %e, "frame not acknowledged");

@@ -1,22 +1,24 @@
 //! The durable spool: frames wait here, on disk, until every merger acknowledged them.
 //!
-//! Append-only segment files `<n>.spool` of records `[len u32][crc32 u32][frame]`; one
-//! fsync per append (all frames of a flush together). A segment is deleted once all of
-//! its frames are acknowledged. On open, every frame still on disk is handed back to be
-//! resent (mergers drop the ones they already have) and a torn tail is cut off.
+//! Append-only segment files `<n>.spool` of the records of `tally-records`
+//! (`[len u32][crc32 u32][frame]`); one fsync per append (all frames of a flush
+//! together), and a failed append leaves nothing of itself in the file. A segment is
+//! deleted once all of its frames are acknowledged. On open, every intact frame still on
+//! disk is handed back to be resent (mergers drop the ones they already have), also
+//! those after a damaged region; only a torn tail is cut off.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use tally_records::{Appender, WriteError};
 
 /// A segment is closed once it is this large.
 const SEGMENT_BYTES: u64 = 4 << 20;
-const HEADER: u64 = 8;
+const HEADER: u64 = tally_records::HEADER as u64;
 /// Largest frame a spool holds.
-pub const MAX_FRAME: u32 = 64 << 20;
+pub const MAX_FRAME: u32 = tally_records::MAX_RECORD as u32;
 
 /// Where a frame is in the spool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +45,13 @@ pub enum SpoolError {
     /// The disk failed.
     #[error("spool I/O on {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// Writing frames failed (nothing of them stays in the spool).
+    #[error("spool: {0}")]
+    Write(#[from] WriteError),
 }
 
 struct Inner {
-    current: File,
+    current: Appender,
     segment: u64,
     segment_len: u64,
     /// Unacknowledged frames per segment.
@@ -81,27 +86,32 @@ impl Spool {
         let mut sizes = BTreeMap::new();
         for &seg in &segments {
             let path = segment_path(dir, seg);
-            let (records, good_len) = read_segment(&path)?;
-            if records.is_empty() {
+            let scan = tally_records::scan_file(&path).map_err(io(&path))?;
+            for (from, to) in &scan.damaged {
+                tracing::error!(segment = %path.display(), from, to, "damaged region in the spool; resending the intact frames around it");
+            }
+            if scan.records.is_empty() && scan.damaged.is_empty() {
                 std::fs::remove_file(&path).map_err(io(&path))?;
                 continue;
             }
-            let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
-            if f.metadata().map_err(io(&path))?.len() != good_len {
+            let mut size = std::fs::metadata(&path).map_err(io(&path))?.len();
+            if scan.torn_tail.is_some() && scan.damaged.is_empty() {
                 tracing::warn!(segment = %path.display(), "spool segment has a torn tail; cutting it off");
-                f.set_len(good_len).map_err(io(&path))?;
+                let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                f.set_len(scan.valid_len).map_err(io(&path))?;
                 f.sync_all().map_err(io(&path))?;
+                size = scan.valid_len;
             }
-            live.insert(seg, records.len());
-            sizes.insert(seg, good_len);
-            held.extend(records.into_iter().map(|(offset, bytes)| {
+            live.insert(seg, scan.records.len());
+            sizes.insert(seg, size);
+            held.extend(scan.records.into_iter().map(|r| {
                 (
                     Entry {
                         segment: seg,
-                        offset,
-                        len: bytes.len() as u32,
+                        offset: r.offset,
+                        len: r.payload.len() as u32,
                     },
-                    bytes,
+                    r.payload,
                 )
             }));
         }
@@ -128,13 +138,13 @@ impl Spool {
     }
 
     /// Appends frames and makes them durable (one fsync); refuses when full.
-    pub fn append(&self, frames: &[Vec<u8>]) -> Result<Vec<Entry>, SpoolError> {
+    pub fn append<P: AsRef<[u8]>>(&self, frames: &[P]) -> Result<Vec<Entry>, SpoolError> {
         let mut g = self.lock();
         let fully_acked = g.live.get(&g.segment).copied() == Some(0);
         if g.segment_len >= SEGMENT_BYTES || (fully_acked && g.segment_len > 0) {
             self.roll(&mut g)?;
         }
-        let adding: u64 = frames.iter().map(|f| f.len() as u64 + HEADER).sum();
+        let adding: u64 = frames.iter().map(|f| f.as_ref().len() as u64 + HEADER).sum();
         let held: u64 = g.sizes.values().sum();
         if held + adding > self.max_bytes {
             return Err(SpoolError::Full {
@@ -142,28 +152,21 @@ impl Spool {
                 max: self.max_bytes,
             });
         }
-        let path = segment_path(&self.dir, g.segment);
-        let mut buf = Vec::with_capacity(adding as usize);
-        let mut entries = Vec::with_capacity(frames.len());
-        for f in frames {
-            entries.push(Entry {
-                segment: g.segment,
-                offset: g.segment_len + buf.len() as u64,
-                len: f.len() as u32,
-            });
-            buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(f).to_le_bytes());
-            buf.extend_from_slice(f);
-        }
-        let written = g.current.write_all(&buf).and_then(|()| g.current.sync_data());
-        if let Err(e) = written {
-            // Whatever part reached the file is cut off again, so the spool stays whole.
-            let _ = g.current.set_len(g.segment_len);
-            return Err(SpoolError::Io(path, e));
-        }
-        g.segment_len += buf.len() as u64;
+        // Whatever part of a failed append reached the file is cut off again, so the
+        // spool stays whole.
+        let ends = g.current.append_durable(frames)?;
         let seg = g.segment;
-        *g.sizes.entry(seg).or_default() += buf.len() as u64;
+        let entries: Vec<Entry> = ends
+            .iter()
+            .zip(frames)
+            .map(|(end, f)| Entry {
+                segment: seg,
+                offset: end - f.as_ref().len() as u64 - HEADER,
+                len: f.as_ref().len() as u32,
+            })
+            .collect();
+        g.segment_len = g.current.len();
+        *g.sizes.entry(seg).or_default() += adding;
         *g.live.entry(seg).or_default() += frames.len();
         Ok(entries)
     }
@@ -236,42 +239,15 @@ fn segment_path(dir: &Path, seg: u64) -> PathBuf {
     dir.join(format!("{seg:016}.spool"))
 }
 
-fn create_segment(dir: &Path, seg: u64) -> Result<File, SpoolError> {
+fn create_segment(dir: &Path, seg: u64) -> Result<Appender, SpoolError> {
     let path = segment_path(dir, seg);
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    Ok(f)
-}
-
-/// The whole records of a segment and the length they span.
-fn read_segment(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64), SpoolError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io(path))?;
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at + HEADER as usize <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
-        let start = at + HEADER as usize;
-        let end = start + len as usize;
-        if len > MAX_FRAME || end > bytes.len() || crc32fast::hash(&bytes[start..end]) != crc {
-            break;
-        }
-        out.push((at as u64, bytes[start..end].to_vec()));
-        at = end;
-    }
-    Ok((out, at as u64))
+    Appender::create(&path).map_err(io(&path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn unacknowledged_frames_survive_a_reopen_and_acknowledged_ones_go() {

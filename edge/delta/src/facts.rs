@@ -157,7 +157,12 @@ impl KeySet {
     /// key seen again in a later bucket moves there, so a fact whose copies keep coming
     /// (a long session seen at several POPs) stays remembered.
     pub fn insert(&mut self, key: u64, bucket: u64) -> bool {
-        let held = self.buckets.iter().rev().find(|(_, s)| s.contains(&key)).map(|(b, _)| *b);
+        let held = self
+            .buckets
+            .iter()
+            .rev()
+            .find(|(_, s)| s.contains(&key))
+            .map(|(b, _)| *b);
         if let Some(held) = held {
             if held < bucket {
                 if let Some(s) = self.buckets.get_mut(&held) {
@@ -242,7 +247,12 @@ impl FactIndex {
     /// Keys held per kind (view, completion, share, comment) and like registers.
     pub fn sizes(&self) -> ([usize; 4], usize) {
         (
-            [self.sets[0].len(), self.sets[1].len(), self.sets[2].len(), self.sets[3].len()],
+            [
+                self.sets[0].len(),
+                self.sets[1].len(),
+                self.sets[2].len(),
+                self.sets[3].len(),
+            ],
             self.likes.len(),
         )
     }
@@ -370,7 +380,7 @@ impl FactIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CounterRow, Counts, Country, Device, FrameHeader, FrameId, Source};
+    use crate::{CounterRow, Country, Counts, Device, FrameHeader, FrameId, Source};
 
     const H: u64 = 3600 * 1000;
 
@@ -478,13 +488,13 @@ mod tests {
         };
         let mut net = 0;
         let steps = [
-            (like(1, now, true), 1),       // u1 likes
-            (like(1, now + 5, true), 0),   // again, another session or POP
-            (like(2, now, true), 1),       // u2 likes
+            (like(1, now, true), 1),        // u1 likes
+            (like(1, now + 5, true), 0),    // again, another session or POP
+            (like(2, now, true), 1),        // u2 likes
             (like(1, now + 10, false), -1), // u1 unlikes elsewhere
-            (like(1, now + 7, true), 0),   // an older like arrives late: ignored
-            (like(3, now, false), 0),      // unlike without a like
-            (like(1, now + H, true), 1),   // u1 likes again an hour later
+            (like(1, now + 7, true), 0),    // an older like arrives late: ignored
+            (like(3, now, false), 0),       // unlike without a like
+            (like(1, now + H, true), 1),    // u1 likes again an hour later
         ];
         for (i, (facts, want)) in steps.into_iter().enumerate() {
             let mut f = frame(i as u64 + 1, now, vec![(m, facts)]);

@@ -256,6 +256,22 @@ impl DeltaFrame {
         Ok(())
     }
 
+    /// Checks that every unique-viewer sketch is readable, which [`DeltaFrame::decode`]
+    /// does not (it costs a deserialisation per sketch). The merger checks it before it
+    /// acknowledges a frame, so a frame it took can always be written to the tiers.
+    pub fn validate_sketches(&self) -> Result<(), FrameError> {
+        for u in &self.uniques {
+            crate::UniqueSketch::from_bytes(&u.sketch).map_err(|e| {
+                FrameError::Inconsistent(format!(
+                    "unique-viewer sketch of {} at minute {}: {e}",
+                    self.str(u.video),
+                    u.minute
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The string at a table index (validated frames only).
     pub fn str(&self, index: u32) -> &str {
         self.strings.get(index as usize).map(String::as_str).unwrap_or("")

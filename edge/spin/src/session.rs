@@ -119,8 +119,7 @@ pub fn session_key(session: &[u8]) -> String {
     format!("{SESSION_PREFIX}{:032x}", xxh3_128(session))
 }
 
-/// Turns 64 random bits into a session epoch (non-zero, below 2^62, so it never meets the
-/// small, increasing epochs that long-running agents reserve).
+/// Turns 64 random bits into a session epoch (non-zero, below 2^62).
 pub fn epoch_from(random: u64) -> u64 {
     (random >> 2) | 1
 }

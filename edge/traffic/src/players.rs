@@ -54,6 +54,9 @@ pub struct Plan {
     pub pop_switch_rate: f64,
     /// Share of beacons also delivered to another POP (a retry the CDN routed elsewhere).
     pub cross_pop_retry_rate: f64,
+    /// Deliveries of a beacon that failed (connection error, 429, 5xx) are tried again,
+    /// up to this many tries in all.
+    pub max_tries: u8,
     /// A session sends a beacon this often, ms.
     pub beacon_every_ms: u64,
     /// Playback-token signing key (the edges' `token_key`).
@@ -80,6 +83,7 @@ impl Default for Plan {
             late_rate: 0.02,
             pop_switch_rate: 0.0,
             cross_pop_retry_rate: 0.0,
+            max_tries: 4,
             beacon_every_ms: 2_000,
             key: b"tally-demo-signing-key-0001".to_vec(),
             seed: 1,
@@ -297,6 +301,11 @@ impl Traffic {
         self.sessions.len()
     }
 
+    /// Failed beacons waiting to be tried again.
+    pub fn retries_pending(&self) -> usize {
+        self.retries.len()
+    }
+
     /// Whether the viral spike is on at `now_ms`.
     pub fn viral_on(&self, now_ms: u64) -> bool {
         let rel = now_ms.saturating_sub(self.t0.unwrap_or(now_ms));
@@ -418,10 +427,11 @@ impl Traffic {
             }
             Outcome::Refused => {}
             Outcome::Failed => {
-                if beacon.tries < 3 {
+                if beacon.tries + 1 < self.plan.max_tries {
                     let mut b = beacon.clone();
                     b.tries += 1;
-                    self.retries.push_back((self.last_tick + 500 * b.tries as u64, b));
+                    let wait = 500 * u64::from(b.tries.min(4));
+                    self.retries.push_back((self.last_tick + wait, b));
                 }
             }
         }

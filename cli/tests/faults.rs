@@ -1,0 +1,382 @@
+//! The fault suite: real `tally merger` and `tally edge` processes under traffic whose
+//! ground truth is known, with faults injected in bounded loops: kill -9 of agents and
+//! the merger at random instants, a lossy, duplicating, reordering and partitioned
+//! network between edge and merger (a UDP proxy the test controls), a full disk under the
+//! merger (a small tmpfs the test mounts), and an edge whose spool directory is deleted.
+//! After each: no accepted view, like, share or comment lost, none counted twice, every
+//! process recovers on its own; the figures are printed.
+
+mod common;
+
+use common::{Agent, KEY, Merger, loop_until, now_ms, send_all};
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tally_traffic::{Plan, Traffic};
+
+fn plan(pops: usize, seed: u64) -> Plan {
+    Plan {
+        pops,
+        new_sessions_per_s: 60.0,
+        session_ms: (1_500, 4_000),
+        beacon_every_ms: 400,
+        live_streams: 1,
+        live_share: 0.1,
+        retry_rate: 0.03,
+        duplicate_rate: 0.05,
+        refresh_rate: 0.1,
+        late_rate: 0.05,
+        pop_switch_rate: if pops > 1 { 0.1 } else { 0.0 },
+        cross_pop_retry_rate: if pops > 1 { 0.03 } else { 0.0 },
+        // players keep trying while an agent is down, as a phone would
+        max_tries: 60,
+        key: KEY.as_bytes().to_vec(),
+        seed,
+        ..Plan::default()
+    }
+}
+
+/// Drives the players for `ms` against `urls`.
+async fn drive(t: &mut Traffic, http: &reqwest::Client, urls: &[String], ms: u64) {
+    let end = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < end {
+        let beacons = t.tick(now_ms());
+        send_all(t, http, urls, beacons).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every player leaves, and every failed beacon is retried until it is taken.
+async fn finish(t: &mut Traffic, http: &reqwest::Client, urls: &[String]) {
+    let beacons = t.close_all(now_ms());
+    send_all(t, http, urls, beacons).await;
+    let end = Instant::now() + Duration::from_secs(60);
+    while t.retries_pending() > 0 && Instant::now() < end {
+        let beacons = t.tick(now_ms());
+        send_all(t, http, urls, beacons).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.retries_pending(), 0, "every beacon was eventually taken");
+}
+
+/// What the merger counted, over all videos.
+async fn counted(m: &Merger) -> (u64, i64, u64, u64) {
+    (
+        m.metric("tally_views_total").await as u64,
+        m.metric("tally_likes_total").await as i64,
+        m.metric("tally_shares_total").await as u64,
+        m.metric("tally_comments_total").await as u64,
+    )
+}
+
+/// Waits until the merger's counts equal the players' truth (or 60 s), then checks.
+async fn converge(m: &Merger, t: &Traffic, what: &str) {
+    let truth = t.truth();
+    let (shares, comments) = truth.shares_comments();
+    let want = (truth.total_views(), truth.total_likes(), shares, comments);
+    let got = loop_until(Duration::from_secs(60), || async {
+        let c = counted(m).await;
+        (c == want).then_some(c)
+    })
+    .await;
+    let last = counted(m).await;
+    eprintln!(
+        "{what}: players' beacons {} ({} events) accepted; views {} / likes {} / shares {} / comments {} in truth; merger counted {:?}",
+        truth.beacons, truth.events, want.0, want.1, want.2, want.3, last
+    );
+    assert_eq!(
+        got,
+        Some(want),
+        "{what}: (views, likes, shares, comments) counted vs truth"
+    );
+}
+
+fn merger_args(quic: &str, http: &str) -> Vec<String> {
+    ["--quic-listen", quic, "--http-listen", http]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn restart_merger(dir: &Path, quic: SocketAddr, http: SocketAddr) -> Merger {
+    let args = merger_args(&quic.to_string(), &http.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Merger::start_with(dir, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_agents_and_the_merger_at_random_instants_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("merger");
+    let mut m = Merger::start(&mdir);
+    let pops = ["fra", "ams"];
+    let spools: Vec<PathBuf> = pops.iter().map(|p| dir.path().join(p)).collect();
+    let mut agents: Vec<Agent> = pops
+        .iter()
+        .zip(&spools)
+        .map(|(p, s)| Agent::start((m.quic, &m.fingerprint), p, s, &[]))
+        .collect();
+    let mut urls: Vec<String> = agents.iter().map(|a| a.url("/v1/events")).collect();
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(2, 31), now_ms());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(now_ms());
+    let mut kills = Vec::new();
+    for round in 0..4 {
+        drive(&mut t, &http, &urls, rng.random_range(300..1_500)).await;
+        match rng.random_range(0..3) {
+            victim @ (0 | 1) => {
+                agents[victim].kill();
+                agents[victim] = Agent::start((m.quic, &m.fingerprint), pops[victim], &spools[victim], &[]);
+                urls[victim] = agents[victim].url("/v1/events");
+                kills.push(format!("round {round}: agent {}", pops[victim]));
+            }
+            _ => {
+                let (quic, http_addr) = (m.quic, m.http);
+                m.kill();
+                // down for longer than a spool interval: the agents keep spooling
+                drive(&mut t, &http, &urls, 1_200).await;
+                m = restart_merger(&mdir, quic, http_addr);
+                kills.push(format!("round {round}: merger"));
+            }
+        }
+    }
+    drive(&mut t, &http, &urls, 1_000).await;
+    finish(&mut t, &http, &urls).await;
+    eprintln!("kill -9 at random instants: {}", kills.join(", "));
+    converge(&m, &t, "kill -9 loop").await;
+}
+
+/// A UDP proxy between an edge and the merger that drops, duplicates, delays and
+/// reorders datagrams, and can cut the link entirely.
+struct Proxy {
+    addr: SocketAddr,
+    /// Percent of datagrams dropped (100: partitioned).
+    drop_pct: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(upstream).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let drop_pct = Arc::new(AtomicU32::new(0));
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let (f, b, d, c) = (front.clone(), back.clone(), drop_pct.clone(), client.clone());
+        let up = tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *c.lock().unwrap() = Some(from);
+                forward(&mut rng, &d, &buf[..n], |p| {
+                    let b = b.clone();
+                    async move {
+                        let _ = b.send(&p).await;
+                    }
+                })
+                .await;
+            }
+        });
+        let (f, b, d) = (front, back, drop_pct.clone());
+        let down = tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
+            let mut buf = vec![0u8; 65_536];
+            while let Ok(n) = b.recv(&mut buf).await {
+                let Some(to) = *client.lock().unwrap() else { continue };
+                forward(&mut rng, &d, &buf[..n], |p| {
+                    let f = f.clone();
+                    async move {
+                        let _ = f.send_to(&p, to).await;
+                    }
+                })
+                .await;
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = tokio::join!(up, down);
+        });
+        Proxy { addr, drop_pct, task }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `p` on, or not: dropped with the configured odds, duplicated (5%), delayed by
+/// up to 30 ms (10%, which reorders it behind later datagrams).
+async fn forward<F, Fut>(rng: &mut rand::rngs::SmallRng, drop_pct: &AtomicU32, p: &[u8], send: F)
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if rng.random_range(0..100) < drop_pct.load(Ordering::Relaxed) {
+        return;
+    }
+    let copies = if rng.random_range(0..100) < 5 { 2 } else { 1 };
+    for _ in 0..copies {
+        let fut = send(p.to_vec());
+        if rng.random_range(0..100) < 10 {
+            let delay = Duration::from_millis(rng.random_range(1..30));
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                fut.await;
+            });
+        } else {
+            fut.await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_reordering_then_partitioned_link_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let proxy = Proxy::start(m.quic).await;
+    proxy.drop_pct.store(10, Ordering::Relaxed);
+    let fra = Agent::start((proxy.addr, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let sin = Agent::start((m.quic, &m.fingerprint), "sin", &dir.path().join("sin"), &[]);
+    let urls = vec![fra.url("/v1/events"), sin.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(2, 41), now_ms());
+    drive(&mut t, &http, &urls, 2_000).await;
+    // partition fra from the merger for longer than its keep-alive notices
+    proxy.drop_pct.store(100, Ordering::Relaxed);
+    drive(&mut t, &http, &urls, 6_000).await;
+    let backlog = fra.metric("tally_edge_merger_backlog").await;
+    eprintln!("partition: fra holds {backlog} frames for the merger");
+    assert!(backlog > 0.0, "frames wait in fra's spool during the partition");
+    proxy.drop_pct.store(10, Ordering::Relaxed);
+    drive(&mut t, &http, &urls, 1_000).await;
+    finish(&mut t, &http, &urls).await;
+    converge(&m, &t, "lossy, duplicating, reordering link with a 6 s partition").await;
+}
+
+/// A small tmpfs the test mounts, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Tmpfs(path.to_owned()))
+    }
+
+    /// Fills the file system but for about `leave` bytes; returns the filler's path.
+    fn fill(&self, leave: u64) -> PathBuf {
+        let filler = self.0.join("filler");
+        let free = {
+            let out = std::process::Command::new("df")
+                .args(["--output=avail", "-B1"])
+                .arg(&self.0)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .unwrap()
+        };
+        let f = std::fs::File::create(&filler).unwrap();
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        let chunk = vec![7u8; 64 << 10];
+        let mut written = 0;
+        while written + leave < free {
+            let n = (free - leave - written).min(chunk.len() as u64) as usize;
+            if w.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            written += n as u64;
+        }
+        let _ = w.flush();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_merger_then_space_back_then_kill_9_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "96m") else {
+        panic!("this test mounts a tmpfs and must run as root (CI does)");
+    };
+    let mdir = fs.0.join("merger");
+    let mut m = Merger::start(&mdir);
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let urls = vec![fra.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 51), now_ms());
+    drive(&mut t, &http, &urls, 1_500).await;
+    // the disk fills up under the merger: appends fail, nothing is acknowledged
+    let filler = fs.fill(4 << 10);
+    drive(&mut t, &http, &urls, 3_000).await;
+    let failures = m.metric("tally_log_write_failures_total").await;
+    let held = fra.metric("tally_edge_merger_backlog").await;
+    eprintln!("disk full: {failures} failed log commits; fra holds {held} frames");
+    assert!(failures > 0.0, "the full disk made log writes fail");
+    std::fs::remove_file(&filler).unwrap();
+    drive(&mut t, &http, &urls, 1_500).await;
+    finish(&mut t, &http, &urls).await;
+    converge(&m, &t, "after the disk had room again").await;
+    // the case: the merger killed and restarted must show the same counts
+    let (quic, http_addr) = (m.quic, m.http);
+    m.kill();
+    let m = restart_merger(&mdir, quic, http_addr);
+    converge(&m, &t, "after kill -9 and restart").await;
+    drop(m);
+    drop(fra);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_whose_spool_directory_is_deleted_keeps_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let spool = dir.path().join("fra");
+    let mut fra = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &[]);
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 61), now_ms());
+    drive(&mut t, &http, &[fra.url("/v1/events")], 1_500).await;
+    finish(&mut t, &http, &[fra.url("/v1/events")]).await;
+    converge(&m, &t, "before the spool is lost").await;
+    // the host is replaced: no spool, no epoch counter, no write-ahead log
+    fra.kill();
+    std::fs::remove_dir_all(&spool).unwrap();
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &[]);
+    let mut later = Traffic::new(plan(1, 62), now_ms());
+    drive(&mut later, &http, &[fra.url("/v1/events")], 1_500).await;
+    finish(&mut later, &http, &[fra.url("/v1/events")]).await;
+    let dups = m.metric("tally_frames_total{outcome=\"duplicate\"}").await;
+    let truth = (t.truth().total_views(), later.truth().total_views());
+    let want = truth.0 + truth.1;
+    let got = loop_until(Duration::from_secs(30), || async {
+        let v = m.metric("tally_views_total").await as u64;
+        (v == want).then_some(v)
+    })
+    .await;
+    eprintln!(
+        "spool deleted: {} + {} views in truth, merger {:?}; frames taken for duplicates: {dups}",
+        truth.0, truth.1, got
+    );
+    assert_eq!(
+        got,
+        Some(want),
+        "the new incarnation's frames are not mistaken for old ones"
+    );
+}
