@@ -239,6 +239,11 @@ impl State {
                 LiveStatus::Gone => {
                     sessions.remove(&b.session.0);
                 }
+                LiveStatus::Beating => {
+                    // status unknown to that edge: keep what another edge saw
+                    let e = sessions.entry(b.session.0).or_insert((true, beat_at));
+                    e.1 = beat_at;
+                }
                 s => {
                     sessions.insert(b.session.0, (s == LiveStatus::Watching, beat_at));
                 }
@@ -478,8 +483,13 @@ mod tests {
         s.apply(&mut beats("b", 1, t + 1_000, &[(2, Connected), (1, Gone)]), t + 1_000);
         let v = s.live("s1", t + 1_000, 10_000);
         assert_eq!((v.watching, v.connected, v.peak), (0, 2, 2));
+        // session 3, paused, moves to edge c, which sees only its heartbeats: still
+        // paused; a session known nowhere else that only beats counts as watching
+        s.apply(&mut beats("c", 1, t + 2_000, &[(3, Beating), (4, Beating)]), t + 2_000);
+        let v = s.live("s1", t + 2_000, 10_000);
+        assert_eq!((v.watching, v.connected), (1, 2));
         // no beats for longer than the timeout: gone
-        let later = t + 1_000 + LIVE_SESSION_TIMEOUT_MS + 1;
+        let later = t + 2_000 + LIVE_SESSION_TIMEOUT_MS + 1;
         assert_eq!(s.live("s1", later, 10_000).connected, 0);
         // a replayed old frame does not bring sessions back
         let mut s2 = State::new(FactConfig::default(), 10_000);

@@ -430,6 +430,8 @@ pub fn all() -> Vec<Scenario> {
             live("l1", "s1", "play", 0),
             live("l2", "s2", "play", 0),
             live("l3", "s3", "play", 0),
+            // a session whose play this collector never saw (it moved POP)
+            live("l9", "s4", "heartbeat", 0),
         ],
     )
     .send(
@@ -455,11 +457,14 @@ pub fn all() -> Vec<Scenario> {
                     .map(|b| (f.str(b.stream).to_owned(), b.status))
                     .collect::<Vec<_>>()
             };
-            use tally_delta::LiveStatus::{Connected, Gone, Watching};
+            use tally_delta::LiveStatus::{Beating, Connected, Gone, Watching};
             let mut first = beats(0);
             first.sort();
             let l = || "live1".to_owned();
-            assert_eq!(first, vec![(l(), Watching), (l(), Connected), (l(), Gone)]);
+            assert_eq!(
+                first,
+                vec![(l(), Watching), (l(), Connected), (l(), Gone), (l(), Beating)]
+            );
             let mut second = beats(1);
             second.sort();
             assert_eq!(
@@ -473,7 +478,7 @@ pub fn all() -> Vec<Scenario> {
             assert_eq!(beats(3), vec![]);
             assert_eq!(r.stats.live_sessions, 1);
             let m = r.merged();
-            assert_eq!(m.live_of("live1"), (2, 0));
+            assert_eq!(m.live_of("live1"), (3, 0), "s1, s2 and s4 (status unknown: watching)");
         },
     ));
 

@@ -15,7 +15,9 @@ use tally_collector::{BatchError, Collector, IngestOutcome, RequestFacts, Stats}
 use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
 
 /// Epochs that never repeat, without local state: the high bits are the wall clock in
-/// milliseconds, the low 20 bits random, and within a process each is above the last.
+/// milliseconds, the low 22 bits random (two agents started in the same millisecond
+/// with 8 instances each collide with odds of 1 in 65,000), and within a process each
+/// is above the last.
 /// An agent whose spool directory was lost, a replaced host, or two agents started with
 /// one edge id therefore never reuse an (edge, epoch), which the merger would take for
 /// frames it already has.
@@ -23,7 +25,7 @@ pub struct Epochs {
     last: u64,
 }
 
-const RANDOM_BITS: u32 = 20;
+const RANDOM_BITS: u32 = 22;
 
 impl Epochs {
     /// An epoch source.
@@ -403,15 +405,19 @@ mod epoch_tests {
     #[test]
     fn epochs_grow_and_two_sources_do_not_collide() {
         let (mut a, mut b) = (Epochs::new(), Epochs::new());
-        let mut seen = std::collections::HashSet::new();
         let mut last = 0;
         for _ in 0..1_000 {
             let e = a.take();
-            assert!(e > last);
+            assert!(e > last, "epochs of one process grow");
             last = e;
-            assert!(seen.insert(e));
-            assert!(seen.insert(b.take()), "two agents with one edge id drew the same epoch");
         }
+        // two agents with one edge id, started in the same instant, 8 instances each
+        let mine: std::collections::HashSet<u64> = (0..8).map(|_| a.take()).collect();
+        let theirs: Vec<u64> = (0..8).map(|_| b.take()).collect();
+        assert!(
+            theirs.iter().all(|e| !mine.contains(e)),
+            "two agents drew the same epoch"
+        );
         // the clock is in the high bits: a later process starts above an earlier one
         assert!(last >> RANDOM_BITS >= crate::now_ms() - 60_000);
     }

@@ -41,6 +41,10 @@ struct SessionVideo {
 enum LiveStatus {
     Watching,
     Connected,
+    /// Beating, but this collector has not seen whether it plays or is paused (its first
+    /// event here was a heartbeat: it moved POP, or its memory was lost). Counted as
+    /// watching locally; the merger keeps the status another edge saw.
+    Beating,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -60,7 +64,7 @@ struct StreamGauge {
 impl StreamGauge {
     fn slot(&mut self, s: LiveStatus) -> &mut u32 {
         match s {
-            LiveStatus::Watching => &mut self.watching,
+            LiveStatus::Watching | LiveStatus::Beating => &mut self.watching,
             LiveStatus::Connected => &mut self.connected,
         }
     }
@@ -385,7 +389,7 @@ impl Collector {
         let next = match ev.kind {
             EventType::Play | EventType::Resume => Some(LiveStatus::Watching),
             // a paused player keeps beating: it stays connected until it resumes
-            EventType::Heartbeat => Some(prev.unwrap_or(LiveStatus::Watching)),
+            EventType::Heartbeat => Some(prev.unwrap_or(LiveStatus::Beating)),
             EventType::Pause => Some(LiveStatus::Connected),
             _ => None, // leave, complete
         };
@@ -515,6 +519,7 @@ impl Collector {
                 status: match self.live.get(k).map(|s| s.status) {
                     Some(LiveStatus::Watching) => tally_delta::LiveStatus::Watching,
                     Some(LiveStatus::Connected) => tally_delta::LiveStatus::Connected,
+                    Some(LiveStatus::Beating) => tally_delta::LiveStatus::Beating,
                     None => tally_delta::LiveStatus::Gone,
                 },
             })

@@ -110,6 +110,9 @@ pub enum LiveStatus {
     Connected,
     /// Left (or completed) the stream.
     Gone,
+    /// Still beating, status unknown to this edge (it saw only heartbeats): the merger
+    /// keeps the status it has (another edge saw a play or a pause), else watching.
+    Beating,
 }
 
 /// One live session's status at the end of the interval, for every session whose events

@@ -98,9 +98,16 @@ impl MergedDeltas {
         for b in &frame.live_beats {
             let sessions = self.live_sessions.entry(frame.str(b.stream).to_owned()).or_default();
             match b.status {
-                LiveStatus::Gone => sessions.remove(&b.session.0),
-                s => sessions.insert(b.session.0, s),
-            };
+                LiveStatus::Gone => {
+                    sessions.remove(&b.session.0);
+                }
+                LiveStatus::Beating => {
+                    sessions.entry(b.session.0).or_insert(LiveStatus::Watching);
+                }
+                s => {
+                    sessions.insert(b.session.0, s);
+                }
+            }
         }
         self.intake.accepted = self.intake.accepted.saturating_add(frame.intake.accepted);
         self.intake.duplicates = self.intake.duplicates.saturating_add(frame.intake.duplicates);
@@ -146,7 +153,7 @@ impl MergedDeltas {
             .fold((0, 0), |(w, c), (gw, gc)| (w + gw, c + gc));
         for s in self.live_sessions.get(stream).into_iter().flat_map(|m| m.values()) {
             match s {
-                LiveStatus::Watching => w += 1,
+                LiveStatus::Watching | LiveStatus::Beating => w += 1,
                 LiveStatus::Connected => c += 1,
                 LiveStatus::Gone => {}
             }
