@@ -105,8 +105,8 @@ fn main() -> Result<()> {
                 let keys = (0..per_frame)
                     .map(|j| {
                         let i = f * per_frame + j;
-                        // every tenth key repeats one from a thousand keys back
-                        FactKey(key(if i % 10 == 9 && i > 1_000 { i - 1_000 } else { i }))
+                        // every tenth key repeats one from a thousand keys back (a retry)
+                        FactKey(key(if i % 10 == 9 && i > 1_001 { i - 1_001 } else { i }))
                     })
                     .collect();
                 frame(f + 1, minute, keys)

@@ -140,18 +140,14 @@ async fn events(
     // 202 means durable: wait for the write-ahead log's fsync (shared with every beacon
     // written before it).
     if !tickets.is_empty() {
-        let synced = tokio::task::spawn_blocking(move || tickets.iter().try_for_each(|t| t.wait())).await;
-        match synced {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "write-ahead log sync failed");
+        for t in tickets {
+            if let Err(e) = t.wait().await {
                 return Err(a.refuse_retry(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the edge could not make this beacon durable ({e}); retry it"),
                     1,
                 ));
             }
-            Err(e) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         }
     }
     a.counters

@@ -17,8 +17,7 @@
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use tally_collector::RequestFacts;
 use tally_records::{Appender, WriteError};
 
@@ -72,51 +71,118 @@ pub enum WalError {
     Format(PathBuf, String),
 }
 
-/// The file a worker is writing and the sync state beacons wait on.
+/// The file a worker is writing.
 struct Current {
     out: Appender,
     generation: u64,
 }
 
-/// Group-commit state shared by a worker and the beacons waiting for `fsync`.
+/// What the syncer works on.
 #[derive(Default)]
 struct SyncState {
     /// The file being written (a second handle, so syncing needs no worker lock).
     file: Option<(u64, File)>,
+    /// Bytes written to that file so far.
+    written: u64,
     /// Everything up to (generation, offset) is durable.
     synced: (u64, u64),
+    stop: bool,
+}
+
+/// Where durability stands, as beacons see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Durable {
+    /// Everything up to (generation, offset) is durable.
+    synced: (u64, u64),
+    /// The last `fsync` failed: beacons beyond `synced` are not durable.
+    failed: bool,
+}
+
+/// Group commit: one thread per log runs `fsync` whenever bytes were written since the
+/// last one, and every beacon waiting on those bytes is woken at once.
+struct Shared {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+    durable: tokio::sync::watch::Sender<Durable>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, s: &SyncState, failed: bool) {
+        let d = Durable {
+            synced: s.synced,
+            failed,
+        };
+        self.durable.send_if_modified(|old| {
+            let changed = *old != d;
+            *old = d;
+            changed
+        });
+    }
+
+    /// The syncer's loop.
+    fn run(&self) {
+        let mut s = self.lock();
+        loop {
+            while !s.stop && !s.file.as_ref().is_some_and(|(g, _)| (*g, s.written) > s.synced) {
+                s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.stop {
+                return;
+            }
+            let Some((generation, file)) = s.file.as_ref().and_then(|(g, f)| Some((*g, f.try_clone().ok()?))) else {
+                continue;
+            };
+            let upto = s.written;
+            drop(s);
+            let result = file.sync_data();
+            s = self.lock();
+            match result {
+                Ok(()) => {
+                    if (generation, upto) > s.synced {
+                        s.synced = (generation, upto);
+                    }
+                    self.publish(&s, false);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "write-ahead log fsync failed; beacons waiting on it are refused");
+                    self.publish(&s, true);
+                    // do not spin on a failing disk
+                    drop(s);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    s = self.lock();
+                }
+            }
+        }
+    }
 }
 
 /// A beacon's place in the WAL: wait on it before answering.
 pub struct Ticket {
-    shared: Arc<Shared>,
-    generation: u64,
-    end: u64,
-}
-
-struct Shared {
-    sync: Mutex<SyncState>,
-    /// Bytes written to the current generation.
-    written: AtomicU64,
+    durable: tokio::sync::watch::Receiver<Durable>,
+    at: (u64, u64),
 }
 
 impl Ticket {
-    /// Blocks until the beacon is durable (its `fsync`, or its file closed by a flush).
-    pub fn wait(&self) -> Result<(), WalError> {
-        let mut s = self.shared.sync.lock().unwrap_or_else(|p| p.into_inner());
-        if s.synced >= (self.generation, self.end) {
-            return Ok(());
-        }
-        match &s.file {
-            Some((generation, file)) if *generation == self.generation => {
-                let upto = self.shared.written.load(Ordering::Acquire);
-                file.sync_data()
-                    .map_err(|e| WalError::Io(PathBuf::from(format!("generation {generation}")), e))?;
-                s.synced = (self.generation, upto);
-                Ok(())
-            }
-            // the file was closed (and synced) by a flush meanwhile
-            _ => Ok(()),
+    /// Resolves once the beacon is durable (an `fsync` covered it, or a flush closed
+    /// its file); `Err` when the `fsync` that should have covered it failed.
+    pub async fn wait(mut self) -> Result<(), WalError> {
+        let at = self.at;
+        let d = self
+            .durable
+            .wait_for(|d| d.synced >= at || d.failed)
+            .await
+            .map_err(|_| WalError::Format(PathBuf::from("wal"), "the log was closed".into()))?;
+        if d.synced >= at {
+            Ok(())
+        } else {
+            Err(WalError::Io(
+                PathBuf::from("wal"),
+                std::io::Error::other("fsync failed"),
+            ))
         }
     }
 }
@@ -209,15 +275,22 @@ impl Wal {
             .filter_map(|e| parse_name(e.file_name().to_str()?).map(|(_, g)| g))
             .max()
             .map_or(1, |g| g + 1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(SyncState::default()),
+            wake: Condvar::new(),
+            durable: tokio::sync::watch::Sender::new(Durable::default()),
+        });
+        let syncer = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("wal-sync-{worker}"))
+            .spawn(move || syncer.run())
+            .map_err(|e| WalError::Io(dir.to_owned(), e))?;
         Ok(Wal {
             dir: dir.to_owned(),
             worker,
             next_generation,
             current: None,
-            shared: Arc::new(Shared {
-                sync: Mutex::new(SyncState::default()),
-                written: AtomicU64::new(0),
-            }),
+            shared,
         })
     }
 
@@ -233,9 +306,10 @@ impl Wal {
             // a second handle: beacons sync through it without the worker's lock
             let second = File::open(&path).map_err(|e| WalError::Io(path.clone(), e))?;
             self.next_generation += 1;
-            let mut s = self.shared.sync.lock().unwrap_or_else(|p| p.into_inner());
-            s.file = Some((generation, second));
-            self.shared.written.store(out.len(), Ordering::Release);
+            let mut st = self.shared.lock();
+            st.file = Some((generation, second));
+            st.written = out.len();
+            drop(st);
             self.current = Some(Current { out, generation });
         }
         let cur = self
@@ -252,11 +326,14 @@ impl Wal {
         let bytes =
             postcard::to_allocvec(&rec).map_err(|e| WalError::Format(cur.out.path().to_owned(), e.to_string()))?;
         let end = cur.out.append(&[bytes])?.pop().unwrap_or(0);
-        self.shared.written.store(end, Ordering::Release);
+        {
+            let mut st = self.shared.lock();
+            st.written = st.written.max(end);
+        }
+        self.shared.wake.notify_one();
         Ok(Ticket {
-            shared: self.shared.clone(),
-            generation: cur.generation,
-            end,
+            durable: self.shared.durable.subscribe(),
+            at: (cur.generation, end),
         })
     }
 
@@ -265,17 +342,19 @@ impl Wal {
     /// flush's frame is in the spool. `None` when no beacon came since the last flush.
     pub fn close(&mut self) -> Option<PathBuf> {
         let cur = self.current.take()?;
-        let mut s = self.shared.sync.lock().unwrap_or_else(|p| p.into_inner());
-        // Synced through the same handle the beacons sync through (the appender's own
-        // idea of what is synced is stale, so its cut-back-on-failure must not run here).
-        if let Some((_, file)) = s.file.take()
+        let mut st = self.shared.lock();
+        // Synced through the syncer's handle (the appender's own idea of what is synced
+        // is stale, so its cut-back-on-failure must not run here).
+        if let Some((_, file)) = st.file.take()
             && let Err(e) = file.sync_data()
         {
             // The frame about to be spooled holds these beacons; the file stays on disk
             // until then either way.
             tracing::error!(error = %e, "cannot sync a write-ahead log file at flush");
         }
-        s.synced = (cur.generation, u64::MAX);
+        st.synced = (cur.generation, u64::MAX);
+        st.written = 0;
+        self.shared.publish(&st, false);
         Some(cur.out.path().to_owned())
     }
 
@@ -283,10 +362,18 @@ impl Wal {
     pub fn sync(&mut self) -> Result<(), WalError> {
         if let Some(cur) = self.current.as_mut() {
             cur.out.sync()?;
-            let mut s = self.shared.sync.lock().unwrap_or_else(|p| p.into_inner());
-            s.synced = (cur.generation, cur.out.len());
+            let mut st = self.shared.lock();
+            st.synced = st.synced.max((cur.generation, cur.out.len()));
+            self.shared.publish(&st, false);
         }
         Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
     }
 }
 
@@ -325,15 +412,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn beacons_read_back_with_the_frame_that_covers_them() {
+    #[tokio::test]
+    async fn beacons_read_back_with_the_frame_that_covers_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Wal::open(dir.path(), 3).unwrap();
         let c = Covers { epoch: 7, seq: 2 };
         let t1 = w.append(c, b"one", &facts(10)).unwrap();
         let t2 = w.append(c, b"two", &facts(11)).unwrap();
-        t2.wait().unwrap();
-        t1.wait().unwrap();
+        t2.wait().await.unwrap();
+        t1.wait().await.unwrap();
         let found = read_all(dir.path()).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!((found[0].worker, found[0].covers), (3, Some(c)));
@@ -346,6 +433,7 @@ mod tests {
         w.append(Covers { epoch: 7, seq: 3 }, b"three", &facts(12))
             .unwrap()
             .wait()
+            .await
             .unwrap();
         delete(&[closed]);
         let found = read_all(dir.path()).unwrap();
