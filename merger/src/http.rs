@@ -353,32 +353,32 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
 fn fact_metrics(f: &tally_delta::FactIndex) -> String {
     use std::fmt::Write;
     use tally_delta::FactKind;
-    let mut out = String::from(
-        "# HELP tally_duplicate_facts_total Copies of already counted facts (views, completions, shares, comments by key; likes that changed nothing) that did not count.\n# TYPE tally_duplicate_facts_total counter\n",
+    let mut out = String::new();
+    let mut per_kind = |name: &str, kind: &str, help: &str, value: &dyn Fn(FactKind) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for k in FactKind::ALL {
+            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", k.name(), value(k));
+        }
+    };
+    per_kind(
+        "tally_duplicate_facts_total",
+        "counter",
+        "Copies of already counted facts (views, completions, shares, comments by key; likes that changed nothing) that did not count.",
+        &|k| f.stats.duplicates[k as usize],
     );
-    for k in FactKind::ALL {
-        let _ = writeln!(
-            out,
-            "tally_duplicate_facts_total{{kind=\"{}\"}} {}",
-            k.name(),
-            f.stats.duplicates[k as usize]
-        );
-    }
-    out.push_str("# HELP tally_facts_counted_total Facts counted for the first time (likes: state changes).\n# TYPE tally_facts_counted_total counter\n");
-    for k in FactKind::ALL {
-        let _ = writeln!(
-            out,
-            "tally_facts_counted_total{{kind=\"{}\"}} {}",
-            k.name(),
-            f.stats.counted[k as usize]
-        );
-    }
+    per_kind(
+        "tally_facts_counted_total",
+        "counter",
+        "Facts counted for the first time (likes: state changes).",
+        &|k| f.stats.counted[k as usize],
+    );
     let (keys, likes) = f.sizes();
-    out.push_str("# HELP tally_fact_keys Fact keys held in the merger's time-bucketed sets (likes: registers).\n# TYPE tally_fact_keys gauge\n");
-    for k in FactKind::ALL {
-        let n = keys.get(k as usize).copied().unwrap_or(likes);
-        let _ = writeln!(out, "tally_fact_keys{{kind=\"{}\"}} {n}", k.name());
-    }
+    per_kind(
+        "tally_fact_keys",
+        "gauge",
+        "Fact keys held in the merger's time-bucketed sets (likes: registers).",
+        &|k| keys.get(k as usize).map_or(likes, |n| *n) as u64,
+    );
     let _ = write!(
         out,
         "# HELP tally_fact_memory_bytes Bytes of the fact sets' tables.\n# TYPE tally_fact_memory_bytes gauge\ntally_fact_memory_bytes {}\n\

@@ -188,6 +188,26 @@ impl Kit {
     }
 }
 
+/// Every event type a beacon may carry.
+pub const EVENT_KINDS: [&str; 10] = [
+    "play",
+    "heartbeat",
+    "pause",
+    "resume",
+    "complete",
+    "leave",
+    "like",
+    "unlike",
+    "share",
+    "comment",
+];
+
+/// The embedded `collector.wasm`, compiled once per test process.
+pub fn engine() -> &'static tally_wasm_host::CollectorEngine {
+    static ENGINE: std::sync::OnceLock<tally_wasm_host::CollectorEngine> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| tally_wasm_host::CollectorEngine::embedded().expect("collector.wasm compiles"))
+}
+
 /// The JSON body of a beacon carrying `events`, as `{"events": [...]}`.
 pub fn body(events: &[Ev]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "events": events })).unwrap_or_default()

@@ -4,28 +4,10 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 use tally_collector::Collector;
-use tally_wasm_host::CollectorEngine;
-use tally_wasm_tests::{Driver, Ev, Kit, body, decode};
+use tally_wasm_tests::{Driver, EVENT_KINDS, Ev, Kit, body, decode, engine};
 
-const KINDS: [&str; 10] = [
-    "play",
-    "heartbeat",
-    "pause",
-    "resume",
-    "complete",
-    "leave",
-    "like",
-    "unlike",
-    "share",
-    "comment",
-];
-
-fn engine() -> &'static CollectorEngine {
-    static ENGINE: OnceLock<CollectorEngine> = OnceLock::new();
-    ENGINE.get_or_init(|| CollectorEngine::embedded().expect("collector.wasm compiles"))
-}
+const KINDS: [&str; 10] = EVENT_KINDS;
 
 /// (session, video, kind, ts offset within 20 minutes)
 fn events() -> impl Strategy<Value = Vec<(u8, u8, usize, u64)>> {
