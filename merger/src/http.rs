@@ -29,6 +29,8 @@ pub struct Api {
     pub live_timeout_ms: u64,
     /// Failures of the tier writer.
     pub tier_errors: Arc<std::sync::atomic::AtomicU64>,
+    /// Frames the tier writer could not take (they stay in the frame log).
+    pub tier_quarantined: Arc<std::sync::atomic::AtomicU64>,
     /// Queries over the tiers.
     pub analytics: Arc<Analytics>,
     /// Where blocked videos are kept.
@@ -320,7 +322,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
          # HELP tally_likes_total Likes of all videos now (users whose latest like event is a like).\n# TYPE tally_likes_total gauge\ntally_likes_total {}\n\
          # HELP tally_shares_total Shares of all videos, all time.\n# TYPE tally_shares_total counter\ntally_shares_total {}\n\
          # HELP tally_comments_total Comments of all videos, all time.\n# TYPE tally_comments_total counter\ntally_comments_total {}\n\
-         # HELP tally_tier_errors_total Tier writer failures (tiers stop until restart).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n\
+         # HELP tally_tier_errors_total Tier writer failures (each retried).\n# TYPE tally_tier_errors_total counter\ntally_tier_errors_total {}\n\
          # HELP tally_frame_trackers (edge, epoch) pairs whose applied frames are tracked.\n# TYPE tally_frame_trackers gauge\ntally_frame_trackers {}\n{}",
         c.frames_applied,
         c.frames_duplicate,
@@ -339,9 +341,11 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         fact_metrics(&s.facts),
     );
     let text = format!(
-        "{text}# HELP tally_log_write_failures_total Frame log group commits that failed (not acknowledged; edges resend).\n# TYPE tally_log_write_failures_total counter\ntally_log_write_failures_total {}\n\
+        "{text}# HELP tally_tier_quarantined_frames_total Frames the tier writer could not take (logged with their log position; still in the frame log and the live counts).\n# TYPE tally_tier_quarantined_frames_total counter\ntally_tier_quarantined_frames_total {}\n\
+         # HELP tally_log_write_failures_total Frame log group commits that failed (not acknowledged; edges resend).\n# TYPE tally_log_write_failures_total counter\ntally_log_write_failures_total {}\n\
          # HELP tally_log_damaged_regions Damaged regions found in the frame log at start (intact records around them kept).\n# TYPE tally_log_damaged_regions gauge\ntally_log_damaged_regions {}\n\
          # HELP tally_log_broken 1 when the frame log could not be restored after a failure and takes no more frames.\n# TYPE tally_log_broken gauge\ntally_log_broken {}\n",
+        api.tier_quarantined.load(std::sync::atomic::Ordering::Relaxed),
         c.log_write_failures,
         c.log_damaged,
         u8::from(c.log_broken),

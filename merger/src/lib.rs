@@ -202,7 +202,8 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         rollup: std::time::Duration::from_millis(cfg.rollup_interval_ms.max(100)),
         publish: std::time::Duration::from_millis(cfg.publish_interval_ms.max(100)),
     };
-    tiers::spawn_writer(tiers, tier_rx, schedule, tier_errors.clone());
+    let tier_quarantined = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tiers::spawn_writer(tiers, tier_rx, schedule, tier_errors.clone(), tier_quarantined.clone());
     let blocked_path = cfg.data_dir.join("blocked.json");
     {
         let mut s = ingest::write(&state);
@@ -227,6 +228,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         operator_token: cfg.operator_token.as_deref().map(Arc::from),
         live_timeout_ms: cfg.live_timeout_ms,
         tier_errors,
+        tier_quarantined,
         analytics,
         blocked_path: Arc::from(blocked_path.as_path()),
     };

@@ -95,6 +95,8 @@ pub struct RollupReport {
     pub hours: usize,
     /// Days exported to cold.
     pub cold_days: usize,
+    /// Of those, days exported before that late rows changed.
+    pub cold_redone: usize,
     /// Minute rows deleted by hot retention.
     pub hot_deleted: usize,
     /// Hour rows deleted by warm retention.
@@ -397,7 +399,8 @@ impl Tiers {
             let mut put = self
                 .conn
                 .prepare("INSERT OR REPLACE INTO main.minute_uniques VALUES (?, ?, ?)")?;
-            for ((minute, video), mut sketch) in uniques {
+            for ((minute, video), sketch) in &uniques {
+                let (minute, mut sketch) = (*minute, sketch.clone());
                 hours.insert(minute.div_euclid(60));
                 let mut rows = get.query(params![minute, video])?;
                 if let Some(row) = rows.next()? {
@@ -420,8 +423,23 @@ impl Tiers {
             )?;
             Ok(())
         });
-        self.pending_pos = None;
-        result
+        match result {
+            Ok(()) => {
+                self.pending_pos = None;
+                Ok(())
+            }
+            Err(e) => {
+                // The transaction rolled back: the batch is put back, so a retry writes it
+                // whole (frames added meanwhile add to it).
+                for (k, c) in counts {
+                    self.counts.entry(k).or_default().add(&c);
+                }
+                for (k, s) in uniques {
+                    self.uniques.entry(k).or_default().merge(&s);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Recomputes changed hours into warm, exports finished days to cold, applies
@@ -429,8 +447,22 @@ impl Tiers {
     pub fn rollup(&mut self, now_ms: u64) -> Result<RollupReport> {
         let mut report = RollupReport::default();
         let dirty = self.column_i64("SELECT hour FROM main.dirty_hours ORDER BY hour", [])?;
+        let exported = self.column_i64("SELECT day FROM warm.cold_days", [])?;
         for hour in dirty {
             self.rollup_hour(hour)?;
+            let day = hour.div_euclid(24);
+            if exported.contains(&day) {
+                // Late rows for a day already in cold: export the day again (below) and
+                // rewrite its month file, so they reach every tier exactly once.
+                self.conn
+                    .execute("DELETE FROM warm.cold_days WHERE day = ?", params![day])?;
+                let month = &date_of_day(day)[..7];
+                let file = self.dir.join(format!("cold/month/month={month}/data.parquet"));
+                if file.exists() {
+                    std::fs::remove_file(&file)?;
+                }
+                report.cold_redone += 1;
+            }
             // warm is written; only now is the hour marked clean (a crash in between redoes it)
             self.conn.execute(
                 "INSERT OR IGNORE INTO main.unpublished_days VALUES (?)",
@@ -965,6 +997,44 @@ mod tests {
     }
 
     #[test]
+    fn late_rows_for_a_day_already_in_cold_reach_its_day_and_month_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+        let day = (NOW / 86_400_000) as u32;
+        // three days ago, in a month before this one when NOW allows it
+        let old = (day - 3) * 1440 + 60;
+        t.add(pos(1), &frame(1, old, "v", 4, 1)).unwrap();
+        t.commit().unwrap();
+        assert_eq!(t.rollup(NOW).unwrap().cold_days, 1);
+        let date = date_of_day(i64::from(day - 3));
+        let cold_sum = |t: &Tiers| -> i64 {
+            let path = dir.path().join(format!("cold/day/date={date}/data.parquet"));
+            t.conn
+                .query_row(
+                    &format!(
+                        "select sum(views)::BIGINT from read_parquet({})",
+                        sql_str(&path.to_string_lossy())
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(cold_sum(&t), 4);
+        // an edge that was offline delivers rows of that day now
+        t.add(pos(2), &frame(2, old + 30, "v", 3, 2)).unwrap();
+        t.commit().unwrap();
+        let r = t.rollup(NOW).unwrap();
+        assert_eq!((r.cold_days, r.cold_redone), (1, 1), "{r:?}");
+        assert_eq!(cold_sum(&t), 7, "the day file has the late rows");
+        // and a second rollup changes nothing
+        assert_eq!(t.rollup(NOW).unwrap().cold_days, 0);
+        t.publish().unwrap();
+        let (_, rows) = query_catalog(dir.path(), "select sum(views)::BIGINT from day_views").unwrap();
+        assert_eq!(rows[0][0], "7");
+    }
+
+    #[test]
     fn civil_dates() {
         assert_eq!(date_of_day(0), "1970-01-01");
         assert_eq!(date_of_day(20_415), "2025-11-23");
@@ -1011,13 +1081,18 @@ fn saturating_sums() -> String {
 pub const TIER_QUEUE: usize = 20_000;
 
 /// Runs the tier writer on its own thread until the sender is dropped; then it commits,
-/// rolls up and publishes one last time. After a failed commit it stops writing (the
-/// frames stay in the log and are applied on the next start, from the watermark).
+/// rolls up and publishes one last time. A failed commit keeps its batch and is retried
+/// with backoff (1 s doubling to 30 s) without taking new frames meanwhile, so ingest
+/// waits on the bounded queue instead of memory growing; a failed rollup or publish is
+/// retried at its next turn (both are idempotent); a frame that cannot be added to the
+/// batch is quarantined (logged with its log position and counted) instead of stopping
+/// the tiers.
 pub fn spawn_writer(
     mut tiers: Tiers,
     rx: std::sync::mpsc::Receiver<(LogPos, std::sync::Arc<DeltaFrame>)>,
     schedule: Schedule,
     errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    quarantined: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
     use std::sync::atomic::Ordering;
     use std::sync::mpsc::RecvTimeoutError;
@@ -1025,38 +1100,68 @@ pub fn spawn_writer(
     std::thread::Builder::new()
         .name("tier-writer".into())
         .spawn(move || {
-            let (mut next_commit, mut next_rollup, mut next_publish) =
-                (Instant::now() + schedule.commit, Instant::now() + schedule.rollup, Instant::now() + schedule.publish);
-            let mut failed = false;
+            let (mut next_commit, mut next_rollup, mut next_publish) = (
+                Instant::now() + schedule.commit,
+                Instant::now() + schedule.rollup,
+                Instant::now() + schedule.publish,
+            );
             let mut pending = 0usize;
-            let fail = |what: &str, e: TierError, failed: &mut bool| {
-                tracing::error!(error = %e, "tier {what} failed; tiers stop until restart (the frame log keeps everything)");
+            let mut backoff = Duration::from_secs(1);
+            let mut retry_at: Option<Instant> = None;
+            let fail = |what: &str, e: &TierError| {
+                tracing::error!(error = %e, "tier {what} failed; retrying (the frame log keeps everything)");
                 errors.fetch_add(1, Ordering::Relaxed);
-                *failed = true;
             };
+            let mut done = false;
             loop {
-                let wait = next_commit.saturating_duration_since(Instant::now());
-                let done = match rx.recv_timeout(wait) {
-                    Ok((pos, frame)) => {
-                        if !failed && let Err(e) = tiers.add(pos, &frame) {
-                            fail("add", e, &mut failed);
+                if let Some(at) = retry_at {
+                    // a commit is failing: take no new frames until it succeeds
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    match tiers.commit() {
+                        Ok(()) => {
+                            tracing::info!("tier commit succeeded again");
+                            retry_at = None;
+                            backoff = Duration::from_secs(1);
+                            pending = 0;
+                            next_commit = Instant::now() + schedule.commit;
                         }
-                        pending += 1;
-                        false
+                        Err(e) => {
+                            fail("commit", &e);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            retry_at = Some(Instant::now() + backoff);
+                            if done {
+                                return;
+                            }
+                            continue;
+                        }
                     }
-                    Err(RecvTimeoutError::Timeout) => false,
-                    Err(RecvTimeoutError::Disconnected) => true,
-                };
-                let now = Instant::now();
-                if failed {
-                    if done {
-                        return;
-                    }
-                    continue;
                 }
+                if !done {
+                    let wait = next_commit.saturating_duration_since(Instant::now());
+                    done = match rx.recv_timeout(wait) {
+                        Ok((pos, frame)) => {
+                            if let Err(e) = tiers.add(pos, &frame) {
+                                let id = &frame.header.id;
+                                tracing::error!(
+                                    error = %e, edge = %id.edge_id, epoch = id.epoch, seq = id.seq,
+                                    segment = pos.segment, offset = pos.offset,
+                                    "frame quarantined: it cannot be written to the tiers (it stays in the frame log)"
+                                );
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                quarantined.fetch_add(1, Ordering::Relaxed);
+                            }
+                            pending += 1;
+                            false
+                        }
+                        Err(RecvTimeoutError::Timeout) => false,
+                        Err(RecvTimeoutError::Disconnected) => true,
+                    };
+                }
+                let now = Instant::now();
                 if done || now >= next_commit || pending >= 5_000 {
                     if let Err(e) = tiers.commit() {
-                        fail("commit", e, &mut failed);
+                        fail("commit", &e);
+                        retry_at = Some(now + backoff);
                         continue;
                     }
                     pending = 0;
@@ -1064,15 +1169,13 @@ pub fn spawn_writer(
                 }
                 if done || now >= next_rollup {
                     if let Err(e) = tiers.rollup(crate::ingest::now_ms()) {
-                        fail("rollup", e, &mut failed);
-                        continue;
+                        fail("rollup", &e);
                     }
                     next_rollup = now + schedule.rollup;
                 }
                 if done || now >= next_publish {
                     if let Err(e) = tiers.publish() {
-                        fail("publish", e, &mut failed);
-                        continue;
+                        fail("publish", &e);
                     }
                     next_publish = now + schedule.publish;
                 }

@@ -479,7 +479,9 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
     let flusher = {
         let agent = agent.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(agent.cfg.flush_interval_ms));
+            // the first flush one interval after start (not at once: nothing to flush yet)
+            let period = Duration::from_millis(agent.cfg.flush_interval_ms);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u64;
             loop {
