@@ -88,6 +88,15 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
         Ack::Rejected(_)
     ));
     assert!(matches!(c1.send_frame(b"garbage").await.unwrap(), Ack::Rejected(_)));
+    // a frame of a version this merger does not read yet is deferred, not refused: the
+    // edge keeps it (an edge upgraded before its merger loses nothing)
+    let mut newer = frames("fra-1", 9, 1).remove(0);
+    newer[2] = 99;
+    match c1.send_frame(&newer).await.unwrap() {
+        Ack::Later(why) => assert!(why.contains("version 99"), "{why}"),
+        other => panic!("expected Later, got {other:?}"),
+    }
+    assert_eq!(m.metric("tally_frames_total{outcome=\"later\"}").await, 1.0);
 
     let all: Vec<Vec<u8>> = fra.iter().chain(&ams).cloned().collect();
     let want = expected(&all);

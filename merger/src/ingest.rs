@@ -187,6 +187,12 @@ impl Ingest {
     pub async fn submit(&self, edge_id: &str, bytes: Vec<u8>) -> Result<Ack, String> {
         let frame = match DeltaFrame::decode(&bytes).and_then(|f| f.validate_sketches().map(|()| f)) {
             Ok(f) => f,
+            Err(e @ tally_delta::FrameError::UnknownVersion(_)) => {
+                write(&self.state).counters.frames_later += 1;
+                return Ok(Ack::Later(format!(
+                    "{e}; keep it and resend after this merger is upgraded"
+                )));
+            }
             Err(e) => {
                 write(&self.state).counters.frames_rejected += 1;
                 return Ok(Ack::Rejected(e.to_string()));

@@ -74,8 +74,10 @@ async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Inges
     let bytes = recv.read_to_end(MAX_MESSAGE).await?;
     match ingest.submit(edge, bytes).await {
         Ok(ack) => {
-            if let Ack::Rejected(why) = &ack {
-                tracing::warn!(edge, reason = %why, "frame rejected");
+            match &ack {
+                Ack::Rejected(why) => tracing::warn!(edge, reason = %why, "frame rejected"),
+                Ack::Later(why) => tracing::error!(edge, reason = %why, "frame deferred: upgrade this merger"),
+                _ => {}
             }
             send.write_all(&protocol::encode(&ack)).await?;
             send.finish()?;

@@ -98,8 +98,10 @@ pub struct IngestCounters {
     pub frames_applied: u64,
     /// Resent frames acknowledged and ignored.
     pub frames_duplicate: u64,
-    /// Frames refused (corrupt, unknown version, wrong edge).
+    /// Frames refused (corrupt, wrong edge).
     pub frames_rejected: u64,
+    /// Frames not taken now (a version this merger does not read yet); edges keep them.
+    pub frames_later: u64,
     /// Events counted by edges in applied frames.
     pub events_accepted: u64,
     /// Counter rows applied.

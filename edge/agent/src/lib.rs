@@ -292,7 +292,13 @@ impl Agent {
             stats.iter().map(|(_, m)| m).sum(),
         );
         type MergerValue = fn(&ship::MergerStatus) -> u64;
-        let per_merger: [(&str, &str, &str, MergerValue); 5] = [
+        let per_merger: [(&str, &str, &str, MergerValue); 6] = [
+            (
+                "tally_edge_frames_deferred_total",
+                "counter",
+                "Frames a merger deferred (a frame version it cannot read yet): kept and resent; upgrade the merger.",
+                |m| m.deferred.load(Ordering::Relaxed),
+            ),
             (
                 "tally_edge_spool_read_errors_total",
                 "counter",

@@ -40,6 +40,8 @@ pub struct MergerStatus {
     pub rejected: AtomicU64,
     /// Spooled frames that could not be read back (each retried).
     pub read_errors: AtomicU64,
+    /// Frames the merger deferred (a version it cannot read yet; each kept and resent).
+    pub deferred: AtomicU64,
     /// Frames waiting for it.
     pub backlog: AtomicU64,
     /// Bytes of frames it acknowledged.
@@ -216,6 +218,14 @@ impl Link {
                     None => closed = true,
                 },
                 Some((o, r)) = inflight.next(), if !inflight.is_empty() => match r {
+                    Ok((Ack::Later(why), _)) => {
+                        // Not wrong, not taken yet (the merger cannot read this frame
+                        // version): keep it, alert, and try again after a reconnect.
+                        tracing::error!(merger = %self.target.addr, reason = %why, "merger deferred a frame; keeping it");
+                        self.status.deferred.fetch_add(1, Ordering::Relaxed);
+                        backlog.push_front(o);
+                        broken = true;
+                    }
                     Ok((ack, len)) => {
                         if let Ack::Rejected(why) = &ack {
                             tracing::error!(merger = %self.target.addr, reason = %why, "merger rejected a frame; dropping it");

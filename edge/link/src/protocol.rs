@@ -39,6 +39,9 @@ pub enum Ack {
     Duplicate,
     /// Not a frame this merger accepts; resending will not help.
     Rejected(String),
+    /// Not taken now, but not wrong either (a frame version this merger does not read
+    /// yet: an edge upgraded first): keep it, alert, and send it again later.
+    Later(String),
 }
 
 /// Encodes a message.
