@@ -234,6 +234,10 @@ async fn http_ingest_and_api_errors_are_json() {
     assert_eq!(status, 400);
     let (status, _) = m.get("/v1/top?country=Germany").await;
     assert_eq!(status, 400);
+    // a range past what minutes can hold is refused, not truncated into another range
+    let (status, e) = m.get("/v1/top?from=0&to=18446744073709551615").await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("year 10000"), "{e}");
     let (status, doc) = m.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/videos/{id}/stats"].is_object());

@@ -50,6 +50,10 @@ fn err(code: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(code, msg.into())
 }
 
+/// Times past this (10000-01-01) are refused rather than truncated into another range.
+const MAX_TIME_MS: u64 = 253_402_300_800_000;
+const TIME_RANGE_ERROR: &str = "`from` and `to` must be before the year 10000 (ms since the Unix epoch)";
+
 /// The router.
 pub fn router(api: Api) -> Router {
     Router::new()
@@ -167,6 +171,10 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
             Some(parsed)
         }
     };
+    if to > MAX_TIME_MS {
+        return Err(err(StatusCode::BAD_REQUEST, TIME_RANGE_ERROR));
+    }
+    // below MAX_TIME_MS every minute fits a u32
     let (from_min, to_min) = ((from / 60_000) as u32, to.div_ceil(60_000) as u32);
     let live: Option<Vec<serde_json::Value>> = {
         let s = api.ingest.read();
@@ -423,6 +431,9 @@ fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     };
     let to_ms = num("to")?.unwrap_or_else(now_ms);
     let from_ms = num("from")?.unwrap_or(to_ms.saturating_sub(86_400_000));
+    if to_ms > MAX_TIME_MS {
+        return Err(err(StatusCode::BAD_REQUEST, TIME_RANGE_ERROR));
+    }
     if from_ms >= to_ms {
         return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to`"));
     }

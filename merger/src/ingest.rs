@@ -174,12 +174,28 @@ impl Ingest {
     }
 
     /// Checks an edge's secret.
+    ///
+    /// The secret is compared in constant time (digests of both, folded byte by byte),
+    /// and an unknown edge and a wrong secret get the same answer, so neither timing nor
+    /// wording tells an attacker which edge ids exist; the log says which it was.
     pub fn authenticate(&self, edge_id: &str, secret: &str) -> Result<(), String> {
-        match self.edges.get(edge_id) {
-            Some(s) if s.as_bytes() == secret.as_bytes() => Ok(()),
-            Some(_) => Err(format!("wrong secret for edge {edge_id}")),
-            None => Err(format!("unknown edge {edge_id}")),
+        use sha2::{Digest, Sha256};
+        let given = Sha256::digest(secret.as_bytes());
+        let (known, want) = match self.edges.get(edge_id) {
+            Some(s) => (true, Sha256::digest(s.as_bytes())),
+            // compare against something all the same, so both cases take as long
+            None => (false, Sha256::digest(b"no such edge")),
+        };
+        let differ = given.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if known && differ == 0 {
+            return Ok(());
         }
+        tracing::warn!(
+            edge = edge_id,
+            reason = if known { "wrong secret" } else { "unknown edge" },
+            "edge refused"
+        );
+        Err(format!("unknown edge or wrong secret for edge {edge_id}"))
     }
 
     /// Takes one frame from an authenticated edge; resolves once it is durable (or refused).

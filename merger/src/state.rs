@@ -338,7 +338,7 @@ impl State {
 
     /// Views of every video, all time.
     pub fn total_views(&self) -> u64 {
-        self.videos.values().map(|v| v.counts.views).sum()
+        self.videos.values().fold(0u64, |t, v| t.saturating_add(v.counts.views))
     }
 
     /// Top `k` videos by views over minutes `[from, to)`, optionally in one country,
@@ -384,7 +384,7 @@ impl State {
 
     /// Frames missing below the newest applied seq, summed over edges (gaps).
     pub fn gaps(&self) -> u64 {
-        self.applied.values().map(SeqTracker::missing).sum()
+        self.applied.values().fold(0u64, |t, s| t.saturating_add(s.missing()))
     }
 
     /// Videos with any counts.
@@ -396,6 +396,14 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_saturate_instead_of_overflowing() {
+        let mut s = State::default();
+        s.apply(&mut gauges("a", u64::MAX - 1, &[]), 0);
+        s.apply(&mut gauges("b", u64::MAX - 1, &[]), 0);
+        assert_eq!(s.gaps(), u64::MAX, "two trackers near u64::MAX do not overflow");
+    }
 
     #[test]
     fn seq_tracker_tolerates_gaps_and_refuses_repeats() {
