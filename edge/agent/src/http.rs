@@ -67,6 +67,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
+/// The client address in a forwarding header: its right-most entry, the one the trusted
+/// proxy in front of the agent appended (entries to its left are written by the client
+/// and would let it pick its own rate-limit bucket).
+fn client_addr(header: &str) -> &str {
+    header.rsplit(',').next().unwrap_or("").trim()
+}
+
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
@@ -97,12 +104,7 @@ async fn events(
         }
     };
     let client = match &a.cfg.client_addr_header {
-        Some(h) => header_str(&headers, h)
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_owned(),
+        Some(h) => client_addr(header_str(&headers, h)).to_owned(),
         None => String::new(),
     };
     let client = if client.is_empty() {
@@ -311,4 +313,17 @@ async fn swap_component(
         .await
         .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     Ok(Json(json!({ "swapped": true, "bytes": n })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_addr;
+
+    #[test]
+    fn the_client_address_is_the_hop_the_trusted_proxy_added() {
+        assert_eq!(client_addr("203.0.113.9"), "203.0.113.9");
+        // a client that writes its own X-Forwarded-For cannot choose its address
+        assert_eq!(client_addr("1.1.1.1, 2.2.2.2 , 198.51.100.7"), "198.51.100.7");
+        assert_eq!(client_addr(""), "");
+    }
 }

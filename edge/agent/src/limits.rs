@@ -6,6 +6,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use tally_collector::route::Sessions;
 
+/// Events a beacon whose session could not be found is charged as.
+const UNKNOWN_SESSION_EVENTS: u32 = 10;
+
 /// The agent's rate limiters.
 pub struct Limits {
     sessions: DefaultKeyedRateLimiter<Vec<u8>>,
@@ -54,7 +57,17 @@ impl Limits {
                 }
                 per.into_iter().try_for_each(|(s, n)| over(s, n))
             }
-            Sessions::Unknown => Ok(()),
+            // No session found in the bytes (an escaped key, say): such beacons share
+            // one allowance per address, each charged as ten events.
+            Sessions::Unknown => {
+                let key = [b"?unknown-session@".as_slice(), addr.as_bytes()].concat();
+                match self.sessions.check_key_n(&key, nz(UNKNOWN_SESSION_EVENTS)) {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(format!(
+                        "too many beacons without a readable session_id from {addr}; slow down"
+                    )),
+                }
+            }
         }
     }
 
@@ -92,6 +105,24 @@ mod tests {
             events: 10,
         };
         assert!(l.check("1.2.3.4", &other).is_ok());
+    }
+
+    #[test]
+    fn beacons_without_a_readable_session_are_limited_per_address() {
+        let cfg = AgentConfig {
+            session_events_per_s: 5,
+            max_batch_events: 20,
+            addr_beacons_per_s: 1_000,
+            ..AgentConfig::default()
+        };
+        let l = Limits::new(&cfg);
+        let ok = (0..10)
+            .filter(|_| l.check("7.7.7.7", &Sessions::Unknown).is_ok())
+            .count();
+        assert_eq!(ok, 2, "a burst of 20 events, ten a beacon");
+        let e = l.check("7.7.7.7", &Sessions::Unknown).unwrap_err();
+        assert!(e.contains("session_id"), "{e}");
+        assert!(l.check("6.6.6.6", &Sessions::Unknown).is_ok(), "per address");
     }
 
     #[test]
