@@ -528,3 +528,25 @@ fn query_without_a_catalog_says_what_to_fix() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
 }
+
+/// A client that opens a TCP connection to the HTTPS port and never starts its TLS
+/// handshake (a slowloris) is cut off after the handshake timeout, not held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_https_client_is_cut_off_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start_with(dir.path(), &["--https-listen", "127.0.0.1:0"]);
+    let mut tcp = tokio::net::TcpStream::connect(m.https.unwrap()).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read(&mut buf)).await;
+    let waited = start.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the merger closed the silent connection: {read:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(9),
+        "closed after {waited:?}, not on the timeout"
+    );
+}

@@ -18,9 +18,15 @@ pub async fn serve(endpoint: Endpoint, ingest: Ingest, live_timeout_ms: u64) {
     }
 }
 
+/// An edge must say hello within this after its handshake.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
     let remote = conn.remote_address();
-    let edge = match hello(&conn, &ingest).await {
+    let said = tokio::time::timeout(HELLO_TIMEOUT, hello(&conn, &ingest))
+        .await
+        .unwrap_or_else(|_| Err("no hello within 10 s".to_string()));
+    let edge = match said {
         Ok(edge) => edge,
         Err(why) => {
             tracing::warn!(%remote, reason = %why, "edge refused");
