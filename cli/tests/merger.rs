@@ -265,6 +265,16 @@ async fn http_ingest_and_api_errors_are_json() {
         true,
         "block survives a restart"
     );
+    // analytics do not show it either
+    let (status, e) = m.get("/v1/analytics/timeseries?video=v0&from=0").await;
+    assert_eq!(status, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("blocked"), "{e}");
+    let (status, b) = m.get("/v1/analytics/breakdown?by=video&from=0").await;
+    assert_eq!(status, 200, "{b}");
+    assert!(
+        !b["rows"].as_array().unwrap().iter().any(|r| r["key"] == "v0"),
+        "blocked video in a breakdown: {b}"
+    );
     assert_eq!(
         http.delete(&block)
             .bearer_auth("op-token")

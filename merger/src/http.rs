@@ -459,11 +459,21 @@ fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     Ok(Filter { eq, from_ms, to_ms })
 }
 
+/// A blocked video's counts are not shown: asking for one by name is refused.
+fn refuse_blocked(api: &Api, f: &Filter) -> Result<(), ApiError> {
+    let s = api.ingest.read();
+    match f.eq.iter().find(|(d, v)| *d == "video" && s.is_blocked(v)) {
+        Some((_, v)) => Err(err(StatusCode::FORBIDDEN, format!("video {v} is blocked"))),
+        None => Ok(()),
+    }
+}
+
 async fn timeseries(
     State(api): State<Api>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let f = filter(&q)?;
+    refuse_blocked(&api, &f)?;
     let g = match q.get("granularity") {
         Some(g) => {
             Granularity::parse(g).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`granularity` is minute, hour or day"))?
@@ -502,8 +512,21 @@ async fn breakdown(
             .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
         None => 20,
     };
+    refuse_blocked(&api, &f)?;
+    // blocked videos are left out of a breakdown by video
+    let blocked: std::collections::HashSet<String> = if by == "video" {
+        api.ingest.read().blocked().cloned().collect()
+    } else {
+        Default::default()
+    };
     let fc = f.clone();
-    let rows = query(&api, move |a| a.breakdown(&fc, by, limit)).await?;
+    let n = limit + blocked.len();
+    let rows: Vec<_> = query(&api, move |a| a.breakdown(&fc, by, n))
+        .await?
+        .into_iter()
+        .filter(|r| !r.key.as_str().is_some_and(|k| blocked.contains(k)))
+        .take(limit)
+        .collect();
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows }),
     ))
