@@ -97,6 +97,19 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
         other => panic!("expected Later, got {other:?}"),
     }
     assert_eq!(m.metric("tally_frames_total{outcome=\"later\"}").await, 1.0);
+    // the same frame id with other content is a reused epoch, not a resend: refused
+    // loudly instead of being acknowledged as a duplicate (and its content lost)
+    for seq in [0usize, 3] {
+        let mut other = DeltaFrame::decode(&fra[seq]).unwrap();
+        other.counters[0].counts.watch_ms += 1;
+        match c1.send_frame(&other.encode()).await.unwrap() {
+            Ack::Rejected(why) => assert!(why.contains("reused an epoch"), "{why}"),
+            ack => panic!("frame {seq} with other content: {ack:?}"),
+        }
+        // the original, resent, is still a plain duplicate
+        assert_eq!(c1.send_frame(&fra[seq]).await.unwrap(), Ack::Duplicate);
+    }
+    assert_eq!(m.metric("tally_frames_total{outcome=\"conflict\"}").await, 2.0);
 
     let all: Vec<Vec<u8>> = fra.iter().chain(&ams).cloned().collect();
     let want = expected(&all);

@@ -321,7 +321,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     };
     let text = format!(
         "# HELP tally_frames_total Frames by outcome.\n# TYPE tally_frames_total counter\n\
-         tally_frames_total{{outcome=\"applied\"}} {}\ntally_frames_total{{outcome=\"duplicate\"}} {}\ntally_frames_total{{outcome=\"rejected\"}} {}\ntally_frames_total{{outcome=\"later\"}} {}\n\
+         tally_frames_total{{outcome=\"applied\"}} {}\ntally_frames_total{{outcome=\"duplicate\"}} {}\ntally_frames_total{{outcome=\"rejected\"}} {}\ntally_frames_total{{outcome=\"later\"}} {}\ntally_frames_total{{outcome=\"conflict\"}} {}\n\
          # HELP tally_frame_gaps Frames missing below the newest applied sequence number.\n# TYPE tally_frame_gaps gauge\ntally_frame_gaps {}\n\
          # HELP tally_events_total Events counted by edges in applied frames.\n# TYPE tally_events_total counter\ntally_events_total {}\n\
          # HELP tally_counter_rows_total Counter rows applied.\n# TYPE tally_counter_rows_total counter\ntally_counter_rows_total {}\n\
@@ -337,6 +337,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         c.frames_duplicate,
         c.frames_rejected,
         c.frames_later,
+        c.frames_conflict,
         s.gaps(),
         c.events_accepted,
         c.counter_rows,

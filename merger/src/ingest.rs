@@ -20,6 +20,15 @@ pub fn frame_belongs_to(frame_edge: &str, edge: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
 }
 
+/// The refusal of a frame whose id was applied before with other content.
+fn conflict(id: &FrameId) -> Ack {
+    tracing::error!(edge = %id.edge_id, epoch = id.epoch, seq = id.seq, "frame id reused with other content; refusing it");
+    Ack::Rejected(format!(
+        "frame {}/{}/{} was applied before with other content: this edge reused an epoch (give every incarnation its own)",
+        id.edge_id, id.epoch, id.seq
+    ))
+}
+
 /// Frames waiting for the log writer; when full, ingest waits (backpressure).
 const QUEUE: usize = 512;
 /// Frames written per group commit at most.
@@ -81,7 +90,12 @@ impl Ingest {
             for (pos, r) in records {
                 match DeltaFrame::decode(&r) {
                     Ok(mut f) => {
-                        if s.apply(&mut f, now)
+                        let id = f.header.id.clone();
+                        let applied = s.apply(&mut f, now);
+                        if applied {
+                            s.remember_digest(&id, crate::state::frame_digest(&r));
+                        }
+                        if applied
                             && let Some(tx) = &tier_tx
                             && watermark.is_none_or(|w| pos > w)
                         {
@@ -108,11 +122,15 @@ impl Ingest {
                     let mut fresh = Vec::with_capacity(batch.len());
                     let mut seen: HashSet<FrameId> = HashSet::new();
                     let mut dups = 0;
+                    let mut conflicts = 0;
                     {
                         let s = read(&st);
                         for j in batch {
                             let id = j.frame.header.id.clone();
-                            if s.is_applied(&id) || !seen.insert(id) {
+                            if s.conflicts(&id, crate::state::frame_digest(&j.bytes)) {
+                                let _ = j.reply.send(conflict(&id));
+                                conflicts += 1;
+                            } else if s.is_applied(&id) || !seen.insert(id) {
                                 let _ = j.reply.send(Ack::Duplicate);
                                 dups += 1;
                             } else {
@@ -120,8 +138,10 @@ impl Ingest {
                             }
                         }
                     }
-                    if dups > 0 {
-                        write(&st).counters.frames_duplicate += dups;
+                    if dups > 0 || conflicts > 0 {
+                        let mut s = write(&st);
+                        s.counters.frames_duplicate += dups;
+                        s.counters.frames_conflict += conflicts;
                     }
                     if fresh.is_empty() {
                         continue;
@@ -150,7 +170,11 @@ impl Ingest {
                         let mut s = write(&st);
                         let now = now_ms();
                         for (mut j, pos) in fresh.into_iter().zip(positions) {
+                            let id = j.frame.header.id.clone();
                             let applied = s.apply(&mut j.frame, now);
+                            if applied {
+                                s.remember_digest(&id, crate::state::frame_digest(&j.bytes));
+                            }
                             let _ = j.reply.send(if applied { Ack::Applied } else { Ack::Duplicate });
                             if applied {
                                 to_tiers.push((pos, Arc::new(j.frame)));
@@ -220,6 +244,10 @@ impl Ingest {
                 "frame is from edge {} but the connection is authenticated as {edge_id}",
                 frame.header.id.edge_id
             )));
+        }
+        if read(&self.state).conflicts(&frame.header.id, crate::state::frame_digest(&bytes)) {
+            write(&self.state).counters.frames_conflict += 1;
+            return Ok(conflict(&frame.header.id));
         }
         if read(&self.state).is_applied(&frame.header.id) {
             write(&self.state).counters.frames_duplicate += 1;

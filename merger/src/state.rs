@@ -27,6 +27,21 @@ pub struct SeqTracker {
     pub ahead: BTreeSet<u64>,
     /// When a frame of this (edge, epoch) last arrived (merger clock, ms).
     pub last_ms: u64,
+    /// Checksum of frame 1, and of the most recent frames: a frame id seen again with
+    /// other content is a reused epoch, not a resend.
+    first: Option<u32>,
+    recent: std::collections::VecDeque<(u64, u32)>,
+}
+
+/// Checksums of recent frames kept per (edge, epoch).
+const RECENT_DIGESTS: usize = 64;
+
+/// A frame's checksum: the CRC-32 its envelope ends with.
+pub fn frame_digest(bytes: &[u8]) -> u32 {
+    match bytes.len().checked_sub(4) {
+        Some(at) => u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]),
+        None => 0,
+    }
 }
 
 impl SeqTracker {
@@ -45,6 +60,28 @@ impl SeqTracker {
             self.contiguous += 1;
         }
         true
+    }
+
+    /// Remembers the checksum of applied frame `seq`.
+    pub fn remember(&mut self, seq: u64, digest: u32) {
+        if seq == 1 {
+            self.first = Some(digest);
+        }
+        self.recent.push_back((seq, digest));
+        if self.recent.len() > RECENT_DIGESTS {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Whether frame `seq` was applied with another checksum than `digest` (as far as
+    /// the checksums kept tell).
+    pub fn conflicts(&self, seq: u64, digest: u32) -> bool {
+        let known = if seq == 1 {
+            self.first
+        } else {
+            self.recent.iter().find(|(s, _)| *s == seq).map(|(_, d)| *d)
+        };
+        known.is_some_and(|d| d != digest)
     }
 
     /// Seqs missing below the highest applied one.
@@ -102,6 +139,8 @@ pub struct IngestCounters {
     pub frames_rejected: u64,
     /// Frames not taken now (a version this merger does not read yet); edges keep them.
     pub frames_later: u64,
+    /// Frames refused because their id was applied before with other content.
+    pub frames_conflict: u64,
     /// Events counted by edges in applied frames.
     pub events_accepted: u64,
     /// Counter rows applied.
@@ -157,6 +196,21 @@ impl State {
         self.applied
             .get(&(id.edge_id.clone(), id.epoch))
             .is_some_and(|t| t.contains(id.seq))
+    }
+
+    /// Remembers the checksum of an applied frame (see [`SeqTracker::conflicts`]).
+    pub fn remember_digest(&mut self, id: &FrameId, digest: u32) {
+        if let Some(t) = self.applied.get_mut(&(id.edge_id.clone(), id.epoch)) {
+            t.remember(id.seq, digest);
+        }
+    }
+
+    /// Whether a frame with this id was applied with other content: its edge reused an
+    /// epoch (a lost spool with the old epoch scheme, two agents with one id).
+    pub fn conflicts(&self, id: &FrameId, digest: u32) -> bool {
+        self.applied
+            .get(&(id.edge_id.clone(), id.epoch))
+            .is_some_and(|t| t.conflicts(id.seq, digest))
     }
 
     /// Drops the trackers of (edge, epoch) pairs silent for [`TRACKER_IDLE_MS`]; returns
