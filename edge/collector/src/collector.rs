@@ -42,32 +42,15 @@ enum LiveStatus {
     Watching,
     Connected,
     /// Beating, but this collector has not seen whether it plays or is paused (its first
-    /// event here was a heartbeat: it moved POP, or its memory was lost). Counted as
-    /// watching locally; the merger keeps the status another edge saw.
+    /// event here was a heartbeat: it moved POP, or its memory was lost); the merger
+    /// keeps the status another edge saw.
     Beating,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LiveSession {
-    stream: u64,
     status: LiveStatus,
     last_beat: u64,
-}
-
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct StreamGauge {
-    name: String,
-    watching: u32,
-    connected: u32,
-}
-
-impl StreamGauge {
-    fn slot(&mut self, s: LiveStatus) -> &mut u32 {
-        match s {
-            LiveStatus::Watching | LiveStatus::Beating => &mut self.watching,
-            LiveStatus::Connected => &mut self.connected,
-        }
-    }
 }
 
 /// Aggregation key of a counter row; `claims` indexes the token cache's claims.
@@ -127,7 +110,6 @@ pub struct Collector {
     events_seen: ExpiringMap<()>,
     sessions: ExpiringMap<SessionVideo>,
     live: HashMap<Key, LiveSession, FoldBuild>,
-    streams: HashMap<u64, StreamGauge, FoldBuild>,
     /// Live sessions with events in this interval, with their stream's name: each gets a
     /// beat in the frame.
     touched: HashMap<Key, String, FoldBuild>,
@@ -150,7 +132,6 @@ impl Collector {
             events_seen: ExpiringMap::new(window),
             sessions: ExpiringMap::new(window),
             live: HashMap::default(),
-            streams: HashMap::default(),
             touched: HashMap::default(),
             tokens: TokenCache::default(),
             counters: FxHashMap::default(),
@@ -381,7 +362,7 @@ impl Collector {
     }
 
     fn live_event(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) {
-        let (k, stream) = (Key(ids.session, ids.video), ids.video);
+        let k = Key(ids.session, ids.video);
         if !self.touched.contains_key(&k) {
             self.touched.insert(k, ev.video_id.to_string());
         }
@@ -399,20 +380,11 @@ impl Collector {
             }
             return;
         }
-        let gauge = self.streams.entry(stream).or_insert_with(|| StreamGauge {
-            name: ev.video_id.to_string(),
-            ..Default::default()
-        });
-        if let Some(p) = prev {
-            *gauge.slot(p) -= 1;
-        }
         match next {
             Some(n) => {
-                *gauge.slot(n) += 1;
                 self.live.insert(
                     k,
                     LiveSession {
-                        stream,
                         status: n,
                         last_beat: arrival,
                     },
@@ -427,15 +399,7 @@ impl Collector {
     /// Drops live sessions that missed their heartbeats.
     fn expire_live(&mut self, now: u64) {
         let timeout = self.cfg.heartbeat_timeout_ms;
-        let streams = &mut self.streams;
-        self.live.retain(|_, s| {
-            let alive = s.last_beat + timeout > now;
-            if !alive && let Some(g) = streams.get_mut(&s.stream) {
-                *g.slot(s.status) -= 1;
-            }
-            alive
-        });
-        streams.retain(|_, g| g.watching + g.connected > 0);
+        self.live.retain(|_, s| s.last_beat + timeout > now);
     }
 
     /// Evicts the least recently queued dedup entries while over the memory budget.
@@ -559,7 +523,6 @@ impl Collector {
             events: self.events_seen.entries().map(|(k, _, at)| (k.0, k.1, at)).collect(),
             sessions: self.sessions.entries().map(|(k, v, at)| (k.0, k.1, at, v)).collect(),
             live: self.live.iter().map(|(k, v)| (k.0, k.1, v)).collect(),
-            streams: self.streams.iter().map(|(k, v)| (*k, v)).collect(),
         };
         let mut out = STATE_MAGIC.to_vec();
         out.push(STATE_VERSION);
@@ -598,7 +561,6 @@ impl Collector {
             self.sessions.restore(Key(a, b), v, at);
         }
         self.live = m.live.into_iter().map(|(a, b, v)| (Key(a, b), v)).collect();
-        self.streams = m.streams.into_iter().collect();
         self.now = self.now.max(m.now);
         if self.interval_start == 0 {
             self.interval_start = m.now;
@@ -628,7 +590,6 @@ struct Memory<'a> {
     events: Vec<(u64, u64, u64)>,
     sessions: Vec<(u64, u64, u64, &'a SessionVideo)>,
     live: Vec<(u64, u64, &'a LiveSession)>,
-    streams: Vec<(u64, &'a StreamGauge)>,
 }
 
 /// [`Memory`] as read back.
@@ -638,7 +599,6 @@ struct MemoryOwned {
     events: Vec<(u64, u64, u64)>,
     sessions: Vec<(u64, u64, u64, SessionVideo)>,
     live: Vec<(u64, u64, LiveSession)>,
-    streams: Vec<(u64, StreamGauge)>,
 }
 
 /// Why exported state could not be taken over.
