@@ -305,25 +305,27 @@ impl State {
                 }
             }
         }
-        if now_ms >= self.sessions_pruned_ms + 1_000 {
-            self.sessions_pruned_ms = now_ms;
-            self.sessions.retain(|_, m| {
-                m.retain(|_, (_, at)| now_ms.saturating_sub(*at) <= LIVE_SESSION_TIMEOUT_MS);
-                !m.is_empty()
-            });
-        }
         let timeout = if self.live_timeout_ms == 0 {
             u64::MAX
         } else {
             self.live_timeout_ms
         };
-        let mut touched: Vec<&str> = frame.live_beats.iter().map(|b| frame.str(b.stream)).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        for stream in touched {
-            let watching = self.live_raw(stream, now_ms, timeout).0;
-            let peak = self.peaks.entry(stream.to_owned()).or_default();
-            *peak = (*peak).max(watching);
+        // At most once a second: drop sessions that stopped beating, and take the peaks
+        // of the streams' sessions in the same pass (not a pass over a stream's sessions
+        // per frame: a big stream has millions, and every edge sends a frame a second).
+        if now_ms >= self.sessions_pruned_ms + 1_000 {
+            self.sessions_pruned_ms = now_ms;
+            let mut watching: Vec<(String, u64)> = Vec::new();
+            self.sessions.retain(|stream, m| {
+                m.retain(|_, (_, at)| now_ms.saturating_sub(*at) <= LIVE_SESSION_TIMEOUT_MS);
+                watching.push((stream.clone(), m.values().filter(|(w, _)| *w).count() as u64));
+                !m.is_empty()
+            });
+            for (stream, w) in watching {
+                let w = w + self.gauges_raw(&stream, now_ms, timeout).0;
+                let peak = self.peaks.entry(stream).or_default();
+                *peak = (*peak).max(w);
+            }
         }
         for g in &frame.live {
             let stream = frame.str(g.stream);
@@ -349,11 +351,7 @@ impl State {
     /// (watching, connected): gauges of edges heard from within `timeout_ms`, plus
     /// sessions that beat within [`LIVE_SESSION_TIMEOUT_MS`].
     fn live_raw(&self, stream: &str, now_ms: u64, timeout_ms: u64) -> (u64, u64) {
-        let (mut w, mut c) = self.live.get(stream).map_or((0, 0), |m| {
-            m.values()
-                .filter(|g| now_ms.saturating_sub(g.at_ms) <= timeout_ms)
-                .fold((0, 0), |(w, c), g| (w + g.watching as u64, c + g.connected as u64))
-        });
+        let (mut w, mut c) = self.gauges_raw(stream, now_ms, timeout_ms);
         for (watching, at) in self.sessions.get(stream).into_iter().flat_map(|m| m.values()) {
             if now_ms.saturating_sub(*at) <= LIVE_SESSION_TIMEOUT_MS {
                 if *watching {
@@ -364,6 +362,15 @@ impl State {
             }
         }
         (w, c)
+    }
+
+    /// (watching, connected) from the gauges of edges heard from within `timeout_ms`.
+    fn gauges_raw(&self, stream: &str, now_ms: u64, timeout_ms: u64) -> (u64, u64) {
+        self.live.get(stream).map_or((0, 0), |m| {
+            m.values()
+                .filter(|g| now_ms.saturating_sub(g.at_ms) <= timeout_ms)
+                .fold((0, 0), |(w, c), g| (w + g.watching as u64, c + g.connected as u64))
+        })
     }
 
     /// Live viewers of a stream; edges silent for longer than `timeout_ms` do not count.
