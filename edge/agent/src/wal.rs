@@ -31,7 +31,7 @@ pub struct Covers {
 }
 
 /// One beacon part as the collector took it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Logged {
     /// Arrival time (ms).
     pub arrival_ms: u64,
@@ -43,6 +43,17 @@ pub struct Logged {
     pub user_agent: String,
     /// The body the collector was given.
     pub body: Vec<u8>,
+}
+
+/// [`Logged`] as written: borrowed from the request, so appending copies the beacon
+/// once (into the record), not twice. Same encoding as [`Logged`].
+#[derive(Serialize)]
+struct LoggedRef<'a> {
+    arrival_ms: u64,
+    country: &'a str,
+    client_addr: &'a str,
+    user_agent: &'a str,
+    body: &'a [u8],
 }
 
 impl Logged {
@@ -316,12 +327,12 @@ impl Wal {
             .current
             .as_mut()
             .ok_or_else(|| WalError::Format(self.dir.clone(), "no open file".into()))?;
-        let rec = Logged {
+        let rec = LoggedRef {
             arrival_ms: facts.arrival_ms,
-            country: facts.country.clone(),
-            client_addr: facts.client_addr.clone(),
-            user_agent: facts.user_agent.clone(),
-            body: body.to_vec(),
+            country: &facts.country,
+            client_addr: &facts.client_addr,
+            user_agent: &facts.user_agent,
+            body,
         };
         let bytes =
             postcard::to_allocvec(&rec).map_err(|e| WalError::Format(cur.out.path().to_owned(), e.to_string()))?;
