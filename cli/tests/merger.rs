@@ -573,3 +573,107 @@ async fn a_silent_https_client_is_cut_off_after_the_handshake_timeout() {
         "closed after {waited:?}, not on the timeout"
     );
 }
+
+/// Segment numbers in the frame log directory.
+fn log_segments(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_compact_the_log_and_a_killed_merger_restarts_from_them_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("merger.toml");
+    // tiny segments and checkpoints so a test's traffic rotates, checkpoints and compacts
+    std::fs::write(
+        &config,
+        "checkpoint_bytes = 3000\ncheckpoint_interval_ms = 200\nlog_segment_bytes = 4000\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap(), "--publish-interval", "200ms"];
+    let mut m = Merger::start_with(&data, &args);
+    let all = frames("fra-1", 1, 120);
+    let (first, second) = all.split_at(80);
+    let client = m.client("fra-1").await;
+    for f in first {
+        assert_eq!(client.send_frame(f).await.unwrap(), Ack::Applied);
+        // paced like an edge, so checkpoints come while frames do
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // the log behind two checkpoints and the tiers goes
+    let compacted = common::loop_until(Duration::from_secs(30), || async {
+        let segs = log_segments(&data);
+        (m.metric("tally_checkpoints_total").await >= 2.0 && segs.first().is_some_and(|&s| s > 1)).then_some(segs)
+    })
+    .await
+    .expect("the log is compacted");
+    assert!(m.metric("tally_log_bytes_freed_total").await > 0.0);
+    assert!(m.metric("tally_checkpoint_bytes").await > 0.0);
+    eprintln!("segments after compaction: {compacted:?}");
+    // rebuild refuses a compacted log rather than re-creating part of history
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["merger", "--data-dir", data.to_str().unwrap(), "rebuild"])
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && msg.contains("compacted"), "rebuild said: {msg}");
+
+    // kill -9, restart from the newest checkpoint and the log after it
+    m.kill();
+    let mut m = Merger::start_with(&data, &args);
+    let want_first = expected(first);
+    for (video, views) in &want_first {
+        assert_eq!(m.views(video).await, *views, "views of {video} after restart");
+    }
+    // the trackers came back with the state: resent frames are duplicates
+    let client = m.client("fra-1").await;
+    for f in first.iter().rev().take(30) {
+        assert_eq!(client.send_frame(f).await.unwrap(), Ack::Duplicate);
+    }
+    for f in second {
+        assert_eq!(client.send_frame(f).await.unwrap(), Ack::Applied);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let want = expected(&all);
+    let total: u64 = want.values().sum();
+    // wait for a checkpoint past the new frames, then damage the newest checkpoint:
+    // the restart falls back to the older one and the log after it
+    let ckpts = common::loop_until(Duration::from_secs(30), || async {
+        let mut v: Vec<_> = std::fs::read_dir(data.join("checkpoint"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
+            .collect();
+        v.sort();
+        (m.metric("tally_checkpoints_total").await >= 1.0 && v.len() == 2).then_some(v)
+    })
+    .await
+    .expect("two checkpoints");
+    m.kill();
+    let newest = ckpts.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(newest, &bytes).unwrap();
+    let m = Merger::start_with(&data, &args);
+    assert_eq!(m.metric("tally_checkpoints_damaged").await, 1.0);
+    for (video, views) in &want {
+        assert_eq!(m.views(video).await, *views, "views of {video} from the older checkpoint");
+    }
+    // and the tiers hold every frame exactly once
+    let sql = "select sum(views)::BIGINT from views";
+    let got = common::loop_until(Duration::from_secs(30), || async {
+        catalog_views(&data, sql)
+            .and_then(|r| r.first()?.first()?.parse::<u64>().ok())
+            .filter(|&v| v == total)
+    })
+    .await;
+    assert_eq!(got, Some(total), "catalog: {:?}", catalog_views(&data, sql));
+}

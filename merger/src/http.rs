@@ -352,7 +352,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         fact_metrics(&s.facts),
     );
     let text = format!(
-        "{text}# HELP tally_tier_quarantined_frames_total Frames the tier writer could not take (logged with their log position; still in the frame log and the live counts).\n# TYPE tally_tier_quarantined_frames_total counter\ntally_tier_quarantined_frames_total {}\n\
+        "{text}# HELP tally_tier_quarantined_frames_total Frames the tier writer could not take (logged with their log position, kept in quarantine/, and in the live counts).\n# TYPE tally_tier_quarantined_frames_total counter\ntally_tier_quarantined_frames_total {}\n\
          # HELP tally_log_write_failures_total Frame log group commits that failed (not acknowledged; edges resend).\n# TYPE tally_log_write_failures_total counter\ntally_log_write_failures_total {}\n\
          # HELP tally_log_damaged_regions Damaged regions found in the frame log at start (intact records around them kept).\n# TYPE tally_log_damaged_regions gauge\ntally_log_damaged_regions {}\n\
          # HELP tally_log_broken 1 when the frame log could not be restored after a failure and takes no more frames.\n# TYPE tally_log_broken gauge\ntally_log_broken {}\n",
@@ -360,6 +360,18 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         c.log_write_failures,
         c.log_damaged,
         u8::from(c.log_broken),
+    );
+    let text = format!(
+        "{text}# HELP tally_checkpoints_total Checkpoints of the live state written by this process.\n# TYPE tally_checkpoints_total counter\ntally_checkpoints_total {}\n\
+         # HELP tally_checkpoint_failures_total Checkpoints that could not be written (the log keeps everything).\n# TYPE tally_checkpoint_failures_total counter\ntally_checkpoint_failures_total {}\n\
+         # HELP tally_checkpoint_bytes Size of the last checkpoint.\n# TYPE tally_checkpoint_bytes gauge\ntally_checkpoint_bytes {}\n\
+         # HELP tally_checkpoints_damaged Checkpoints found damaged at start (an older one and more log were used).\n# TYPE tally_checkpoints_damaged gauge\ntally_checkpoints_damaged {}\n\
+         # HELP tally_log_bytes_freed_total Frame log bytes deleted behind the checkpoints and the tiers.\n# TYPE tally_log_bytes_freed_total counter\ntally_log_bytes_freed_total {}\n",
+        c.checkpoints,
+        c.checkpoint_failures,
+        c.checkpoint_bytes,
+        c.checkpoints_damaged,
+        c.log_bytes_freed,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -69,42 +69,195 @@ pub struct Ingest {
     edges: Arc<HashMap<String, String>>,
 }
 
+/// Replays log records into the state (and, past the tiers' watermark, into the tier
+/// writer), one at a time: hand it to [`FrameLog::replay`].
+pub struct Replay<'a> {
+    state: &'a mut State,
+    tiers: Option<(&'a TierSender, Option<LogPos>)>,
+    now: u64,
+    /// The last record replayed.
+    pub last_pos: Option<LogPos>,
+    /// The last record that went to the tiers (or, before the tiers' watermark, would
+    /// have).
+    pub last_tier_pos: Option<LogPos>,
+    /// Records replayed.
+    pub records: usize,
+}
+
+impl<'a> Replay<'a> {
+    /// Replays into `state`; frames past `watermark` also go to `tiers`. `from` is the
+    /// checkpoint the state was restored from, if any.
+    pub fn new(
+        state: &'a mut State,
+        tiers: Option<(&'a TierSender, Option<LogPos>)>,
+        from: Option<crate::checkpoint::Mark>,
+    ) -> Replay<'a> {
+        Replay {
+            state,
+            tiers,
+            now: now_ms(),
+            last_pos: from.map(|m| m.pos),
+            last_tier_pos: from.and_then(|m| m.tier_pos),
+            records: 0,
+        }
+    }
+
+    /// Applies one record.
+    pub fn record(&mut self, pos: LogPos, bytes: Vec<u8>) {
+        self.records += 1;
+        self.last_pos = Some(pos);
+        match DeltaFrame::decode(&bytes) {
+            Ok(mut f) => {
+                let id = f.header.id.clone();
+                if self.state.apply(&mut f, self.now) {
+                    self.state.remember_digest(&id, crate::state::frame_digest(&bytes));
+                    self.last_tier_pos = Some(pos);
+                    if let Some((tx, watermark)) = &self.tiers
+                        && watermark.is_none_or(|w| pos > w)
+                    {
+                        let _ = tx.send((pos, Arc::new(f)));
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "undecodable record in the frame log, skipped"),
+        }
+    }
+}
+
+/// When and where the frame-log thread checkpoints the state (see [`crate::checkpoint`]).
+#[derive(Clone, Debug)]
+pub struct CheckpointPlan {
+    /// Where checkpoints go.
+    pub dir: std::path::PathBuf,
+    /// The frame log's directory (segments behind the checkpoints are deleted).
+    pub log_dir: std::path::PathBuf,
+    /// A checkpoint after this many log bytes...
+    pub every_bytes: u64,
+    /// ...or this long (ms) after the last one, if any frame came since.
+    pub every_ms: u64,
+    /// Delete log segments behind the checkpoints and the tiers.
+    pub compact: bool,
+    /// The tiers' watermark, as the tier writer commits (none: no tiers).
+    pub tiers: Option<Arc<std::sync::Mutex<Option<LogPos>>>>,
+}
+
+fn tier_watermark(plan: &CheckpointPlan) -> Option<Option<LogPos>> {
+    plan.tiers
+        .as_ref()
+        .map(|w| *w.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Runs the checkpoint writer: waits until the tiers hold what a checkpoint says they
+/// do, writes it, then compacts the log.
+/// Runs the checkpoint thread: every so often (see [`CheckpointPlan`]) serialises the
+/// state with its log position under the read lock, waits until the tiers hold what it
+/// says they do, writes it, then compacts the log.
+fn spawn_checkpointer(plan: CheckpointPlan, state: Arc<RwLock<State>>) {
+    use std::time::{Duration, Instant};
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            let (mut last_bytes, mut last_pos, mut last_at) = {
+                let s = read(&state);
+                (s.progress.bytes, s.progress.pos, Instant::now())
+            };
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                if Arc::strong_count(&state) == 1 {
+                    return; // the merger is gone
+                }
+                let (mark, bytes, at_bytes) = {
+                    let s = read(&state);
+                    let p = s.progress;
+                    let due = p.bytes.saturating_sub(last_bytes) >= plan.every_bytes
+                        || last_at.elapsed() >= Duration::from_millis(plan.every_ms);
+                    let Some(pos) = p.pos.filter(|&pos| due && Some(pos) != last_pos) else {
+                        continue;
+                    };
+                    let mark = crate::checkpoint::Mark {
+                        pos,
+                        tier_pos: p.tier_pos,
+                    };
+                    // only the frame-log thread applies frames, under the write lock: the
+                    // state read here is exactly the log up to `pos`
+                    (mark, crate::checkpoint::encode(mark, &s), p.bytes)
+                };
+                last_bytes = at_bytes;
+                last_pos = Some(mark.pos);
+                last_at = Instant::now();
+                let waited = Instant::now();
+                let mut warned = false;
+                // the tiers must have what the checkpoint says went to them
+                while let Some(w) = tier_watermark(&plan)
+                    && mark.tier_pos.is_some_and(|t| w.is_none_or(|w| w < t))
+                {
+                    if !warned && waited.elapsed() > Duration::from_secs(60) {
+                        tracing::warn!("checkpoint waiting for the tiers to catch up");
+                        warned = true;
+                    }
+                    if Arc::strong_count(&state) == 1 {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let started = Instant::now();
+                match crate::checkpoint::write(&plan.dir, mark.pos, &bytes) {
+                    Ok(oldest) => {
+                        let mut freed = 0;
+                        if plan.compact {
+                            let upto = match tier_watermark(&plan) {
+                                Some(w) => oldest.segment.min(w.map_or(0, |w| w.segment)),
+                                None => oldest.segment,
+                            };
+                            match crate::log::FrameLog::delete_before(&plan.log_dir, upto) {
+                                Ok(n) => freed = n,
+                                Err(e) => tracing::warn!(error = %e, "could not delete old log segments"),
+                            }
+                        }
+                        tracing::info!(
+                            segment = mark.pos.segment,
+                            offset = mark.pos.offset,
+                            bytes = bytes.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            freed,
+                            "checkpoint written"
+                        );
+                        let mut s = write(&state);
+                        s.counters.checkpoints += 1;
+                        s.counters.checkpoint_bytes = bytes.len() as u64;
+                        s.counters.log_bytes_freed = s.counters.log_bytes_freed.saturating_add(freed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "checkpoint failed; the log keeps everything, retrying later");
+                        write(&state).counters.checkpoint_failures += 1;
+                    }
+                }
+            }
+        })
+        .expect("spawning the checkpoint thread");
+}
+
 impl Ingest {
-    /// Starts the log writer thread over an opened log, after replaying `records` into
-    /// `state` and, past the tiers' watermark, into the tier writer.
+    /// Starts the log writer thread over an opened log whose records are already in
+    /// `state` (see [`Replay`]); applied frames go on to `tiers`, and the state is
+    /// checkpointed as `plan` says (`replayed`: where the replay left off).
     pub fn start(
         mut log: FrameLog,
-        records: Vec<(LogPos, Vec<u8>)>,
         state: Arc<RwLock<State>>,
         edges: HashMap<String, String>,
-        tiers: Option<(TierSender, Option<LogPos>)>,
+        tiers: Option<TierSender>,
+        plan: Option<CheckpointPlan>,
+        replayed: (Option<LogPos>, Option<LogPos>),
     ) -> Ingest {
-        let (tier_tx, watermark) = match tiers {
-            Some((tx, w)) => (Some(tx), w),
-            None => (None, None),
-        };
+        let tier_tx = tiers;
         {
             let mut s = write(&state);
             s.counters.log_damaged = log.damaged() as u64;
-            let now = now_ms();
-            for (pos, r) in records {
-                match DeltaFrame::decode(&r) {
-                    Ok(mut f) => {
-                        let id = f.header.id.clone();
-                        let applied = s.apply(&mut f, now);
-                        if applied {
-                            s.remember_digest(&id, crate::state::frame_digest(&r));
-                        }
-                        if applied
-                            && let Some(tx) = &tier_tx
-                            && watermark.is_none_or(|w| pos > w)
-                        {
-                            let _ = tx.send((pos, Arc::new(f)));
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "undecodable record in the frame log, skipped"),
-                }
-            }
+            s.progress.pos = replayed.0;
+            s.progress.tier_pos = replayed.1;
+        }
+        if let Some(plan) = plan {
+            spawn_checkpointer(plan, state.clone());
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let st = state.clone();
@@ -147,6 +300,7 @@ impl Ingest {
                         continue;
                     }
                     let payloads: Vec<&[u8]> = fresh.iter().map(|j| j.bytes.as_slice()).collect();
+                    let appended = payloads.iter().map(|p| p.len() as u64 + 8).sum::<u64>();
                     let written = log.append_all(&payloads).and_then(|p| log.sync().map(|()| p));
                     let positions = match written {
                         Ok(p) => p,
@@ -169,11 +323,14 @@ impl Ingest {
                     {
                         let mut s = write(&st);
                         let now = now_ms();
+                        s.progress.bytes += appended;
                         for (mut j, pos) in fresh.into_iter().zip(positions) {
                             let id = j.frame.header.id.clone();
                             let applied = s.apply(&mut j.frame, now);
+                            s.progress.pos = Some(pos);
                             if applied {
                                 s.remember_digest(&id, crate::state::frame_digest(&j.bytes));
+                                s.progress.tier_pos = Some(pos);
                             }
                             let _ = j.reply.send(if applied { Ack::Applied } else { Ack::Duplicate });
                             if applied {

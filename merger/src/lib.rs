@@ -4,6 +4,7 @@
 
 pub mod analytics;
 pub mod blocked;
+pub mod checkpoint;
 pub mod history;
 pub mod http;
 pub mod https;
@@ -58,6 +59,15 @@ pub struct MergerConfig {
     /// that a copy arriving later does not count again (ms; the edges' lateness bound
     /// plus grace for frames waiting in a spool).
     pub fact_window_ms: u64,
+    /// The live state is checkpointed after this many bytes of log...
+    pub checkpoint_bytes: u64,
+    /// ...or this long after the last checkpoint, if frames came since (ms).
+    pub checkpoint_interval_ms: u64,
+    /// Log segments are rotated at this size; compaction deletes whole segments.
+    pub log_segment_bytes: u64,
+    /// Delete log segments behind the checkpoints and the tiers. Off: the log keeps
+    /// every frame (and `tally merger rebuild` can re-create all history from it).
+    pub compact_log: bool,
 }
 
 impl Default for MergerConfig {
@@ -78,6 +88,10 @@ impl Default for MergerConfig {
             warm_days: 90,
             cold_days: 3 * 365,
             fact_window_ms: tally_delta::DEFAULT_FACT_WINDOW_MS,
+            checkpoint_bytes: 64 << 20,
+            checkpoint_interval_ms: 5 * 60_000,
+            log_segment_bytes: 64 << 20,
+            compact_log: true,
         }
     }
 }
@@ -129,6 +143,13 @@ impl Running {
 /// replayed into fresh ones. The merger must not be running on `cfg.data_dir`.
 pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
     let dir = &cfg.data_dir;
+    if let Some(first) = log::FrameLog::first_segment(&dir.join("log")).context("reading the frame log")?
+        && first > 1
+    {
+        anyhow::bail!(
+            "the frame log was compacted (it starts at segment {first}): the tiers hold history the log no longer has, so they cannot be rebuilt from it. Set compact_log = false to keep every frame if you need rebuilds"
+        );
+    }
     for f in [
         "hot.duckdb",
         "hot.duckdb.wal",
@@ -184,9 +205,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         &cfg.data_dir.join("tls"),
     )?;
     let fingerprint = identity.fingerprint();
-    let (log, records) = log::FrameLog::open(&cfg.data_dir.join("log")).context("opening the frame log")?;
-    let replayed = records.len();
-    let state = Arc::new(RwLock::new(state::State::new(cfg.facts(), cfg.live_timeout_ms)));
+    let started = std::time::Instant::now();
     let retention = tiers::Retention {
         hot_days: cfg.hot_days,
         warm_days: cfg.warm_days,
@@ -194,6 +213,28 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     };
     let tiers = tiers::Tiers::open(&cfg.data_dir, retention).context("opening the DuckDB tiers")?;
     let watermark = tiers.watermark()?;
+    let tier_watermark = tiers.watermark_handle();
+    let log_dir = cfg.data_dir.join("log");
+    let ckpt_dir = cfg.data_dir.join("checkpoint");
+    let loaded = checkpoint::load(&ckpt_dir, watermark, cfg.facts(), cfg.live_timeout_ms)?;
+    let (mark, mut state) = match loaded.start {
+        Some((mark, state)) => (Some(mark), state),
+        None => (None, state::State::new(cfg.facts(), cfg.live_timeout_ms)),
+    };
+    // The log must still hold what follows the checkpoint (or all of it, without one).
+    let first = log::FrameLog::first_segment(&log_dir)?;
+    let needed = mark.map_or(1, |m| m.pos.segment);
+    if let Some(first) = first
+        && first > needed
+    {
+        anyhow::bail!(
+            "the frame log starts at segment {first} but the state needs segment {needed} on (checkpoints damaged: {}, ahead of the tiers: {}); restore {} from a backup",
+            loaded.damaged,
+            loaded.skipped,
+            ckpt_dir.display()
+        );
+    }
+    state.counters.checkpoints_damaged = loaded.damaged as u64;
     let analytics = Arc::new(analytics::Analytics::new(tiers.reader()?, &cfg.data_dir));
     let (tier_tx, tier_rx) = std::sync::mpsc::sync_channel(tiers::TIER_QUEUE);
     let tier_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -204,15 +245,33 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     };
     let tier_quarantined = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tiers::spawn_writer(tiers, tier_rx, schedule, tier_errors.clone(), tier_quarantined.clone());
+    let (log, replayed, last) = {
+        let mut replay = ingest::Replay::new(&mut state, Some((&tier_tx, watermark)), mark);
+        let log = log::FrameLog::replay(&log_dir, mark.map(|m| m.pos), |pos, bytes| replay.record(pos, bytes))
+            .context("opening the frame log")?
+            .with_segment_bytes(cfg.log_segment_bytes);
+        (log, replay.records, (replay.last_pos, replay.last_tier_pos))
+    };
     let blocked_path = cfg.data_dir.join("blocked.json");
-    {
-        let mut s = ingest::write(&state);
-        for v in blocked::load(&blocked_path).context("reading the blocked videos")? {
-            s.set_blocked(&v, true);
-        }
+    for v in blocked::load(&blocked_path).context("reading the blocked videos")? {
+        state.set_blocked(&v, true);
     }
-    let ingest = ingest::Ingest::start(log, records, state, cfg.edges.clone(), Some((tier_tx, watermark)));
-    tracing::info!(frames = replayed, "frame log replayed");
+    let state = Arc::new(RwLock::new(state));
+    let plan = ingest::CheckpointPlan {
+        dir: ckpt_dir,
+        log_dir,
+        every_bytes: cfg.checkpoint_bytes.max(1),
+        every_ms: cfg.checkpoint_interval_ms,
+        compact: cfg.compact_log,
+        tiers: Some(tier_watermark),
+    };
+    let ingest = ingest::Ingest::start(log, state, cfg.edges.clone(), Some(tier_tx), Some(plan), last);
+    tracing::info!(
+        frames = replayed,
+        checkpoint = ?mark.map(|m| m.pos),
+        ms = started.elapsed().as_millis() as u64,
+        "state restored"
+    );
 
     let endpoint = quinn::Endpoint::server(tally_link::tls::server_config(&identity)?, cfg.quic_listen)
         .with_context(|| format!("binding QUIC on {}", cfg.quic_listen))?;

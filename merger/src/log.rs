@@ -52,11 +52,12 @@ pub struct FrameLog {
     out: Appender,
     segment: u64,
     damaged: usize,
+    segment_bytes: u64,
 }
 
 /// Where a record ends in the log: (segment number, byte offset after the record).
 /// Positions grow with every append, so they order records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct LogPos {
     /// Segment number.
     pub segment: u64,
@@ -70,7 +71,12 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
 
 fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
         if let Some(n) = name
@@ -87,17 +93,33 @@ fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
 
 impl FrameLog {
     /// Opens (creating if needed) the log in `dir` and returns it with every intact record,
-    /// oldest first. Only a torn tail of the last segment is cut.
+    /// oldest first. Only a torn tail of the last segment is cut. (Reads the whole log
+    /// into memory: for tools and tests; the merger replays with [`FrameLog::replay`].)
     pub fn open(dir: &Path) -> Result<(FrameLog, Vec<(LogPos, Vec<u8>)>), LogError> {
+        let mut records = Vec::new();
+        let log = FrameLog::replay(dir, None, |pos, bytes| records.push((pos, bytes)))?;
+        Ok((log, records))
+    }
+
+    /// Opens (creating if needed) the log in `dir`, handing every intact record after
+    /// `after` to `each`, oldest first, one segment in memory at a time. Segments wholly
+    /// before `after` are not read. Only a torn tail of the last segment is cut.
+    pub fn replay(
+        dir: &Path,
+        after: Option<LogPos>,
+        mut each: impl FnMut(LogPos, Vec<u8>),
+    ) -> Result<FrameLog, LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let segs = segments(dir)?;
-        let mut records = Vec::new();
         let mut damaged = 0;
         let mut reopen = None;
         for (i, &n) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            if !last && after.is_some_and(|a| n < a.segment) {
+                continue;
+            }
             let path = segment_path(dir, n);
             let scan = tally_records::scan_file(&path).map_err(io_err(&path))?;
-            let last = i + 1 == segs.len();
             for (from, to) in &scan.damaged {
                 tracing::error!(segment = %path.display(), from, to, "damaged region in the frame log; the intact records around it are kept");
             }
@@ -111,15 +133,25 @@ impl FrameLog {
             if last && scan.damaged.is_empty() {
                 reopen = Some((n, scan.valid_len));
             }
-            records.extend(scan.records.into_iter().map(|r| {
-                (
-                    LogPos {
-                        segment: n,
-                        offset: r.end,
-                    },
-                    r.payload,
-                )
-            }));
+            for r in scan.records {
+                let pos = LogPos {
+                    segment: n,
+                    offset: r.end,
+                };
+                if after.is_none_or(|a| pos > a) {
+                    each(pos, r.payload);
+                }
+            }
+        }
+        // Appends must land after the checkpoint: a log that ends before it (segments
+        // lost) continues in a fresh segment past it.
+        let behind = |n: u64, len: u64| after.is_some_and(|a| LogPos { segment: n, offset: len } < a);
+        if let Some((n, len)) = reopen
+            && behind(n, len)
+        {
+            tracing::error!(segment = n, "the frame log ends before the checkpoint; appending to a new segment");
+            damaged += 1;
+            reopen = None;
         }
         let (segment, out) = match reopen {
             Some((n, valid_len)) => {
@@ -128,20 +160,56 @@ impl FrameLog {
             }
             None => {
                 // no segment yet, or the last one is damaged: append to a fresh one
-                let n = segs.last().map_or(1, |l| l + 1);
+                let n = segs
+                    .last()
+                    .map_or(1, |l| l + 1)
+                    .max(after.map_or(0, |a| a.segment + 1));
                 let path = segment_path(dir, n);
                 (n, Appender::create(&path).map_err(io_err(&path))?)
             }
         };
-        Ok((
-            FrameLog {
-                dir: dir.to_owned(),
-                out,
-                segment,
-                damaged,
-            },
-            records,
-        ))
+        Ok(FrameLog {
+            dir: dir.to_owned(),
+            out,
+            segment,
+            damaged,
+            segment_bytes: SEGMENT_BYTES,
+        })
+    }
+
+    /// Rotates segments past `bytes` instead of the default 64 MiB (compaction frees
+    /// whole segments).
+    pub fn with_segment_bytes(mut self, bytes: u64) -> FrameLog {
+        self.segment_bytes = bytes.max(1);
+        self
+    }
+
+    /// The oldest segment on disk (1 for a log that was never compacted).
+    pub fn first_segment(dir: &Path) -> Result<Option<u64>, LogError> {
+        Ok(segments(dir)?.first().copied())
+    }
+
+    /// Deletes the segments before `segment` (never the one being written); returns how
+    /// many bytes went.
+    pub fn delete_before(dir: &Path, segment: u64) -> Result<u64, LogError> {
+        let mut freed = 0;
+        for n in segments(dir)? {
+            if n >= segment {
+                break;
+            }
+            let path = segment_path(dir, n);
+            freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        if freed > 0 {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        }
+        Ok(freed)
+    }
+
+    /// The segment being written.
+    pub fn segment(&self) -> u64 {
+        self.segment
     }
 
     /// Damaged regions found when the log was opened.
@@ -157,7 +225,7 @@ impl FrameLog {
     /// Appends records in one write (not yet durable: call [`FrameLog::sync`]); returns
     /// where each ends. On failure nothing of them stays in the file.
     pub fn append_all(&mut self, frames: &[&[u8]]) -> Result<Vec<LogPos>, LogError> {
-        if self.out.len() >= SEGMENT_BYTES {
+        if self.out.len() >= self.segment_bytes {
             self.rotate()?;
         }
         let segment = self.segment;

@@ -19,7 +19,7 @@ pub const LIVE_SESSION_TIMEOUT_MS: u64 = 30_000;
 const PRUNE_EVERY: u64 = 4096;
 
 /// Which frames of one (edge, epoch) have been applied.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeqTracker {
     /// Every seq up to here is applied.
     pub contiguous: u64,
@@ -94,7 +94,7 @@ impl SeqTracker {
 }
 
 /// All-time totals of one video.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VideoTotals {
     /// Channel from the tokens.
     pub channel: String,
@@ -107,7 +107,7 @@ pub struct VideoTotals {
 }
 
 /// One edge's latest gauge for a stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct EdgeGauge {
     /// Watching.
     pub watching: u32,
@@ -129,7 +129,7 @@ pub struct LiveView {
 }
 
 /// Counters of the ingest path, for `/metrics`.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct IngestCounters {
     /// Frames applied.
     pub frames_applied: u64,
@@ -153,10 +153,21 @@ pub struct IngestCounters {
     pub log_damaged: u64,
     /// The frame log could not be restored after a failure and takes no more frames.
     pub log_broken: bool,
+    /// Checkpoints written by this process.
+    pub checkpoints: u64,
+    /// Checkpoints that could not be written (the log keeps everything).
+    pub checkpoint_failures: u64,
+    /// Size of the last checkpoint.
+    pub checkpoint_bytes: u64,
+    /// Checkpoints found damaged at start (an older one or the log was used).
+    pub checkpoints_damaged: u64,
+    /// Log bytes deleted behind checkpoints and the tiers.
+    pub log_bytes_freed: u64,
 }
 
-/// The merged state.
-#[derive(Debug, Default)]
+/// The merged state. Serialisable: the merger checkpoints it (see [`crate::checkpoint`]);
+/// the settings and the blocked videos (kept in their own file) are not part of it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct State {
     applied: HashMap<(String, u64), SeqTracker>,
     videos: HashMap<String, VideoTotals>,
@@ -168,16 +179,34 @@ pub struct State {
     /// When expired live sessions were last dropped.
     sessions_pruned_ms: u64,
     /// Edges silent this long stop counting in gauges and peaks (ms; 0: never).
+    #[serde(skip)]
     live_timeout_ms: u64,
     /// The streams each edge reported in its last frame (so a frame touches only those).
     edge_streams: HashMap<String, Vec<String>>,
     peaks: HashMap<String, u64>,
+    #[serde(skip)]
     blocked: HashSet<String>,
     /// Where every copy of a counted fact meets: views, completions, shares and comments
     /// count once by their keys, likes are one per (user, video).
     pub facts: FactIndex,
     /// Ingest counters.
     pub counters: IngestCounters,
+    /// How far the log applied to this state goes (not checkpointed: it is the
+    /// checkpoint's position).
+    #[serde(skip)]
+    pub progress: LogProgress,
+}
+
+/// How far into the frame log a state goes; moved under the same lock as the frames'
+/// application, so a reader sees a state and its position together.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogProgress {
+    /// The last record applied.
+    pub pos: Option<crate::log::LogPos>,
+    /// The last record that went to the tiers.
+    pub tier_pos: Option<crate::log::LogPos>,
+    /// Log bytes appended by this process.
+    pub bytes: u64,
 }
 
 impl State {
@@ -189,6 +218,13 @@ impl State {
             live_timeout_ms,
             ..State::default()
         }
+    }
+
+    /// The state a checkpoint holds, with this merger's settings.
+    pub fn restored(mut self, facts: FactConfig, live_timeout_ms: u64) -> State {
+        self.facts = std::mem::take(&mut self.facts).with_config(facts);
+        self.live_timeout_ms = live_timeout_ms;
+        self
     }
 
     /// Whether the frame was applied before.

@@ -111,6 +111,8 @@ pub struct Tiers {
     counts: HashMap<RowKey, Counts>,
     uniques: HashMap<(i64, String), UniqueSketch>,
     pending_pos: Option<LogPos>,
+    /// The committed watermark, for the checkpoints (which may not run ahead of it).
+    committed: std::sync::Arc<std::sync::Mutex<Option<LogPos>>>,
 }
 
 /// A SQL string literal.
@@ -263,6 +265,7 @@ impl Tiers {
             counts: HashMap::new(),
             uniques: HashMap::new(),
             pending_pos: None,
+            committed: Default::default(),
         };
         tiers.write_catalog()?;
         Ok(tiers)
@@ -307,6 +310,13 @@ impl Tiers {
             merged.entry(video).or_default().merge_bytes(&sketch)?;
         }
         Ok(merged)
+    }
+
+    /// The watermark as commits move it, shared with whoever must not run ahead of the
+    /// tiers (set from the stored watermark when opened).
+    pub fn watermark_handle(&self) -> std::sync::Arc<std::sync::Mutex<Option<LogPos>>> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = self.watermark().ok().flatten();
+        self.committed.clone()
     }
 
     /// The log position the tiers are complete up to.
@@ -426,6 +436,7 @@ impl Tiers {
         match result {
             Ok(()) => {
                 self.pending_pos = None;
+                *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(pos);
                 Ok(())
             }
             Err(e) => {
@@ -1085,8 +1096,9 @@ pub const TIER_QUEUE: usize = 20_000;
 /// with backoff (1 s doubling to 30 s) without taking new frames meanwhile, so ingest
 /// waits on the bounded queue instead of memory growing; a failed rollup or publish is
 /// retried at its next turn (both are idempotent); a frame that cannot be added to the
-/// batch is quarantined (logged with its log position and counted) instead of stopping
-/// the tiers.
+/// batch is quarantined (logged with its log position, counted, and written resolved to
+/// `quarantine/` in the data directory, since the log behind the checkpoints is deleted)
+/// instead of stopping the tiers.
 pub fn spawn_writer(
     mut tiers: Tiers,
     rx: std::sync::mpsc::Receiver<(LogPos, std::sync::Arc<DeltaFrame>)>,
@@ -1149,6 +1161,14 @@ pub fn spawn_writer(
                                 );
                                 errors.fetch_add(1, Ordering::Relaxed);
                                 quarantined.fetch_add(1, Ordering::Relaxed);
+                                // the log may be compacted: keep the frame beside the tiers
+                                let dir = tiers.dir.join("quarantine");
+                                let path = dir.join(format!("{:08}-{:012}.frame", pos.segment, pos.offset));
+                                if let Err(e) = std::fs::create_dir_all(&dir)
+                                    .and_then(|()| std::fs::write(&path, frame.encode()))
+                                {
+                                    tracing::error!(error = %e, path = %path.display(), "could not keep the quarantined frame");
+                                }
                             }
                             pending += 1;
                             false

@@ -25,7 +25,12 @@ pub fn spawn_ready(args: &[&str], dir_flag: (&str, &Path)) -> (Child, serde_json
         .arg(dir_flag.0)
         .arg(dir_flag.1)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // TALLY_TEST_LOGS=1 shows the processes' logs
+        .stderr(if std::env::var_os("TALLY_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("tally starts");
     let stdout = child.stdout.take().unwrap();

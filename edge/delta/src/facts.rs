@@ -128,7 +128,7 @@ impl Default for FactConfig {
 }
 
 /// What resolving frames found, cumulative.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FactStats {
     /// Facts counted, by [`FactKind`] index (for likes: state changes).
     pub counted: [u64; 5],
@@ -140,10 +140,12 @@ pub struct FactStats {
 
 type KeyHasher = foldhash::fast::RandomState;
 
-/// A set of fact keys in event-time buckets.
-#[derive(Debug, Default)]
+/// A set of fact keys in event-time buckets. Serialisable (the merger checkpoints it);
+/// a restored set hashes with fresh random seeds.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeySet {
     buckets: BTreeMap<u64, HashSet<u64, KeyHasher>>,
+    #[serde(skip)]
     hasher: KeyHasher,
 }
 
@@ -208,7 +210,7 @@ impl KeySet {
 }
 
 /// The latest like event of one user for one video.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct LikeState {
     ts_ms: u64,
     liked: bool,
@@ -216,8 +218,12 @@ struct LikeState {
 
 /// The place where every copy of a fact meets: time-bucketed key sets for views,
 /// completions, shares and comments, and last-writer-wins like registers.
-#[derive(Debug, Default)]
+///
+/// Serialisable for checkpoints; the configuration is not part of it (see
+/// [`FactIndex::with_config`]).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FactIndex {
+    #[serde(skip)]
     cfg: FactConfig,
     sets: [KeySet; 4],
     video_ids: HashMap<String, u32>,
@@ -237,6 +243,13 @@ impl FactIndex {
             },
             ..FactIndex::default()
         }
+    }
+
+    /// The same index remembering keys as `cfg` says (for one restored from a checkpoint,
+    /// which does not carry its configuration). Buckets are dropped at the next frame.
+    pub fn with_config(mut self, cfg: FactConfig) -> FactIndex {
+        self.cfg = FactIndex::new(cfg).cfg;
+        self
     }
 
     /// The newest frame end time seen (ms).
@@ -450,6 +463,37 @@ mod tests {
         assert_eq!(b.counters.len(), 1, "rows left with nothing to count are dropped");
         assert_eq!(ix.stats.duplicates[0], 3);
         assert_eq!(ix.stats.counted[0], 4);
+    }
+
+    #[test]
+    fn a_restored_index_decides_as_the_original() {
+        let mut ix = FactIndex::new(FactConfig::default());
+        let now = 1_000 * H;
+        let m = (now / 60_000) as u32;
+        let mut a = frame(1, now, vec![(m, views(&[1, 2])), (m - 300, views(&[3]))]);
+        ix.resolve(&mut a);
+        let like = RowFacts {
+            likes: vec![LikeFact {
+                user: FactKey(9),
+                ts_ms: now,
+                liked: true,
+            }],
+            ..RowFacts::default()
+        };
+        ix.resolve(&mut frame(2, now, vec![(m, like.clone())]));
+        let bytes = postcard::to_allocvec(&ix).unwrap();
+        let mut back: FactIndex = postcard::from_bytes::<FactIndex>(&bytes)
+            .unwrap()
+            .with_config(FactConfig::default());
+        assert_eq!(back.sizes(), ix.sizes());
+        assert_eq!(back.stats, ix.stats);
+        assert_eq!(back.likers("v"), 1);
+        let mut again = frame(3, now, vec![(m + 1, views(&[1, 3, 4]))]);
+        back.resolve(&mut again);
+        assert_eq!(total(&again).views, 1, "only key 4 is new after the restore");
+        let mut like_again = frame(4, now, vec![(m, like)]);
+        back.resolve(&mut like_again);
+        assert_eq!(total(&like_again).likes, 0);
     }
 
     #[test]

@@ -81,6 +81,45 @@ impl UniqueSketch {
     }
 }
 
+/// A sketch is stored as its DataSketches bytes (checkpoints of the merger's state).
+impl serde::Serialize for UniqueSketch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.to_bytes())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UniqueSketch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes: Vec<u8> = serde_bytes_vec(d)?;
+        UniqueSketch::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a byte string (postcard writes `serialize_bytes` as a length and the bytes).
+fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("sketch bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_byte_buf(V)
+}
+
 impl fmt::Debug for UniqueSketch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UniqueSketch")
@@ -117,6 +156,18 @@ mod tests {
         a.merge_bytes(&b.to_bytes()).unwrap();
         let est = a.estimate();
         assert!((est - 10_000.0).abs() / 10_000.0 < 0.05, "estimate {est}");
+    }
+
+    #[test]
+    fn a_sketch_survives_serde() {
+        let mut s = UniqueSketch::new();
+        for v in 0..1_000u64 {
+            s.insert(v);
+        }
+        let bytes = postcard::to_allocvec(&s).unwrap();
+        let back: UniqueSketch = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.estimate(), s.estimate());
+        assert!(postcard::from_bytes::<UniqueSketch>(&[3, 1, 2, 3]).is_err());
     }
 
     #[test]
