@@ -481,3 +481,33 @@ async fn every_merger_replica_gets_every_frame() {
     );
     assert_eq!(a.metric("tally_edge_merger_connected").await, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_byte_budget_are_split_and_count_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("m"));
+    // a budget so small that every busy interval's frame is split into several
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, "max_frame_bytes = 1024\n").unwrap();
+    let fra = Agent::start(
+        (m.quic, &m.fingerprint),
+        "fra",
+        &dir.path().join("fra"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let urls = vec![fra.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 21), now_ms());
+    drive(&mut t, &http, &urls, 2_000).await;
+    close(&mut t, &http, &urls).await;
+    let expected = t.truth().total_views();
+    assert!(expected > 100, "the players produced {expected} views");
+    let counted = merger_views(&m, expected, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(m.metric("tally_views_total").await as u64, counted);
+    assert_eq!(counted, expected, "views counted vs the players' ground truth");
+    // the parts arrived under their own ids: more trackers than the agent's 2 workers
+    let trackers = m.metric("tally_frame_trackers").await;
+    assert!(trackers > 2.0, "{trackers} trackers: frames were not split");
+    assert_eq!(m.metric("tally_frame_gaps").await, 0.0);
+}

@@ -380,3 +380,156 @@ async fn an_edge_whose_spool_directory_is_deleted_keeps_counting() {
         "the new incarnation's frames are not mistaken for old ones"
     );
 }
+
+/// Free bytes of the file system holding `path`.
+fn bytes_free(path: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_tiers_only_keeps_acknowledging_and_history_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // the tiers and checkpoints on a small file system, the frame log on a roomy one
+    let Some(small) = Tmpfs::mount(&dir.path().join("small"), "64m") else {
+        panic!("this test mounts a tmpfs and must run as root (CI does)");
+    };
+    let mdir = small.0.join("merger");
+    let Some(_log) = Tmpfs::mount(&mdir.join("log"), "256m") else {
+        panic!("mounting the log's tmpfs");
+    };
+    let args = ["--publish-interval", "300ms", "--rollup-interval", "300ms"];
+    let m = Merger::start_with(&mdir, &args);
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let urls = vec![fra.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 71), now_ms());
+    drive(&mut t, &http, &urls, 1_000).await;
+    let filler = small.fill(16 << 10);
+    assert!(bytes_free(&mdir.join("log")) > 100 << 20, "the log has room");
+    drive(&mut t, &http, &urls, 3_000).await;
+    finish(&mut t, &http, &urls).await;
+    // frames were still acknowledged and counted live while the tiers could not write
+    converge(&m, &t, "tiers' disk full, log fine").await;
+    let tier_errors = m.metric("tally_tier_errors_total").await;
+    eprintln!("tiers' disk full: {tier_errors} tier write failures");
+    assert!(tier_errors > 0.0, "the full disk made tier writes fail");
+    std::fs::remove_file(&filler).unwrap();
+    // history catches up on its own: the catalog sums to the truth
+    let want = t.truth().total_views();
+    let sql = "select sum(views)::BIGINT from views";
+    let got = loop_until(Duration::from_secs(90), || async {
+        let rows = tally_merger::tiers::query_catalog(&mdir, sql).ok()?.1;
+        let v = rows.first()?.first()?.parse::<u64>().ok()?;
+        (v == want).then_some(v)
+    })
+    .await;
+    eprintln!("tiers after space came back: catalog views {got:?}, truth {want}");
+    assert_eq!(got, Some(want), "every acknowledged view reached history once");
+    drop(fra);
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_an_agents_spool_refuses_beacons_loudly_and_loses_none_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("merger"));
+    let Some(fs) = Tmpfs::mount(&dir.path().join("spool"), "48m") else {
+        panic!("this test mounts a tmpfs and must run as root (CI does)");
+    };
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &fs.0.join("fra"), &[]);
+    let urls = vec![fra.url("/v1/events")];
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 81), now_ms());
+    drive(&mut t, &http, &urls, 1_000).await;
+    let filler = fs.fill(2 << 10);
+    // beacons now fail to reach the write-ahead log: refused, never answered 202
+    let ev = common::event(&format!("full-{}", now_ms()), "s-full", "v-full", "play", &common::token("v-full"));
+    let refused = loop_until(Duration::from_secs(10), || async {
+        let r = http
+            .post(fra.url("/v1/events"))
+            .json(&serde_json::json!({ "events": [ev.clone()] }))
+            .send()
+            .await
+            .ok()?;
+        (r.status().as_u16() >= 500).then_some(r.status().as_u16())
+    })
+    .await;
+    eprintln!("spool disk full: a beacon was answered {refused:?}");
+    assert!(refused.is_some(), "a beacon the agent cannot make durable is refused");
+    drive(&mut t, &http, &urls, 1_500).await;
+    std::fs::remove_file(&filler).unwrap();
+    drive(&mut t, &http, &urls, 1_000).await;
+    finish(&mut t, &http, &urls).await;
+    converge(&m, &t, "after the spool's disk had room again").await;
+    // the refused beacon was never counted
+    assert_eq!(m.views("v-full").await, 0);
+    drop(fra);
+}
+
+/// Appends bytes to the newest file with `suffix` in `dir` (a write torn by a crash).
+fn tear_newest(dir: &Path, suffix: &str, bytes: &[u8]) -> Option<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(suffix)))
+        .collect();
+    files.sort();
+    let f = files.pop()?;
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(&f).ok()?.write_all(bytes).ok()?;
+    Some(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_and_corrupted_files_after_kill_9_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("merger");
+    let config = dir.path().join("merger.toml");
+    std::fs::write(&config, "checkpoint_interval_ms = 300\n").unwrap();
+    let margs = ["--config", config.to_str().unwrap()];
+    let mut m = Merger::start_with(&mdir, &margs);
+    let spool = dir.path().join("fra");
+    let mut fra = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &[]);
+    let http = reqwest::Client::new();
+    let mut t = Traffic::new(plan(1, 91), now_ms());
+    drive(&mut t, &http, &[fra.url("/v1/events")], 2_000).await;
+    loop_until(Duration::from_secs(10), || async {
+        (m.metric("tally_checkpoints_total").await >= 1.0).then_some(())
+    })
+    .await
+    .expect("a checkpoint");
+    // both killed mid-traffic; then every file they write gets a torn tail, and the
+    // newest checkpoint is corrupted
+    fra.kill();
+    m.kill();
+    let garbage = [0x55u8, 0, 0, 0, 1, 2, 3];
+    let torn = [
+        tear_newest(&mdir.join("log"), ".seg", &garbage),
+        tear_newest(&spool, ".spool", &garbage),
+        tear_newest(&spool.join("wal"), ".wal", &garbage),
+    ];
+    eprintln!("torn: {torn:?}");
+    assert!(torn[0].is_some(), "the merger has a log segment");
+    let ckpt = tear_newest(&mdir.join("checkpoint"), ".ckpt", b"").expect("a checkpoint file");
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let m = Merger::start_with(&mdir, &margs);
+    assert_eq!(m.metric("tally_checkpoints_damaged").await, 1.0);
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &[]);
+    let urls = vec![fra.url("/v1/events")];
+    drive(&mut t, &http, &urls, 1_000).await;
+    finish(&mut t, &http, &urls).await;
+    converge(&m, &t, "after torn files and a corrupted checkpoint").await;
+}

@@ -677,3 +677,31 @@ async fn checkpoints_compact_the_log_and_a_killed_merger_restarts_from_them_exac
     .await;
     assert_eq!(got, Some(total), "catalog: {:?}", catalog_views(&data, sql));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_message_limit_is_answered_too_large_and_nothing_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(dir.path());
+    let client = m.client("fra-1").await;
+    let huge = vec![7u8; tally_link::protocol::MAX_MESSAGE + 1];
+    match client.send_frame(&huge).await.unwrap() {
+        Ack::Later(why) => assert!(why.contains("too large"), "{why}"),
+        other => panic!("answered {other:?}"),
+    }
+    assert_eq!(m.metric("tally_frames_total{outcome=\"too_large\"}").await, 1.0);
+    // the same connection goes on taking frames
+    for f in frames("fra-1", 1, 2) {
+        assert_eq!(client.send_frame(&f).await.unwrap(), Ack::Applied);
+    }
+    // over HTTPS-less HTTP too: an explicit 413 with a JSON reason
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/frames", m.http))
+        .header("x-tally-edge", "fra-1")
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(error_of(r).await.contains("must be split"));
+}

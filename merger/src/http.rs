@@ -70,7 +70,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/top", get(top))
         .route("/v1/analytics/timeseries", get(timeseries))
         .route("/v1/analytics/breakdown", get(breakdown))
-        .route("/v1/frames", post(post_frame))
+        .route(
+            "/v1/frames",
+            post(post_frame).layer(axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE)),
+        )
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json") })
         .with_state(api)
 }
@@ -281,8 +284,17 @@ fn set_blocked(
 async fn post_frame(
     State(api): State<Api>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(|e| {
+        err(
+            e.status(),
+            format!(
+                "frame body unreadable ({e}); frames over {} bytes must be split",
+                tally_link::protocol::MAX_MESSAGE
+            ),
+        )
+    })?;
     let edge = headers
         .get("x-tally-edge")
         .and_then(|v| v.to_str().ok())
@@ -321,7 +333,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     };
     let text = format!(
         "# HELP tally_frames_total Frames by outcome.\n# TYPE tally_frames_total counter\n\
-         tally_frames_total{{outcome=\"applied\"}} {}\ntally_frames_total{{outcome=\"duplicate\"}} {}\ntally_frames_total{{outcome=\"rejected\"}} {}\ntally_frames_total{{outcome=\"later\"}} {}\ntally_frames_total{{outcome=\"conflict\"}} {}\n\
+         tally_frames_total{{outcome=\"applied\"}} {}\ntally_frames_total{{outcome=\"duplicate\"}} {}\ntally_frames_total{{outcome=\"rejected\"}} {}\ntally_frames_total{{outcome=\"later\"}} {}\ntally_frames_total{{outcome=\"conflict\"}} {}\ntally_frames_total{{outcome=\"too_large\"}} {}\n\
          # HELP tally_frame_gaps Frames missing below the newest applied sequence number.\n# TYPE tally_frame_gaps gauge\ntally_frame_gaps {}\n\
          # HELP tally_events_total Events counted by edges in applied frames.\n# TYPE tally_events_total counter\ntally_events_total {}\n\
          # HELP tally_counter_rows_total Counter rows applied.\n# TYPE tally_counter_rows_total counter\ntally_counter_rows_total {}\n\
@@ -338,6 +350,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         c.frames_rejected,
         c.frames_later,
         c.frames_conflict,
+        c.frames_too_large,
         s.gaps(),
         c.events_accepted,
         c.counter_rows,

@@ -395,6 +395,11 @@ impl Ingest {
                 return Ok(Ack::Rejected(e.to_string()));
             }
         };
+        if frame.header.id.seq == 0 {
+            // an idle interval's empty frame (decoding checked it is empty): nothing to
+            // make durable or apply
+            return Ok(Ack::Duplicate);
+        }
         if !frame_belongs_to(&frame.header.id.edge_id, edge_id) {
             write(&self.state).counters.frames_rejected += 1;
             return Ok(Ack::Rejected(format!(

@@ -77,7 +77,21 @@ async fn hello(conn: &Connection, ingest: &Ingest) -> Result<String, String> {
 }
 
 async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Ingest, edge: &str) -> anyhow::Result<()> {
-    let bytes = recv.read_to_end(MAX_MESSAGE).await?;
+    let bytes = match recv.read_to_end(MAX_MESSAGE).await {
+        Ok(b) => b,
+        Err(quinn::ReadToEndError::TooLong) => {
+            // Not wrong, but not takeable as one frame: say so (the edge keeps it; Tally
+            // edges split such frames before sending).
+            tracing::error!(edge, limit = MAX_MESSAGE, "frame too large; the edge must split it");
+            ingest.write().counters.frames_too_large += 1;
+            let _ = recv.stop(0u32.into());
+            let why = format!("frame too large: over {MAX_MESSAGE} bytes; split it into frames under the limit");
+            send.write_all(&protocol::encode(&Ack::Later(why))).await?;
+            send.finish()?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     match ingest.submit(edge, bytes).await {
         Ok(ack) => {
             match &ack {

@@ -141,6 +141,8 @@ pub struct IngestCounters {
     pub frames_later: u64,
     /// Frames refused because their id was applied before with other content.
     pub frames_conflict: u64,
+    /// Frames over the message limit, answered "too large" (kept by their edge).
+    pub frames_too_large: u64,
     /// Events counted by edges in applied frames.
     pub events_accepted: u64,
     /// Counter rows applied.

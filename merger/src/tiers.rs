@@ -71,6 +71,8 @@ impl Default for Retention {
 /// 3-year scan.
 pub const COLD_ROW_GROUP: usize = 16_384;
 
+mod late;
+
 pub(crate) const DIMS: &str = "pop, video, channel, category, country, device, source, live";
 const MEASURES: &str = "views, watch_ms, completions, likes, shares, comments";
 
@@ -101,6 +103,8 @@ pub struct RollupReport {
     pub hot_deleted: usize,
     /// Hour rows deleted by warm retention.
     pub warm_deleted: usize,
+    /// Sealed hours (minutes gone from hot) that late rows were added to in warm.
+    pub late_hours: usize,
 }
 
 /// The tier writer. Owns the DuckDB connections; one per data directory.
@@ -267,6 +271,7 @@ impl Tiers {
             pending_pos: None,
             committed: Default::default(),
         };
+        tiers.create_late_tables()?;
         tiers.write_catalog()?;
         Ok(tiers)
     }
@@ -459,8 +464,21 @@ impl Tiers {
         let mut report = RollupReport::default();
         let dirty = self.column_i64("SELECT hour FROM main.dirty_hours ORDER BY hour", [])?;
         let exported = self.column_i64("SELECT day FROM warm.cold_days", [])?;
+        // Hours whose minutes hot retention deleted get their late rows added to warm
+        // (see `late`); the others are recomputed from their minutes.
+        let mut changed = Vec::new();
         for hour in dirty {
-            self.rollup_hour(hour)?;
+            if self.is_sealed(hour)? {
+                self.stage_late_hour(hour)?;
+            } else {
+                self.rollup_hour(hour)?;
+                changed.push(hour);
+            }
+        }
+        let late = self.apply_late_batches()?;
+        report.late_hours = late.len();
+        changed.extend(late);
+        for hour in changed {
             let day = hour.div_euclid(24);
             if exported.contains(&day) {
                 // Late rows for a day already in cold: export the day again (below) and
@@ -501,14 +519,7 @@ impl Tiers {
             compact_months(&self.conn, &self.dir)?;
         }
         let r = self.retention;
-        report.hot_deleted = self.conn.execute(
-            "DELETE FROM main.minute_counts WHERE minute < ? AND minute // 60 NOT IN (SELECT hour FROM main.dirty_hours)",
-            params![(today - r.hot_days) * 1440],
-        )?;
-        self.conn.execute(
-            "DELETE FROM main.minute_uniques WHERE minute < ? AND minute // 60 NOT IN (SELECT hour FROM main.dirty_hours)",
-            params![(today - r.hot_days) * 1440],
-        )?;
+        report.hot_deleted = self.delete_hot_before((today - r.hot_days) * 1440)?;
         report.warm_deleted = self.conn.execute(
             "DELETE FROM warm.hour_counts WHERE hour < ? AND hour // 24 IN (SELECT day FROM warm.cold_days)",
             params![(today - r.warm_days) * 24],
@@ -1043,6 +1054,66 @@ mod tests {
         t.publish().unwrap();
         let (_, rows) = query_catalog(dir.path(), "select sum(views)::BIGINT from day_views").unwrap();
         assert_eq!(rows[0][0], "7");
+    }
+
+    #[test]
+    fn rows_more_than_a_week_late_add_to_their_warm_hour_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = (NOW / 86_400_000) as u32;
+        // ten days ago: older than hot's 7 days, inside warm's 90
+        let old = (day - 10) * 1440 + 120;
+        let hour = i64::from(old / 60);
+        let warm_views = |t: &Tiers| one(t, &format!("select sum(views)::BIGINT from warm.hour_counts where hour = {hour}"));
+        let warm_rows = |t: &Tiers| one(t, &format!("select count(*) from warm.hour_counts where hour = {hour}"));
+        {
+            let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+            t.add(pos(1), &frame(1, old, "v", 4, 1)).unwrap();
+            t.commit().unwrap();
+            let r = t.rollup(NOW).unwrap();
+            assert!(r.hot_deleted >= 1, "hot retention deleted the hour's minutes: {r:?}");
+            assert_eq!(warm_views(&t), 4);
+            // an edge offline for ten days delivers more of that hour
+            t.add(pos(2), &frame(2, old + 5, "v", 3, 2)).unwrap();
+            t.commit().unwrap();
+            let r = t.rollup(NOW).unwrap();
+            assert_eq!(r.late_hours, 1, "{r:?}");
+            assert_eq!(warm_views(&t), 7, "added to the hour, not replacing it");
+            assert_eq!(warm_rows(&t), 1, "one row per dimension after re-aggregation");
+            // a crash after warm took a batch but before hot dropped it
+            t.add(pos(3), &frame(3, old + 6, "v", 2, 3)).unwrap();
+            t.commit().unwrap();
+            let batch = t.stage_late_hour(hour).unwrap();
+            t.apply_late_batch(batch, hour).unwrap();
+            assert_eq!(warm_views(&t), 9);
+        }
+        let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();
+        t.rollup(NOW).unwrap();
+        assert_eq!(warm_views(&t), 9, "the batch warm recorded is not added twice");
+        assert_eq!(one(&t, "select count(*) from main.late_batches"), 0);
+        // and the cold day and the catalog agree
+        t.publish().unwrap();
+        let date = date_of_day(i64::from(day - 10));
+        let (_, rows) = query_catalog(
+            dir.path(),
+            &format!("select sum(views)::BIGINT from day_views where ts::DATE = DATE '{date}'"),
+        )
+        .unwrap();
+        assert_eq!(rows[0][0], "9");
+        let (_, rows) = query_catalog(
+            dir.path(),
+            &format!("select sum(views)::BIGINT from views where ts::DATE = DATE '{date}'"),
+        )
+        .unwrap();
+        assert_eq!(rows[0][0], "9");
+        let sketch: Vec<u8> = t
+            .conn
+            .query_row(
+                &format!("select sketch from warm.hour_uniques where hour = {hour} and video = 'v'"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(UniqueSketch::from_bytes(&sketch).unwrap().estimate().round(), 3.0);
     }
 
     #[test]

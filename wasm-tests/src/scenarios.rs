@@ -5,7 +5,7 @@
 
 use crate::{Driver, Ev, Kit, body, decode};
 use tally_collector::{BatchError, Config, IngestOutcome, RejectReason, RequestFacts, Stats, TokenError};
-use tally_delta::{Counts, MergedDeltas};
+use tally_delta::{Counts, DeltaFrame, MergedDeltas};
 
 const MIN: u64 = 60_000;
 
@@ -169,6 +169,24 @@ pub fn all() -> Vec<Scenario> {
             0,
             "new event ids are not duplicates, the view rule dedups"
         );
+    }));
+
+    // An idle edge ships nothing: an interval without events gives an empty frame
+    // numbered 0, and the next real frame takes the next number (no gap at the merger).
+    s.flush(1_000)
+        .send(1_500, &[k.ev("i1", "s1", "v1", "play", 1_500)])
+        .flush(2_000)
+        .flush(3_000)
+        .flush(4_000)
+        .send(4_500, &[k.ev("i2", "s2", "v1", "play", 4_500)])
+        .flush(5_000);
+    out.push(s.done("idle intervals give empty unnumbered frames", |r| {
+        let frames: Vec<DeltaFrame> = r.frames.iter().map(|f| decode(f)).collect();
+        let seqs: Vec<u64> = frames.iter().map(|f| f.header.id.seq).collect();
+        let empty: Vec<bool> = frames.iter().map(DeltaFrame::is_empty).collect();
+        assert_eq!(seqs, vec![0, 1, 0, 0, 2]);
+        assert_eq!(empty, vec![true, false, true, true, false]);
+        assert_eq!(r.stats.frames, 2);
     }));
 
     // A network retry resends the same beacon.
@@ -519,10 +537,12 @@ pub fn all() -> Vec<Scenario> {
             let k = Kit::default();
             let frames: Vec<_> = r.frames.iter().map(|f| decode(f)).collect();
             let seqs: Vec<u64> = frames.iter().map(|f| f.header.id.seq).collect();
-            assert_eq!(seqs, vec![1, 2, 3]);
+            // the idle interval's frame is empty and unnumbered (hosts drop it)
+            assert_eq!(seqs, vec![1, 0, 2]);
             assert_eq!(frames[1].header.interval_start_ms, k.t0 + 1_000);
             assert_eq!(frames[1].header.interval_end_ms, k.t0 + 2_000);
-            assert!(frames[1].counters.is_empty());
+            assert!(frames[1].is_empty());
+            assert_eq!(frames[2].header.interval_start_ms, k.t0 + 2_000);
             assert_eq!(
                 (frames[0].header.id.edge_id.as_str(), frames[0].header.pop_id.as_str()),
                 ("fra-1", "fra")

@@ -29,6 +29,13 @@ use tally_merger::MergerConfig;
 
 const DAY_MS: u64 = 86_400_000;
 
+/// Keeps a frame unless it is an idle interval's empty one (edges do not ship those).
+fn push(frames: &mut Vec<Vec<u8>>, f: tally_delta::DeltaFrame) {
+    if !f.is_empty() {
+        frames.push(f.encode());
+    }
+}
+
 fn build_frames(days: u64, beacons_per_day: usize, frames_per_day: u64) -> Result<Vec<Vec<u8>>> {
     let base = Shape::default();
     let mut c = Collector::new(Config::new("bench", "bench-1", 1, &base.key))?;
@@ -47,14 +54,14 @@ fn build_frames(days: u64, beacons_per_day: usize, frames_per_day: u64) -> Resul
         let mut next = shape.t0 + step;
         for b in &beacons {
             while b.arrival_ms >= next {
-                frames.push(c.flush(next).encode());
+                push(&mut frames, c.flush(next));
                 next += step;
             }
             facts.arrival_ms = b.arrival_ms;
             c.ingest(&b.body, &facts)?;
         }
         while next <= shape.t0 + DAY_MS {
-            frames.push(c.flush(next).encode());
+            push(&mut frames, c.flush(next));
             next += step;
         }
     }

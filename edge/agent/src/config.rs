@@ -91,6 +91,9 @@ pub struct AgentConfig {
     pub call_deadline_ms: u64,
     /// Bearer token for `POST /admin/component`; `None` disables it.
     pub admin_token: Option<String>,
+    /// Frames larger than this are split before they are spooled (see
+    /// [`tally_delta::DeltaFrame::split`]), so none exceeds what a merger takes.
+    pub max_frame_bytes: usize,
 }
 
 impl Default for AgentConfig {
@@ -121,6 +124,7 @@ impl Default for AgentConfig {
             instance_memory_bytes: 1 << 30,
             call_deadline_ms: 1_000,
             admin_token: None,
+            max_frame_bytes: tally_link::protocol::MAX_MESSAGE / 2,
         }
     }
 }
@@ -169,6 +173,13 @@ impl AgentConfig {
         }
         if self.workers == 0 || self.workers > 256 {
             return bad(format!("workers must be 1..=256, not {}", self.workers));
+        }
+        if !(1024..=tally_link::protocol::MAX_MESSAGE).contains(&self.max_frame_bytes) {
+            return bad(format!(
+                "max_frame_bytes must be 1024..={}, not {}",
+                tally_link::protocol::MAX_MESSAGE,
+                self.max_frame_bytes
+            ));
         }
         if self.flush_interval_ms < 10 {
             return bad("flush interval must be at least 10 ms".into());

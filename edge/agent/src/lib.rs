@@ -103,6 +103,30 @@ pub struct Agent {
     swap_lock: tokio::sync::Mutex<()>,
 }
 
+/// A frame over `max` bytes as frames under it (the parts share the write-ahead log
+/// files the frame covers: the last part carries them, and all are spooled together).
+fn split_large((bytes, wal): pool::Flushed, max: usize) -> Vec<pool::Flushed> {
+    if bytes.len() <= max {
+        return vec![(bytes, wal)];
+    }
+    let frame = match tally_delta::DeltaFrame::decode(&bytes) {
+        Ok(f) => f,
+        // a frame this agent made always decodes; ship it as it is if not
+        Err(e) => {
+            tracing::error!(error = %e, "an oversized frame does not decode; shipping it whole");
+            return vec![(bytes, wal)];
+        }
+    };
+    let parts = frame.split(max);
+    tracing::info!(bytes = bytes.len(), parts = parts.len(), "frame split to fit the merger's limit");
+    let n = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p.encode(), if i + 1 == n { wal.clone() } else { None }))
+        .collect()
+}
+
 impl Agent {
     /// Takes a frame from every instance and spools it; returns the frames spooled.
     pub async fn flush(&self) -> usize {
@@ -111,6 +135,7 @@ impl Agent {
     }
 
     fn spool_frames(&self, frames: Vec<pool::Flushed>) -> usize {
+        let frames = frames.into_iter().flat_map(|f| split_large(f, self.cfg.max_frame_bytes));
         let mut waiting = self.unspooled.lock().unwrap_or_else(|p| p.into_inner());
         waiting.extend(frames);
         if waiting.is_empty() {

@@ -142,6 +142,12 @@ impl Instance {
     }
 }
 
+/// Whether encoded frame bytes are an idle interval's empty frame (they are small, so
+/// only small frames are decoded to tell).
+fn is_empty_frame(bytes: &[u8]) -> bool {
+    bytes.len() < 256 && tally_delta::DeltaFrame::decode(bytes).is_ok_and(|f| f.is_empty())
+}
+
 /// Why a beacon could not be taken at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngestFailure {
@@ -354,6 +360,8 @@ impl Worker {
 
     fn flush(&mut self, now: u64) -> Option<Flushed> {
         match self.instance().ok()?.flush(now) {
+            // nothing happened: nothing to ship (the write-ahead log stays open)
+            Ok(f) if is_empty_frame(&f) => None,
             Ok(f) => {
                 self.covers.seq += 1;
                 let wal = self.wal.as_mut().and_then(Wal::close);
@@ -377,7 +385,7 @@ impl Worker {
         // The old instance's log file closes either way: with its last frame, or (no
         // frame) kept on disk for the next start to replay.
         let closed = self.wal.as_mut().and_then(Wal::close);
-        let last = last.map(|f| {
+        let last = last.filter(|f| !is_empty_frame(f)).map(|f| {
             self.covers.seq += 1;
             (f, closed)
         });

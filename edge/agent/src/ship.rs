@@ -21,6 +21,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Wait before reading a spooled frame again after a read error.
 const SPOOL_READ_RETRY: Duration = Duration::from_millis(500);
 
+/// Sends one spooled frame. One over the merger's message limit (spooled before frames
+/// were split at `max_frame_bytes`) goes as its parts, which are deterministic: a resend
+/// makes the same parts and the merger takes each once. The answer is the first that is
+/// neither applied nor duplicate, else applied if any part was.
+async fn send_sized(client: &MergerClient, bytes: &[u8]) -> Result<Ack, ClientError> {
+    use tally_link::protocol::MAX_MESSAGE;
+    if bytes.len() <= MAX_MESSAGE {
+        return client.send_frame(bytes).await;
+    }
+    let frame = match tally_delta::DeltaFrame::decode(bytes) {
+        Ok(f) => f,
+        Err(e) => return Ok(Ack::Rejected(format!("oversized spooled frame does not decode: {e}"))),
+    };
+    let mut answer = Ack::Duplicate;
+    for part in frame.split(MAX_MESSAGE / 2) {
+        match client.send_frame(&part.encode()).await? {
+            Ack::Applied => answer = Ack::Applied,
+            Ack::Duplicate => {}
+            other => return Ok(other),
+        }
+    }
+    Ok(answer)
+}
+
 /// A spooled frame on its way to the mergers.
 pub struct Outgoing {
     entry: Entry,
@@ -199,7 +223,7 @@ impl Link {
                 let spool = self.spool.clone();
                 inflight.push(async move {
                     let r = match spool.read(o.entry) {
-                        Ok(bytes) => client.send_frame(&bytes).await.map(|a| (a, bytes.len())),
+                        Ok(bytes) => send_sized(&client, &bytes).await.map(|a| (a, bytes.len())),
                         Err(e) => {
                             // A transient failure (EMFILE, EIO): wait, then try again.
                             tokio::time::sleep(SPOOL_READ_RETRY).await;

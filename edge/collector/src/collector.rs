@@ -432,11 +432,20 @@ impl Collector {
     }
 
     /// Closes the interval at `now` and returns its delta frame; starts a fresh interval.
+    /// An interval with nothing in it gives an empty frame numbered 0 (see
+    /// [`DeltaFrame::is_empty`]) and does not use up a sequence number, so a host that
+    /// drops it leaves no gap.
     pub fn flush(&mut self, now: u64) -> DeltaFrame {
         self.advance(now);
         self.expire_live(now);
-        self.seq += 1;
-        self.stats.frames += 1;
+        let empty = self.counters.is_empty()
+            && self.uniques.is_empty()
+            && self.touched.is_empty()
+            && self.intake == Default::default();
+        if !empty {
+            self.seq += 1;
+            self.stats.frames += 1;
+        }
 
         let mut strings = Interner::default();
         let mut counters: Vec<(AggKey, RowAcc)> = self.counters.drain().collect();
@@ -494,7 +503,7 @@ impl Collector {
                 id: FrameId {
                     edge_id: self.cfg.edge_id.clone(),
                     epoch: self.cfg.epoch,
-                    seq: self.seq,
+                    seq: if empty { 0 } else { self.seq },
                 },
                 pop_id: self.cfg.pop_id.clone(),
                 interval_start_ms: self.interval_start,

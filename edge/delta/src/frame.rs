@@ -186,6 +186,17 @@ pub enum FrameError {
 }
 
 impl DeltaFrame {
+    /// Whether the frame carries nothing: no rows, sketches, live sessions or gauges, and
+    /// no events seen. Collectors number such frames 0 and do not advance their
+    /// sequence, and hosts do not ship them (an idle edge sends nothing).
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
+            && self.uniques.is_empty()
+            && self.live.is_empty()
+            && self.live_beats.is_empty()
+            && self.intake == EdgeCounts::default()
+    }
+
     /// Encodes the frame with its envelope.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.counters.len() * 24);
@@ -253,8 +264,10 @@ impl DeltaFrame {
         for b in &self.live_beats {
             check("stream", b.stream)?;
         }
-        if self.header.id.seq == 0 {
-            return Err(FrameError::Inconsistent("sequence numbers start at 1".into()));
+        if self.header.id.seq == 0 && !self.is_empty() {
+            return Err(FrameError::Inconsistent(
+                "sequence numbers start at 1 (0 is for empty frames only)".into(),
+            ));
         }
         Ok(())
     }

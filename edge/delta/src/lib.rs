@@ -18,6 +18,7 @@ mod facts;
 mod frame;
 mod merge;
 mod sketch;
+mod split;
 
 pub use dims::{Country, Device, Source};
 pub use facts::{
@@ -29,3 +30,4 @@ pub use frame::{
 };
 pub use merge::{DimKey, MergedDeltas};
 pub use sketch::{SketchError, UniqueSketch};
+pub use split::part_id;
