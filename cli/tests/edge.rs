@@ -511,3 +511,73 @@ async fn frames_over_the_byte_budget_are_split_and_count_exactly_once() {
     assert!(trackers > 2.0, "{trackers} trackers: frames were not split");
     assert_eq!(m.metric("tally_frame_gaps").await, 0.0);
 }
+
+/// Posts one play of `video` in a fresh session; returns the status and the answer.
+async fn play(http: &reqwest::Client, agent: &Agent, video: &str, n: u64) -> (u16, serde_json::Value) {
+    let id = format!("{video}-{n}-{}", now_ms());
+    let ev = event(&id, &id, video, "play", &token(video));
+    let r = http
+        .post(agent.url("/v1/events"))
+        .json(&serde_json::json!({ "events": [ev] }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_reaches_the_edges_which_refuse_the_videos_events_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("m");
+    let mut m = Merger::start(&mdir);
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let http = reqwest::Client::new();
+    assert_eq!(play(&http, &fra, "vb", 0).await.0, 202);
+    let block = format!("http://{}/v1/videos/vb/block", m.http);
+    assert_eq!(http.put(&block).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    // within a push or two the edge refuses the video's events, naming the reason
+    let mut n = 1;
+    let refused = loop_until(Duration::from_secs(10), || {
+        n += 1;
+        let (http, fra) = (&http, &fra);
+        async move {
+            let (status, body) = play(http, fra, "vb", n).await;
+            (status == 400).then_some(body)
+        }
+    })
+    .await
+    .expect("the edge refuses events of a blocked video");
+    assert_eq!(refused["rejected"][0]["reason"], "video is blocked", "{refused}");
+    // other videos are taken as before
+    assert_eq!(play(&http, &fra, "vother", 0).await.0, 202);
+    // a merger restart keeps the block, and an edge that connects afresh learns it
+    let (quic, http_addr) = (m.quic, m.http);
+    m.kill();
+    let args = [
+        "--quic-listen".to_string(),
+        quic.to_string(),
+        "--http-listen".to_string(),
+        http_addr.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Merger::start_with(&mdir, &args);
+    let ams = Agent::start((m.quic, &m.fingerprint), "ams", &dir.path().join("ams"), &[]);
+    let refused = loop_until(Duration::from_secs(10), || {
+        n += 1;
+        let (http, ams) = (&http, &ams);
+        async move { (play(http, ams, "vb", n).await.0 == 400).then_some(()) }
+    })
+    .await;
+    assert!(refused.is_some(), "a new edge learns the block from the restarted merger");
+    // unblocked: taken again
+    let unblock = format!("http://{}/v1/videos/vb/block", m.http);
+    assert_eq!(http.delete(&unblock).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    let taken = loop_until(Duration::from_secs(10), || {
+        n += 1;
+        let (http, ams) = (&http, &ams);
+        async move { (play(http, ams, "vb", n).await.0 == 202).then_some(()) }
+    })
+    .await;
+    assert!(taken.is_some(), "the unblock reaches the edge");
+    drop(fra);
+}

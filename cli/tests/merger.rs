@@ -288,6 +288,20 @@ async fn http_ingest_and_api_errors_are_json() {
         !b["rows"].as_array().unwrap().iter().any(|r| r["key"] == "v0"),
         "blocked video in a breakdown: {b}"
     );
+    // nor in channel-wide sums
+    let views_of = |b: &serde_json::Value| -> u64 {
+        b["rows"].as_array().unwrap().iter().map(|r| r["views"].as_u64().unwrap()).sum()
+    };
+    // (once the tiers have the other videos' views)
+    let by_video = common::loop_until(Duration::from_secs(20), || async {
+        let (_, b) = m.get("/v1/analytics/breakdown?by=video&from=0").await;
+        Some(views_of(&b)).filter(|&v| v > 0)
+    })
+    .await
+    .expect("the tiers have views");
+    let (_, c) = m.get("/v1/analytics/breakdown?by=channel&from=0").await;
+    let blocked_channel_sum = views_of(&c);
+    assert_eq!(blocked_channel_sum, by_video, "channel sums leave the blocked video out: {c}");
     assert_eq!(
         http.delete(&block)
             .bearer_auth("op-token")
@@ -302,6 +316,8 @@ async fn http_ingest_and_api_errors_are_json() {
         (stats["blocked"].as_bool(), stats["views"].as_u64()),
         (Some(false), Some(2))
     );
+    let (_, c) = m.get("/v1/analytics/breakdown?by=channel&from=0").await;
+    assert_eq!(views_of(&c), blocked_channel_sum + 2, "unblocked, its views count again: {c}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

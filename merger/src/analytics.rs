@@ -21,6 +21,9 @@ pub struct Filter {
     pub from_ms: u64,
     /// End, ms since the Unix epoch (exclusive).
     pub to_ms: u64,
+    /// Videos left out of every answer (blocked ones: not in channel or country sums
+    /// either).
+    pub exclude_videos: Vec<String>,
 }
 
 /// Bucket size of a time series.
@@ -252,6 +255,11 @@ impl Analytics {
             // dimension names come from DIMENSIONS only; values are bound parameters
             sql.push_str(&format!(" AND {dim} = ?"));
             args.push(Value::Text(val.clone()));
+        }
+        if !f.exclude_videos.is_empty() {
+            let marks = vec!["?"; f.exclude_videos.len()].join(", ");
+            sql.push_str(&format!(" AND video NOT IN ({marks})"));
+            args.extend(f.exclude_videos.iter().cloned().map(Value::Text));
         }
         Ok((sql, args))
     }

@@ -170,6 +170,7 @@ mod tests {
             eq: vec![],
             from_ms: 19_995 * DAY,
             to_ms: 20_000 * DAY,
+            ..Default::default()
         };
         let total = |rows: Vec<crate::analytics::Row>| rows.iter().map(|r| r.views).sum::<u64>();
         // by day: whole days come from the day rollups; by hour: from the hourly files
@@ -182,6 +183,7 @@ mod tests {
             eq: vec![("channel", "ch00001".into())],
             from_ms: 19_995 * DAY + 7 * 3_600_000,
             to_ms: 19_999 * DAY + 5 * 3_600_000,
+            ..Default::default()
         };
         let by_country = total(a.breakdown(&part, "country", 100).unwrap());
         let conn = Connection::open_in_memory().unwrap();
@@ -233,6 +235,7 @@ mod tests {
             eq: vec![],
             from_ms: 19_960 * DAY,
             to_ms: 20_000 * DAY,
+            ..Default::default()
         };
         let channel = Filter {
             eq: vec![("channel", "ch00002".into())],

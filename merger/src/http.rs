@@ -201,6 +201,7 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
                 eq: country.map(|c| vec![("country", c.to_string())]).unwrap_or_default(),
                 from_ms: from,
                 to_ms: to,
+                ..Default::default()
             };
             let blocked: std::collections::HashSet<String> = api.ingest.read().blocked().cloned().collect();
             let n = k + blocked.len();
@@ -482,7 +483,12 @@ fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
             ));
         }
     }
-    Ok(Filter { eq, from_ms, to_ms })
+    Ok(Filter {
+        eq,
+        from_ms,
+        to_ms,
+        ..Default::default()
+    })
 }
 
 /// A blocked video's counts are not shown: asking for one by name is refused.
@@ -498,8 +504,9 @@ async fn timeseries(
     State(api): State<Api>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let f = filter(&q)?;
+    let mut f = filter(&q)?;
     refuse_blocked(&api, &f)?;
+    f.exclude_videos = api.ingest.read().blocked().cloned().collect();
     let g = match q.get("granularity") {
         Some(g) => {
             Granularity::parse(g).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`granularity` is minute, hour or day"))?
@@ -517,7 +524,7 @@ async fn breakdown(
     State(api): State<Api>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let f = filter(&q)?;
+    let mut f = filter(&q)?;
     let by = q.get("by").ok_or_else(|| {
         err(
             StatusCode::BAD_REQUEST,
@@ -539,20 +546,10 @@ async fn breakdown(
         None => 20,
     };
     refuse_blocked(&api, &f)?;
-    // blocked videos are left out of a breakdown by video
-    let blocked: std::collections::HashSet<String> = if by == "video" {
-        api.ingest.read().blocked().cloned().collect()
-    } else {
-        Default::default()
-    };
+    // blocked videos are left out of every sum, not only of a breakdown by video
+    f.exclude_videos = api.ingest.read().blocked().cloned().collect();
     let fc = f.clone();
-    let n = limit + blocked.len();
-    let rows: Vec<_> = query(&api, move |a| a.breakdown(&fc, by, n))
-        .await?
-        .into_iter()
-        .filter(|r| !r.key.as_str().is_some_and(|k| blocked.contains(k)))
-        .take(limit)
-        .collect();
+    let rows = query(&api, move |a| a.breakdown(&fc, by, limit)).await?;
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows }),
     ))

@@ -1,6 +1,7 @@
 //! Count pushes to edges: an edge says which videos and live streams it serves reads
 //! for ([`Interest`]); once a second the merger sends what changed ([`Snapshot`]), so a
-//! stream with a million viewers costs one message per POP per second.
+//! stream with a million viewers costs one message per POP per second. Snapshots also
+//! carry the blocked videos whenever they change, so edges refuse their events.
 
 use crate::http::{live_json, video_json};
 use crate::ingest::{Ingest, now_ms};
@@ -41,6 +42,8 @@ pub async fn serve(conn: Connection, ingest: Ingest, live_timeout_ms: u64, perio
         Err(_) => return,
     };
     let mut sent: HashMap<(bool, String), Option<String>> = HashMap::new();
+    // edges start with nothing blocked
+    let mut sent_blocked: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,8 +52,17 @@ pub async fn serve(conn: Connection, ingest: Ingest, live_timeout_ms: u64, perio
             return;
         }
         let want = interest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let snap = changes(&ingest, &want, live_timeout_ms, &mut sent);
-        if snap.videos.is_empty() && snap.live.is_empty() {
+        let mut snap = changes(&ingest, &want, live_timeout_ms, &mut sent);
+        let blocked = {
+            let mut b: Vec<String> = ingest.read().blocked().cloned().collect();
+            b.sort_unstable();
+            b
+        };
+        if blocked != sent_blocked {
+            snap.blocked = Some(blocked.clone());
+            sent_blocked = blocked;
+        }
+        if snap.videos.is_empty() && snap.live.is_empty() && snap.blocked.is_none() {
             continue;
         }
         if protocol::write_msg(&mut send, &snap).await.is_err() {

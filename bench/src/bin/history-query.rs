@@ -82,11 +82,13 @@ fn main() -> Result<()> {
         eq: vec![],
         from_ms: to - 30 * DAY_MS,
         to_ms: to,
+        ..Default::default()
     };
     let all = Filter {
         eq: vec![],
         from_ms: to - days as u64 * DAY_MS,
         to_ms: to,
+        ..Default::default()
     };
     let mut report = Vec::new();
     let mut run = |name: &str, n: usize, f: &mut dyn FnMut(&mut SmallRng) -> Result<usize>| -> Result<(f64, f64)> {

@@ -17,7 +17,7 @@
 //! without checkpoints grows with the log; with them it grows with the state (all-time
 //! video totals and the 28 h of fact keys), not with the log's age.
 //!
-//! Usage: merger-restart [days] [beacons_per_day] [frames_per_day]   (defaults 30 20000 1440)
+//! Usage: merger-restart [days] [beacons_per_day] [frames_per_day]   (defaults 30 20000 288)
 
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -78,6 +78,9 @@ fn config(dir: &Path, compact: bool) -> MergerConfig {
         checkpoint_bytes: u64::MAX,
         log_segment_bytes: 8 << 20,
         compact_log: compact,
+        // the tiers only commit here (their rollups and exports are not what is measured)
+        publish_interval_ms: 3_600_000,
+        rollup_interval_ms: 3_600_000,
         // the month is in the past: keep it all in the tiers' windows
         hot_days: 3650,
         warm_days: 3650,
@@ -203,7 +206,7 @@ fn main() -> Result<()> {
     }
     let days: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
     let beacons_per_day: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20_000);
-    let frames_per_day: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1_440);
+    let frames_per_day: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(288);
     let tmp = tempfile::tempdir()?;
     let filled = tmp.path().join("filled");
     let d = filled.to_str().context("temp path")?;

@@ -506,6 +506,17 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
         frames_spooled: AtomicU64::new(0),
         swap_lock: tokio::sync::Mutex::new(()),
     });
+    // blocked videos pushed by the mergers go to every collector instance
+    {
+        let agent = agent.clone();
+        let mut blocked = agent.cache.blocked_changes();
+        tokio::spawn(async move {
+            while blocked.changed().await.is_ok() {
+                let videos = blocked.borrow_and_update().clone();
+                agent.pool.set_blocked(videos);
+            }
+        });
+    }
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let flusher = {
         let agent = agent.clone();

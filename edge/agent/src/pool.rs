@@ -134,6 +134,16 @@ impl Instance {
         }
     }
 
+    fn set_blocked(&mut self, videos: &[String]) -> Result<(), HostError> {
+        match self {
+            Instance::Native(c) => {
+                c.set_blocked(videos.to_vec());
+                Ok(())
+            }
+            Instance::Wasm(w) => w.set_blocked(videos),
+        }
+    }
+
     fn stats(&mut self) -> Result<(Stats, u64), HostError> {
         match self {
             Instance::Native(c) => Ok((c.stats(), c.memory_bytes() as u64)),
@@ -180,6 +190,7 @@ pub struct PoolCounters {
 /// no thread hand-off.
 pub struct Pool {
     workers: Vec<Mutex<Worker>>,
+    blocked: Arc<Mutex<Vec<String>>>,
     /// Counters.
     pub counters: Arc<PoolCounters>,
 }
@@ -188,6 +199,7 @@ impl Pool {
     /// Starts `cfg.workers` instances of `kind`.
     pub fn start(kind: Kind, cfg: &AgentConfig, epochs: Arc<Mutex<Epochs>>) -> Result<Pool, String> {
         let counters = Arc::new(PoolCounters::default());
+        let blocked = Arc::new(Mutex::new(Vec::new()));
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
             let wal = if cfg.wal {
@@ -204,12 +216,35 @@ impl Pool {
                 instance: None,
                 covers: Covers { epoch: 0, seq: 1 },
                 wal,
+                wal_failing: false,
+                blocked: blocked.clone(),
             };
             let (inst, epoch) = worker.fresh()?;
             worker.set_instance(inst, epoch);
             workers.push(Mutex::new(worker));
         }
-        Ok(Pool { workers, counters })
+        Ok(Pool {
+            workers,
+            blocked,
+            counters,
+        })
+    }
+
+    /// Replaces the blocked videos (pushed by a merger) in every instance, and in every
+    /// instance made later; their events are refused with the reason `blocked`.
+    pub fn set_blocked(&self, mut videos: Vec<String>) {
+        videos.sort_unstable();
+        {
+            let mut cur = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            if *cur == videos {
+                return;
+            }
+            cur.clone_from(&videos);
+        }
+        tracing::info!(videos = videos.len(), "blocked videos updated");
+        for i in 0..self.workers.len() {
+            self.worker(i).apply_blocked();
+        }
     }
 
     fn worker(&self, i: usize) -> std::sync::MutexGuard<'_, Worker> {
@@ -298,6 +333,10 @@ struct Worker {
     /// The frame the instance's next flush makes (its epoch and sequence number).
     covers: Covers,
     wal: Option<Wal>,
+    /// The write-ahead log is refusing appends (logged once per streak).
+    wal_failing: bool,
+    /// The blocked videos every instance is given.
+    blocked: Arc<Mutex<Vec<String>>>,
 }
 
 impl Worker {
@@ -313,6 +352,16 @@ impl Worker {
     fn set_instance(&mut self, inst: Instance, epoch: u64) {
         self.instance = Some(inst);
         self.covers = Covers { epoch, seq: 1 };
+        self.apply_blocked();
+    }
+
+    fn apply_blocked(&mut self) {
+        let videos = self.blocked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(inst) = self.instance.as_mut()
+            && let Err(e) = inst.set_blocked(&videos)
+        {
+            self.failed("set-blocked", &e);
+        }
     }
 
     /// The instance, made anew if the last one failed.
@@ -344,10 +393,20 @@ impl Worker {
         if let Some(w) = self.wal.as_mut() {
             // Logged before the collector counts it: a beacon that cannot be made
             // durable is refused, and nothing of it was counted.
-            let t = w
-                .append(self.covers, body, facts)
-                .map_err(|e| IngestFailure::Wal(e.to_string()))?;
-            tickets.push(t);
+            match w.append(self.covers, body, facts) {
+                Ok(t) => {
+                    if std::mem::take(&mut self.wal_failing) {
+                        tracing::info!(worker = self.index, "write-ahead log takes beacons again");
+                    }
+                    tickets.push(t);
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut self.wal_failing, true) {
+                        tracing::error!(worker = self.index, error = %e, "write-ahead log append failed; refusing beacons (503) until it works");
+                    }
+                    return Err(IngestFailure::Wal(e.to_string()));
+                }
+            }
         }
         match self.instance().map_err(IngestFailure::Trap)?.ingest(body, facts) {
             Ok(r) => Ok(r),

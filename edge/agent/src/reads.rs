@@ -33,6 +33,7 @@ struct Inner {
 /// The cache of pushed counts.
 pub struct ReadCache {
     inner: Mutex<Inner>,
+    blocked: watch::Sender<Vec<String>>,
     interest_gen: watch::Sender<u64>,
     snapshots: watch::Sender<u64>,
     max_entries: usize,
@@ -49,6 +50,7 @@ impl ReadCache {
     pub fn new(max_entries: usize) -> ReadCache {
         ReadCache {
             inner: Mutex::new(Inner::default()),
+            blocked: watch::channel(Vec::new()).0,
             interest_gen: watch::channel(0).0,
             snapshots: watch::channel(0).0,
             max_entries,
@@ -112,6 +114,9 @@ impl ReadCache {
 
     /// Applies a snapshot from a merger.
     pub fn apply(&self, snap: Snapshot) {
+        if let Some(b) = snap.blocked {
+            self.blocked.send_replace(b);
+        }
         let mut g = self.lock();
         for (id, body) in snap.videos {
             if let Some(slot) = g.videos.get_mut(&id) {
@@ -125,6 +130,11 @@ impl ReadCache {
         }
         drop(g);
         self.snapshots.send_modify(|n| *n += 1);
+    }
+
+    /// The blocked videos the mergers pushed, as they change.
+    pub fn blocked_changes(&self) -> watch::Receiver<Vec<String>> {
+        self.blocked.subscribe()
     }
 
     /// What to ask the mergers for (dropping what nobody read for a while).

@@ -311,12 +311,18 @@ impl Wal {
         if self.current.is_none() {
             let generation = self.next_generation;
             let path = self.dir.join(file_name(self.worker, generation));
+            // each attempt gets its own generation: a file left by a failed one (a full
+            // disk) is never reopened, and is removed when it holds nothing
+            self.next_generation += 1;
             let mut out = Appender::create(&path).map_err(|e| WalError::Io(path.clone(), e))?;
             let head = postcard::to_allocvec(&covers).map_err(|e| WalError::Format(path.clone(), e.to_string()))?;
-            out.append(&[head])?;
+            if let Err(e) = out.append(&[head]) {
+                drop(out);
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into());
+            }
             // a second handle: beacons sync through it without the worker's lock
             let second = File::open(&path).map_err(|e| WalError::Io(path.clone(), e))?;
-            self.next_generation += 1;
             let mut st = self.shared.lock();
             st.file = Some((generation, second));
             st.written = out.len();

@@ -118,6 +118,8 @@ pub struct Collector {
     uniques: FxHashMap<(u32, u32), UniqueSketch>,
     intake: EdgeCounts,
     stats: Stats,
+    /// Videos whose events are refused (pushed by the merger through the host).
+    blocked: std::collections::HashSet<String>,
 }
 
 impl Collector {
@@ -138,8 +140,15 @@ impl Collector {
             uniques: FxHashMap::default(),
             intake: EdgeCounts::default(),
             stats: Stats::default(),
+            blocked: Default::default(),
             cfg,
         })
+    }
+
+    /// Replaces the set of blocked videos: their events are refused with
+    /// [`RejectReason::Blocked`] from now on.
+    pub fn set_blocked(&mut self, videos: Vec<String>) {
+        self.blocked = videos.into_iter().collect();
     }
 
     /// The config the collector runs with.
@@ -238,6 +247,9 @@ impl Collector {
         let claims = &self.tokens.claims[claims_idx as usize];
         if claims.video != ev.video_id {
             return Err(RejectReason::TokenForOtherVideo);
+        }
+        if !self.blocked.is_empty() && self.blocked.contains(&claims.video) {
+            return Err(RejectReason::Blocked);
         }
         claims.check_expiry(ev.ts_ms).map_err(RejectReason::Token)?;
         let live = claims.live;

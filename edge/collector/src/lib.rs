@@ -56,6 +56,9 @@ pub enum RejectReason {
         /// The configured skew.
         skew_ms: u64,
     },
+    /// The platform blocked this video: its events are not counted.
+    #[error("video is blocked")]
+    Blocked,
 }
 
 /// One refused event.

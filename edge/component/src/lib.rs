@@ -79,6 +79,10 @@ impl api::GuestCollector for Collector {
         self.0.borrow_mut().flush(now_ms).encode()
     }
 
+    fn set_blocked(&self, videos: Vec<String>) {
+        self.0.borrow_mut().set_blocked(videos);
+    }
+
     fn stats(&self) -> api::Stats {
         let s = self.0.borrow().stats();
         api::Stats {
@@ -118,6 +122,7 @@ fn reason(r: core::RejectReason) -> api::RejectReason {
         core::RejectReason::TokenForOtherVideo => api::RejectReason::TokenForOtherVideo,
         core::RejectReason::TooLate { lateness_ms } => api::RejectReason::TooLate(lateness_ms),
         core::RejectReason::InFuture { skew_ms } => api::RejectReason::InFuture(skew_ms),
+        core::RejectReason::Blocked => api::RejectReason::Blocked,
     }
 }
 

@@ -263,6 +263,15 @@ impl WasmCollector {
             .map_err(HostError::Trap)
     }
 
+    /// Replaces the set of blocked videos (their events are refused as blocked).
+    pub fn set_blocked(&mut self, videos: &[String]) -> Result<(), HostError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.api
+            .collector()
+            .call_set_blocked(&mut self.store, self.handle, videos)
+            .map_err(HostError::Trap)
+    }
+
     /// Counters and table sizes.
     pub fn stats(&mut self) -> Result<Stats, HostError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
@@ -324,5 +333,6 @@ fn reason(r: api::RejectReason) -> RejectReason {
         api::RejectReason::TokenForOtherVideo => RejectReason::TokenForOtherVideo,
         api::RejectReason::TooLate(ms) => RejectReason::TooLate { lateness_ms: ms },
         api::RejectReason::InFuture(ms) => RejectReason::InFuture { skew_ms: ms },
+        api::RejectReason::Blocked => RejectReason::Blocked,
     }
 }

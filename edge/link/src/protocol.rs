@@ -78,6 +78,9 @@ pub struct Snapshot {
     pub videos: Vec<(String, Option<String>)>,
     /// (stream id, live gauge JSON).
     pub live: Vec<(String, String)>,
+    /// Every blocked video, when the set changed since the last snapshot (`None`: it
+    /// did not): the edge refuses their events with the reason `blocked`.
+    pub blocked: Option<Vec<String>>,
 }
 
 /// Writes one length-prefixed message on a long-lived stream.
