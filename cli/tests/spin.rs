@@ -361,3 +361,24 @@ fn the_manifest_names_what_must_be_set() {
         c.source
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_reaches_a_spin_edge_through_the_frame_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = https_merger(&dir.path().join("merger"), &[]);
+    let sin = spin(&m, "sin").await;
+    let http = reqwest::Client::new();
+    let beacon = |n: u64, video: &str| {
+        let id = format!("{video}-{n}");
+        json!({ "events": [event(&id, &id, video, "play", &token(video))] })
+    };
+    assert_eq!(post(&http, &url(&sin, "/v1/events"), &beacon(0, "vb")).await.0, 202);
+    let block = format!("http://{}/v1/videos/vb/block", m.http);
+    assert_eq!(http.put(&block).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    // the next acknowledged frame names the block; from then on the edge refuses
+    assert_eq!(post(&http, &url(&sin, "/v1/events"), &beacon(1, "vother")).await.0, 202);
+    let (status, body) = post(&http, &url(&sin, "/v1/events"), &beacon(2, "vb")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["rejected"][0]["reason"], "video is blocked", "{body}");
+    assert_eq!(m.views("vother").await, 1);
+}

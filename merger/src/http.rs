@@ -305,9 +305,15 @@ async fn post_frame(
     api.ingest
         .authenticate(edge, secret)
         .map_err(|why| err(StatusCode::UNAUTHORIZED, why))?;
+    // the answer names the blocked videos, for edges without the push stream (Spin)
+    let blocked = || {
+        let mut b: Vec<String> = api.ingest.read().blocked().cloned().collect();
+        b.sort_unstable();
+        b
+    };
     match api.ingest.submit(edge, body.to_vec()).await {
-        Ok(Ack::Applied) => Ok(Json(json!({ "ack": "applied" }))),
-        Ok(Ack::Duplicate) => Ok(Json(json!({ "ack": "duplicate" }))),
+        Ok(Ack::Applied) => Ok(Json(json!({ "ack": "applied", "blocked": blocked() }))),
+        Ok(Ack::Duplicate) => Ok(Json(json!({ "ack": "duplicate", "blocked": blocked() }))),
         Ok(Ack::Rejected(why)) => Err(err(StatusCode::BAD_REQUEST, why)),
         Ok(Ack::Later(why)) => Err(err(StatusCode::SERVICE_UNAVAILABLE, why)),
         Err(why) => Err(err(StatusCode::SERVICE_UNAVAILABLE, why)),

@@ -139,9 +139,10 @@ async fn events(req: &Request) -> Result<Response, Response> {
         Sessions::Unknown => vec![whole(Vec::new(), body)],
         Sessions::Many(events) => route::group(&events, |session| session.to_vec()),
     };
+    let blocked = blocked_videos(&bucket);
     let mut total = IngestOutcome::default();
     for part in parts {
-        let outcome = ingest_part(&bucket, &s, &part, &facts, now).await?;
+        let outcome = ingest_part(&bucket, &s, &blocked, &part, &facts, now).await?;
         part.absorb(&mut total, outcome);
     }
     let (code, body) = total.answer();
@@ -165,6 +166,7 @@ fn whole(session: Vec<u8>, body: &[u8]) -> Part<Vec<u8>> {
 async fn ingest_part(
     bucket: &Bucket,
     s: &Settings,
+    blocked: &[String],
     part: &Part<Vec<u8>>,
     facts: &RequestFacts,
     now: u64,
@@ -175,8 +177,8 @@ async fn ingest_part(
         attempt += 1;
         let (cas, mut record) = load(bucket, &key, &part.key, now)?;
         // Frames an earlier request could not ship go first, in order.
-        ship_pending(s, &mut record).await;
-        let outcome = match session::ingest(&mut record, &s.collector, &part.body, facts, now) {
+        ship_pending(bucket, s, &mut record).await;
+        let outcome = match session::ingest(&mut record, &s.collector, blocked, &part.body, facts, now) {
             Ok(o) => o,
             Err(StepError::Batch(e)) => return Err(error(e.status(), e)),
             Err(e @ StepError::Backlog(_)) => return Err(retry_later(503, e, 5)),
@@ -199,7 +201,7 @@ async fn ingest_part(
             }
         }
     };
-    let shipped = ship_pending(s, &mut record).await;
+    let shipped = ship_pending(bucket, s, &mut record).await;
     if !shipped.is_empty() {
         acknowledge(bucket, &key, &shipped);
     }
@@ -256,7 +258,20 @@ fn acknowledge(bucket: &Bucket, key: &str, shipped: &[u64]) {
 
 /// Ships a record's pending frames in order until one fails, dropping each from the
 /// record once the merger has taken (or refused for good) it; returns their seqs.
-async fn ship_pending(s: &Settings, record: &mut SessionRecord) -> Vec<u64> {
+/// Where the blocked videos the merger last named are kept (JSON list).
+const BLOCKED_KEY: &str = "tally:blocked";
+
+/// The blocked videos, as the merger's last frame acknowledgement named them.
+fn blocked_videos(bucket: &Bucket) -> Vec<String> {
+    bucket
+        .get(BLOCKED_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+async fn ship_pending(bucket: &Bucket, s: &Settings, record: &mut SessionRecord) -> Vec<u64> {
     let mut shipped = Vec::new();
     while let Some(p) = record.pending.first().cloned() {
         let id = FrameId {
@@ -265,7 +280,15 @@ async fn ship_pending(s: &Settings, record: &mut SessionRecord) -> Vec<u64> {
             seq: p.seq,
         };
         match post_frame(s, &id, p.bytes).await {
-            Ok(()) => {}
+            Ok(blocked) => {
+                // the merger names the blocked videos in every acknowledgement
+                if let Some(b) = blocked
+                    && blocked_videos(bucket) != b
+                    && let Ok(json) = serde_json::to_vec(&b)
+                {
+                    let _ = bucket.set(BLOCKED_KEY, &json);
+                }
+            }
             Err(Ship::Refused(why)) => {
                 // The merger will never take it: keeping it would block the session.
                 eprintln!("tally spin: merger refused frame {id:?} for good: {why}");
@@ -288,7 +311,7 @@ enum Ship {
 
 /// Posts one frame to the merger's frame ingest. The frame id (edge, epoch, seq) is the
 /// idempotency key: the merger acknowledges a frame it has applied before and ignores it.
-async fn post_frame(s: &Settings, id: &FrameId, frame: Vec<u8>) -> Result<(), Ship> {
+async fn post_frame(s: &Settings, id: &FrameId, frame: Vec<u8>) -> Result<Option<Vec<String>>, Ship> {
     let req = Request::builder()
         .method(Method::Post)
         .uri(format!("{}/v1/frames", s.merger_url))
@@ -303,7 +326,9 @@ async fn post_frame(s: &Settings, id: &FrameId, frame: Vec<u8>) -> Result<(), Sh
         .map_err(|e| Ship::Retry(format!("merger unreachable: {e}")))?;
     let body = String::from_utf8_lossy(resp.body()).into_owned();
     match *resp.status() {
-        200 => Ok(()),
+        200 => Ok(serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| serde_json::from_value(v.get("blocked")?.clone()).ok())),
         400 => Err(Ship::Refused(body)),
         code => Err(Ship::Retry(format!("merger answered {code}: {body}"))),
     }
@@ -436,7 +461,7 @@ async fn sweep_session(bucket: &Bucket, s: &Settings, key: &str, now: u64) {
     if !record.is_expired(now) {
         return;
     }
-    let shipped = ship_pending(s, &mut record).await;
+    let shipped = ship_pending(bucket, s, &mut record).await;
     if record.is_disposable(now) {
         // Not conditional (the store has no compare-and-delete): a request of this
         // session landing in this instant would lose its new record. Its memory is void

@@ -134,6 +134,7 @@ pub fn epoch_from(random: u64) -> u64 {
 pub fn ingest(
     record: &mut SessionRecord,
     cfg: &Config,
+    blocked: &[String],
     body: &[u8],
     facts: &RequestFacts,
     now_ms: u64,
@@ -144,6 +145,7 @@ pub fn ingest(
     let mut cfg = cfg.clone();
     cfg.epoch = record.epoch;
     let mut collector = Collector::new(cfg)?;
+    collector.set_blocked(blocked.to_vec());
     if !record.is_expired(now_ms) && !record.state.is_empty() {
         // A state this build cannot read is dropped: the session starts afresh, as after
         // the dedup window.
@@ -216,25 +218,25 @@ mod tests {
     #[test]
     fn a_refresh_in_another_request_is_not_a_new_view() {
         let mut r = SessionRecord::new(epoch_from(0xdead_beef_0000_0000));
-        let o = ingest(&mut r, &cfg(), &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
+        let o = ingest(&mut r, &cfg(), &[], &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
         assert_eq!((o.accepted, o.duplicates), (1, 0));
         assert_eq!(views(&r), 1);
         // The record goes through the store between requests.
         let mut r = SessionRecord::decode(&r.encode()).unwrap();
         let t1 = T0 + 5_000;
-        ingest(&mut r, &cfg(), &beacon("s1", "e2", "play", t1), &facts(t1), t1).unwrap();
+        ingest(&mut r, &cfg(), &[], &beacon("s1", "e2", "play", t1), &facts(t1), t1).unwrap();
         assert_eq!(views(&r), 1, "a second play in the same session within the window");
         // A resent beacon is a duplicate.
-        let o = ingest(&mut r, &cfg(), &beacon("s1", "e2", "play", t1), &facts(t1), t1 + 1).unwrap();
+        let o = ingest(&mut r, &cfg(), &[], &beacon("s1", "e2", "play", t1), &facts(t1), t1 + 1).unwrap();
         assert_eq!(o.duplicates, 1);
     }
 
     #[test]
     fn frames_are_numbered_within_the_session_epoch() {
         let mut r = SessionRecord::new(epoch_from(42 << 2));
-        ingest(&mut r, &cfg(), &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
+        ingest(&mut r, &cfg(), &[], &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
         let t1 = T0 + 60_000;
-        ingest(&mut r, &cfg(), &beacon("s1", "e2", "share", t1), &facts(t1), t1).unwrap();
+        ingest(&mut r, &cfg(), &[], &beacon("s1", "e2", "share", t1), &facts(t1), t1).unwrap();
         let ids: Vec<_> = r
             .pending
             .iter()
@@ -252,12 +254,12 @@ mod tests {
     #[test]
     fn after_the_window_the_view_is_shipped_again_with_the_same_key() {
         let mut r = SessionRecord::new(7);
-        ingest(&mut r, &cfg(), &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
+        ingest(&mut r, &cfg(), &[], &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap();
         assert!(!r.is_expired(T0 + 1));
         let later = r.expires_at_ms + 1;
         assert!(r.is_expired(later));
         assert!(!r.is_disposable(later), "a frame is still pending");
-        ingest(&mut r, &cfg(), &beacon("s1", "e9", "play", later), &facts(later), later).unwrap();
+        ingest(&mut r, &cfg(), &[], &beacon("s1", "e9", "play", later), &facts(later), later).unwrap();
         assert_eq!(views(&r), 2);
         let mut merged = tally_delta::MergedDeltas::default();
         for p in &r.pending {
@@ -270,7 +272,7 @@ mod tests {
     fn a_refused_beacon_leaves_the_record_alone() {
         let mut r = SessionRecord::new(7);
         let before = r.clone();
-        let e = ingest(&mut r, &cfg(), b"not json", &facts(T0), T0).unwrap_err();
+        let e = ingest(&mut r, &cfg(), &[], b"not json", &facts(T0), T0).unwrap_err();
         assert!(matches!(e, StepError::Batch(BatchError::Malformed(_))), "{e}");
         assert_eq!(r, before);
     }
@@ -281,7 +283,7 @@ mod tests {
         r.pending = (1..=MAX_PENDING as u64)
             .map(|seq| PendingFrame { seq, bytes: vec![] })
             .collect();
-        let e = ingest(&mut r, &cfg(), &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap_err();
+        let e = ingest(&mut r, &cfg(), &[], &beacon("s1", "e1", "play", T0), &facts(T0), T0).unwrap_err();
         assert_eq!(e, StepError::Backlog(MAX_PENDING));
     }
 
