@@ -96,9 +96,13 @@ struct MergerArgs {
     /// TCP address for the same API over HTTPS, with the QUIC certificate (off by default).
     #[arg(long)]
     https_listen: Option<std::net::SocketAddr>,
-    /// An edge allowed to connect, as ID=SECRET (repeatable).
+    /// An edge allowed to connect, as ID=SECRET (repeatable). Visible to anyone who can
+    /// list processes: prefer --edges-file or the config file.
     #[arg(long = "edge", value_name = "ID=SECRET")]
     edges: Vec<String>,
+    /// A file of edges allowed to connect, one ID=SECRET per line (`#` starts a comment).
+    #[arg(long, env = "TALLY_EDGES_FILE", value_name = "PATH")]
+    edges_file: Option<std::path::PathBuf>,
     /// Bearer token for operator endpoints.
     #[arg(long, env = "TALLY_OPERATOR_TOKEN", hide_env_values = true)]
     operator_token: Option<String>,
@@ -188,12 +192,23 @@ fn merger(a: MergerArgs) -> Result<()> {
     if a.https_listen.is_some() {
         cfg.https_listen = a.https_listen;
     }
-    for e in &a.edges {
-        let (id, secret) = e
-            .split_once('=')
-            .with_context(|| format!("--edge {e:?}: expected ID=SECRET"))?;
+    let mut edges: Vec<(String, String)> = a.edges.iter().map(|e| ("--edge".to_string(), e.clone())).collect();
+    if let Some(p) = &a.edges_file {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading --edges-file {}", p.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                edges.push((format!("{} line {}", p.display(), i + 1), line.to_owned()));
+            }
+        }
+    }
+    for (whence, e) in &edges {
+        let Some((id, secret)) = e.split_once('=') else {
+            bail!("{whence}: expected ID=SECRET");
+        };
+        let (id, secret) = (id.trim(), secret.trim());
         if id.is_empty() || secret.len() < 8 {
-            bail!("--edge {e:?}: the id must not be empty and the secret must have at least 8 characters");
+            bail!("{whence}: the edge id must not be empty and the secret must have at least 8 characters");
         }
         cfg.edges.insert(id.to_owned(), secret.to_owned());
     }

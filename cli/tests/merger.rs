@@ -24,6 +24,8 @@ fn frames(edge: &str, epoch: u64, n: usize) -> Vec<Vec<u8>> {
 fn frames_at(kit: Kit, edge: &str, epoch: u64, n: usize, step_ms: u64) -> Vec<Vec<u8>> {
     let mut cfg = kit.config();
     cfg.edge_id = edge.into();
+    // an edge speaks for its own POP (`fra-1` for `fra`)
+    cfg.pop_id = edge.rsplit_once('-').map_or(edge, |(pop, _)| pop).into();
     cfg.epoch = epoch;
     let mut c = Collector::new(cfg).unwrap();
     (0..n)
@@ -720,4 +722,32 @@ async fn a_frame_over_the_message_limit_is_answered_too_large_and_nothing_is_stu
         .unwrap();
     assert_eq!(r.status(), 413);
     assert!(error_of(r).await.contains("must be split"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_and_their_secrets_come_from_a_file_and_frames_keep_to_their_pop() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edges");
+    std::fs::write(&file, "# edges\nlis-1 = file-secret-1\n\n").unwrap();
+    let m = Merger::start_with(&dir.path().join("m"), &["--edges-file", file.to_str().unwrap()]);
+    let client = MergerClient::connect(m.quic, &m.fingerprint, "lis-1", "file-secret-1")
+        .await
+        .expect("an edge from the file connects");
+    // its frames must speak for its own POP (`lis`), not another one
+    let mut f = DeltaFrame::decode(&frames("lis-1", 1, 1)[0]).unwrap();
+    f.header.pop_id = "fra".into();
+    assert_eq!(client.send_frame(&f.encode()).await.unwrap(), Ack::Rejected(
+        "edge lis-1 may not send frames for POP fra".into()
+    ));
+    f.header.pop_id = "lis".into();
+    assert_eq!(client.send_frame(&f.encode()).await.unwrap(), Ack::Applied);
+    // a malformed file is refused at start with the line to fix, not the secret
+    std::fs::write(&file, "lis-1 file-secret-1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["merger", "--edges-file", file.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path().join("m2"))
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && msg.contains("line 1") && !msg.contains("file-secret-1"), "{msg}");
 }

@@ -3,7 +3,7 @@
 
 use crate::log::{FrameLog, LogPos};
 use crate::state::State;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tally_delta::{DeltaFrame, FrameId};
@@ -66,7 +66,7 @@ struct Job {
 pub struct Ingest {
     tx: mpsc::Sender<Job>,
     state: Arc<RwLock<State>>,
-    edges: Arc<HashMap<String, String>>,
+    edges: Arc<crate::edges::EdgePolicy>,
 }
 
 /// Replays log records into the state (and, past the tiers' watermark, into the tier
@@ -244,7 +244,7 @@ impl Ingest {
     pub fn start(
         mut log: FrameLog,
         state: Arc<RwLock<State>>,
-        edges: HashMap<String, String>,
+        edges: crate::edges::EdgePolicy,
         tiers: Option<TierSender>,
         plan: Option<CheckpointPlan>,
         replayed: (Option<LogPos>, Option<LogPos>),
@@ -354,29 +354,9 @@ impl Ingest {
         }
     }
 
-    /// Checks an edge's secret.
-    ///
-    /// The secret is compared in constant time (digests of both, folded byte by byte),
-    /// and an unknown edge and a wrong secret get the same answer, so neither timing nor
-    /// wording tells an attacker which edge ids exist; the log says which it was.
+    /// Checks an edge's secret (see [`EdgePolicy::authenticate`]).
     pub fn authenticate(&self, edge_id: &str, secret: &str) -> Result<(), String> {
-        use sha2::{Digest, Sha256};
-        let given = Sha256::digest(secret.as_bytes());
-        let (known, want) = match self.edges.get(edge_id) {
-            Some(s) => (true, Sha256::digest(s.as_bytes())),
-            // compare against something all the same, so both cases take as long
-            None => (false, Sha256::digest(b"no such edge")),
-        };
-        let differ = given.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if known && differ == 0 {
-            return Ok(());
-        }
-        tracing::warn!(
-            edge = edge_id,
-            reason = if known { "wrong secret" } else { "unknown edge" },
-            "edge refused"
-        );
-        Err(format!("unknown edge or wrong secret for edge {edge_id}"))
+        self.edges.authenticate(edge_id, secret)
     }
 
     /// Takes one frame from an authenticated edge; resolves once it is durable (or refused).
@@ -406,6 +386,11 @@ impl Ingest {
                 "frame is from edge {} but the connection is authenticated as {edge_id}",
                 frame.header.id.edge_id
             )));
+        }
+        if let Err(why) = self.edges.check_frame(edge_id, &frame, now_ms()) {
+            write(&self.state).counters.frames_rejected += 1;
+            tracing::warn!(edge = edge_id, reason = %why, "frame refused");
+            return Ok(Ack::Rejected(why));
         }
         if read(&self.state).conflicts(&frame.header.id, crate::state::frame_digest(&bytes)) {
             write(&self.state).counters.frames_conflict += 1;

@@ -5,6 +5,7 @@
 pub mod analytics;
 pub mod blocked;
 pub mod checkpoint;
+pub mod edges;
 pub mod history;
 pub mod http;
 pub mod https;
@@ -37,6 +38,13 @@ pub struct MergerConfig {
     pub https_listen: Option<SocketAddr>,
     /// Edge id -> shared secret. Unknown edges are refused.
     pub edges: HashMap<String, String>,
+    /// Edge id -> the POP its frames must name (default: the POP that is its id, or its
+    /// id up to the last `-`).
+    pub edge_pops: HashMap<String, String>,
+    /// The edges' lateness bound: a frame's rows may be this much older than its end.
+    pub edge_lateness_ms: u64,
+    /// Clock skew allowed between edges and the merger.
+    pub edge_skew_ms: u64,
     /// Bearer token for operator endpoints (block/unblock); none disables them.
     pub operator_token: Option<String>,
     /// PEM certificate (with `tls_key`); a self-signed one is made when absent.
@@ -78,6 +86,9 @@ impl Default for MergerConfig {
             http_listen: "127.0.0.1:8080".parse().expect("literal address"),
             https_listen: None,
             edges: HashMap::new(),
+            edge_pops: HashMap::new(),
+            edge_lateness_ms: 24 * 3600 * 1000,
+            edge_skew_ms: 10 * 60 * 1000,
             operator_token: None,
             tls_cert: None,
             tls_key: None,
@@ -265,7 +276,13 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         compact: cfg.compact_log,
         tiers: Some(tier_watermark),
     };
-    let ingest = ingest::Ingest::start(log, state, cfg.edges.clone(), Some(tier_tx), Some(plan), last);
+    let policy = edges::EdgePolicy {
+        secrets: cfg.edges.clone(),
+        pops: cfg.edge_pops.clone(),
+        lateness_ms: cfg.edge_lateness_ms,
+        skew_ms: cfg.edge_skew_ms,
+    };
+    let ingest = ingest::Ingest::start(log, state, policy, Some(tier_tx), Some(plan), last);
     tracing::info!(
         frames = replayed,
         checkpoint = ?mark.map(|m| m.pos),
