@@ -101,6 +101,14 @@ async fn beacons_in_counts_out_equal_to_ground_truth_and_reads_at_the_edge() {
     assert_eq!(r.status(), 404);
     let j: serde_json::Value = r.json().await.unwrap();
     assert!(j["error"].as_str().unwrap().contains("never-seen"));
+    // junk ids are refused before they become interest
+    let long = "x".repeat(129);
+    for bad in [long.as_str(), "a%20b", "a%0Ab"] {
+        let r = http.get(fra.url(&format!("/v1/videos/{bad}/stats"))).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let j: serde_json::Value = r.json().await.unwrap();
+        assert!(j["error"].as_str().unwrap().contains("id must be"), "{j}");
+    }
     // the spools drain once the merger acknowledged everything
     let drained = loop_until(Duration::from_secs(10), || async {
         (fra.metric("tally_edge_spool_frames").await == 0.0 && ams.metric("tally_edge_spool_frames").await == 0.0)

@@ -120,14 +120,14 @@ async fn fill(dir: &Path, days: u64, beacons_per_day: usize, frames_per_day: u64
             .map_err(anyhow::Error::msg)?;
     }
     let last = running.ingest.read().progress.pos;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(3_000);
     while tally_merger::checkpoint::list(&dir.join("checkpoint"))?
         .first()
         .map(|c| Some(c.0))
         != Some(last)
     {
         if Instant::now() > deadline {
-            bail!("no checkpoint at the end of the log after 10 minutes");
+            bail!("no checkpoint at the end of the log after 50 minutes");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -192,7 +192,24 @@ fn json_body(body: String) -> Response {
         .into_response()
 }
 
+/// Longest video or stream id a read may name.
+const MAX_ID_BYTES: usize = 128;
+
+/// Refuses ids no video can have (empty, long, control characters or spaces), before
+/// they are registered as interest: a scraper cycling through junk ids must not fill
+/// the interest table or grow the interest message.
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("{what} id must be 1..={MAX_ID_BYTES} bytes without spaces or control characters"),
+        ));
+    }
+    Ok(())
+}
+
 async fn video_stats(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_id("video", &id)?;
     let mut snapshots = a.cache.snapshots();
     let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
     loop {
@@ -212,6 +229,7 @@ async fn video_stats(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> Res
 }
 
 async fn stream_rx(a: &Agent, stream: &str) -> Result<tokio::sync::watch::Receiver<Option<String>>, ApiError> {
+    check_id("stream", stream)?;
     let mut rx = a
         .cache
         .stream(stream)

@@ -41,8 +41,15 @@ impl PartialEq for Sessions<'_> {
 
 const KEY: &[u8] = b"\"session_id\"";
 
-/// Finds the sessions of a beacon body.
+/// Finds the sessions of a beacon body, as canonical (unescaped, then minimally
+/// re-escaped) session ids: one session spelled two ways routes and is limited as one.
 pub fn sessions(body: &[u8]) -> Sessions<'_> {
+    // The byte scan is exact only without escapes: a key or session id spelled with a
+    // `\` escape (`"session\u005fid"`) would escape it or differ from its plain
+    // spelling. Such bodies are parsed.
+    if memchr::memchr(b'\\', body).is_some() {
+        return split(body);
+    }
     let finder = memmem::Finder::new(KEY);
     let mut first: Option<&[u8]> = None;
     let mut events = 0u32;
@@ -212,16 +219,33 @@ mod tests {
         );
     }
 
+    fn keys(s: Sessions<'_>) -> Vec<Vec<u8>> {
+        match s {
+            Sessions::Many(v) => v.into_iter().map(|(k, _)| k).collect(),
+            Sessions::One { session, events } => vec![session.to_vec(); events as usize],
+            Sessions::Unknown => vec![],
+        }
+    }
+
     #[test]
     fn escaped_text_is_not_a_key() {
         let b = br#"[{"session_id":"s1","note":"\"session_id\":\"s2\""}]"#;
-        assert_eq!(
-            sessions(b),
-            Sessions::One {
-                session: b"s1",
-                events: 1
-            }
-        );
+        assert_eq!(keys(sessions(b)), vec![b"s1".to_vec()]);
+    }
+
+    #[test]
+    fn one_session_spelled_two_ways_routes_and_limits_as_one() {
+        let plain = br#"[{"session_id":"s_1"}]"#;
+        let escaped_key = br#"[{"session\u005fid":"s_1"}]"#;
+        let escaped_value = br#"[{"session_id":"s\u005f1"}]"#;
+        let mixed = br#"[{"session_id":"s_1"},{"session_id":"s\u005f1"}]"#;
+        let want = vec![b"s_1".to_vec()];
+        assert_eq!(keys(sessions(plain)), want);
+        assert_eq!(keys(sessions(escaped_key)), want, "an escaped key is still the key");
+        assert_eq!(keys(sessions(escaped_value)), want);
+        assert_eq!(keys(sessions(mixed)), vec![b"s_1".to_vec(); 2]);
+        let w = |k: &[u8]| worker_of(k, 8);
+        assert_eq!(w(&keys(sessions(escaped_value))[0]), w(b"s_1"));
     }
 
     #[test]
