@@ -103,6 +103,10 @@ struct MergerArgs {
     /// A file of edges allowed to connect, one ID=SECRET per line (`#` starts a comment).
     #[arg(long, env = "TALLY_EDGES_FILE", value_name = "PATH")]
     edges_file: Option<std::path::PathBuf>,
+    /// Take frames on the plain HTTP listener too (they carry edge secrets in the clear:
+    /// for tests on loopback).
+    #[arg(long)]
+    http_frames: bool,
     /// Bearer token for operator endpoints.
     #[arg(long, env = "TALLY_OPERATOR_TOKEN", hide_env_values = true)]
     operator_token: Option<String>,
@@ -211,6 +215,9 @@ fn merger(a: MergerArgs) -> Result<()> {
             bail!("{whence}: the edge id must not be empty and the secret must have at least 8 characters");
         }
         cfg.edges.insert(id.to_owned(), secret.to_owned());
+    }
+    if a.http_frames {
+        cfg.http_frames = true;
     }
     if a.operator_token.is_some() {
         cfg.operator_token = a.operator_token;

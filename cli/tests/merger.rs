@@ -216,10 +216,24 @@ async fn frames_over_https_are_applied_once_with_a_pinned_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_and_api_errors_are_json() {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Merger::start(dir.path());
     let http = reqwest::Client::new();
-    let url = format!("http://{}/v1/frames", m.http);
     let f = frames("fra-1", 1, 1).remove(0);
+    {
+        // by default frames (and the secret they come with) are not taken in the clear
+        let m = Merger::start(&dir.path().join("https-only"));
+        let r = http
+            .post(format!("http://{}/v1/frames", m.http))
+            .header("x-tally-edge", "fra-1")
+            .bearer_auth(SECRET)
+            .body(f.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(error_of(r).await.contains("HTTPS"));
+    }
+    let mut m = Merger::start_with(dir.path(), &["--http-frames"]);
+    let url = format!("http://{}/v1/frames", m.http);
     let post = |body: Vec<u8>, secret: &str| {
         http.post(&url)
             .header("x-tally-edge", "fra-1")
@@ -699,7 +713,7 @@ async fn checkpoints_compact_the_log_and_a_killed_merger_restarts_from_them_exac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_the_message_limit_is_answered_too_large_and_nothing_is_stuck() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Merger::start(dir.path());
+    let m = Merger::start_with(dir.path(), &["--http-frames"]);
     let client = m.client("fra-1").await;
     let huge = vec![7u8; tally_link::protocol::MAX_MESSAGE + 1];
     match client.send_frame(&huge).await.unwrap() {
@@ -750,4 +764,72 @@ async fn edges_and_their_secrets_come_from_a_file_and_frames_keep_to_their_pop()
         .unwrap();
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && msg.contains("line 1") && !msg.contains("file-secret-1"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analytics_query_over_its_time_is_interrupted_and_answered_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("merger.toml");
+    std::fs::write(&config, "query_timeout_ms = 1\n").unwrap();
+    let m = Merger::start_with(&dir.path().join("m"), &["--config", config.to_str().unwrap()]);
+    let client = m.client("fra-1").await;
+    for f in frames("fra-1", 1, 5) {
+        assert_eq!(client.send_frame(&f).await.unwrap(), Ack::Applied);
+    }
+    // a query over all of history cannot finish in 1 ms: it is stopped, and says so
+    let mut seen = None;
+    for _ in 0..20 {
+        let (status, e) = m.get("/v1/analytics/breakdown?by=country&from=0").await;
+        if status == 504 {
+            seen = Some(e);
+            break;
+        }
+    }
+    let e = seen.expect("a 504 for a query over its time");
+    assert!(e["error"].as_str().unwrap().contains("longer than 1 ms"), "{e}");
+    // the merger goes on answering
+    let (status, _) = m.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+/// Reads an SSE response until its first event's data.
+async fn first_sse_data(r: reqwest::Response) -> String {
+    let mut r = r;
+    let mut text = String::new();
+    while let Ok(Some(chunk)) = r.chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(line) = text.lines().find(|l| l.starts_with("data:")) {
+            return line.to_owned();
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sse_client_of_a_stream_shares_one_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(dir.path());
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/live/live-1/events", m.http);
+    let a = http.get(&url).send().await.unwrap();
+    let b = http.get(&url).send().await.unwrap();
+    let other = http.get(format!("http://{}/v1/live/live-2/events", m.http)).send().await.unwrap();
+    let (da, db) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), first_sse_data(a)),
+        tokio::time::timeout(Duration::from_secs(10), first_sse_data(b))
+    );
+    let (da, db) = (da.expect("an event for a"), db.expect("an event for b"));
+    assert!(da.contains("\"stream\":\"live-1\""), "{da}");
+    assert_eq!(da, db);
+    // two clients of live-1, one of live-2: two feeds
+    let (status, e) = m.get("/v1/live/x%20y%20z%20aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/events").await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(m.metric("tally_live_feeds").await, 2.0);
+    drop(other);
+    // the first two clients were consumed by their readers above: every client is gone
+    let gone = common::loop_until(Duration::from_secs(10), || async {
+        (m.metric("tally_live_feeds").await == 0.0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "feeds stop when their last client leaves");
 }

@@ -88,11 +88,16 @@ pub struct Row {
     pub comments: u64,
 }
 
-/// A read connection to the merger's tiers (a clone of the tier writer's database).
+/// Read connections to the merger's tiers (clones of the tier writer's database): a
+/// small pool, so a slow query holds one connection, not every reader.
 pub struct Analytics {
-    conn: Mutex<Connection>,
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
     dir: PathBuf,
 }
+
+/// Connections in the pool (the HTTP layer lets as many queries run at once).
+pub const READERS: usize = 4;
 
 fn to_u64(v: &Value) -> u64 {
     match v {
@@ -129,10 +134,42 @@ impl Analytics {
         if let Err(e) = conn.execute_batch("SET enable_object_cache = true") {
             tracing::warn!(error = %e, "cannot enable DuckDB's Parquet metadata cache");
         }
+        let mut conns = Vec::with_capacity(READERS);
+        for _ in 1..READERS {
+            match conn.try_clone() {
+                Ok(c) => conns.push(Mutex::new(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open another analytics connection");
+                    break;
+                }
+            }
+        }
+        conns.push(Mutex::new(conn));
         Analytics {
-            conn: Mutex::new(conn),
+            conns,
+            next: Default::default(),
             dir: dir.to_owned(),
         }
+    }
+
+    /// Runs `f` on a free connection of the pool (waiting for one if none is free),
+    /// handing `on_start` the connection's interrupt handle first, so a caller can stop
+    /// a query that runs too long.
+    pub fn with_conn<T>(
+        &self,
+        on_start: impl FnOnce(std::sync::Arc<duckdb::InterruptHandle>),
+        f: impl FnOnce(&Connection) -> T,
+    ) -> T {
+        let free = self.conns.iter().find_map(|c| c.try_lock().ok());
+        let conn = match free {
+            Some(c) => c,
+            None => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
+                self.conns[i].lock().unwrap_or_else(|p| p.into_inner())
+            }
+        };
+        on_start(conn.interrupt_handle());
+        f(&conn)
     }
 
     /// Days present in a cold sub-directory (`cold/hour`, `cold/day`) within `[lo, hi]`.
@@ -291,26 +328,40 @@ impl Analytics {
 
     /// Measures per time bucket.
     pub fn timeseries(&self, f: &Filter, g: Granularity) -> Result<Vec<Row>, duckdb::Error> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let (src, args) = self.source(&conn, f, g == Granularity::Day)?;
+        self.with_conn(|_| {}, |c| self.timeseries_on(c, f, g))
+    }
+
+    /// Measures per value of one dimension, most viewed first.
+    pub fn breakdown(&self, f: &Filter, by: &'static str, limit: usize) -> Result<Vec<Row>, duckdb::Error> {
+        self.with_conn(|_| {}, |c| self.breakdown_on(c, f, by, limit))
+    }
+
+    /// [`Analytics::timeseries`] on a connection of the pool (see [`Analytics::with_conn`]).
+    pub fn timeseries_on(&self, conn: &Connection, f: &Filter, g: Granularity) -> Result<Vec<Row>, duckdb::Error> {
+        let (src, args) = self.source(conn, f, g == Granularity::Day)?;
         let sql = format!(
             "SELECT epoch_ms(date_trunc('{g}', ts)) AS bucket, sum(views)::UBIGINT, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT,
                     sum(likes)::BIGINT, sum(shares)::UBIGINT, sum(comments)::UBIGINT
              FROM ({src}) GROUP BY 1 ORDER BY 1",
             g = g.as_str()
         );
-        Self::run(&conn, &sql, args, true)
+        Self::run(conn, &sql, args, true)
     }
 
-    /// Measures per value of one dimension, most viewed first.
-    pub fn breakdown(&self, f: &Filter, by: &'static str, limit: usize) -> Result<Vec<Row>, duckdb::Error> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let (src, args) = self.source(&conn, f, true)?;
+    /// [`Analytics::breakdown`] on a connection of the pool.
+    pub fn breakdown_on(
+        &self,
+        conn: &Connection,
+        f: &Filter,
+        by: &'static str,
+        limit: usize,
+    ) -> Result<Vec<Row>, duckdb::Error> {
+        let (src, args) = self.source(conn, f, true)?;
         let sql = format!(
             "SELECT {by}, sum(views)::UBIGINT AS v, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT, sum(likes)::BIGINT,
                     sum(shares)::UBIGINT, sum(comments)::UBIGINT
              FROM ({src}) GROUP BY 1 ORDER BY v DESC, 1 LIMIT {limit}"
         );
-        Self::run(&conn, &sql, args, false)
+        Self::run(conn, &sql, args, false)
     }
 }

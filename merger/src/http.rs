@@ -14,7 +14,6 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tally_delta::Country;
 use tally_link::protocol::Ack;
 
@@ -35,6 +34,13 @@ pub struct Api {
     pub analytics: Arc<Analytics>,
     /// Where blocked videos are kept.
     pub blocked_path: Arc<std::path::Path>,
+    /// The shared live feeds behind the SSE endpoint.
+    pub feeds: Arc<crate::feeds::LiveFeeds>,
+    /// Longest an analytics query may run before it is interrupted.
+    pub query_timeout: std::time::Duration,
+    /// Whether `POST /v1/frames` is served on this listener (it carries an edge's
+    /// secret: HTTPS only, unless plain HTTP is allowed for local tests).
+    pub frames_allowed: bool,
 }
 
 /// An error answer.
@@ -120,23 +126,28 @@ async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoRe
 async fn live_sse(
     State(api): State<Api>,
     Path(stream): Path<String>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let ticks = tokio::time::interval(Duration::from_secs(1));
-    let s = futures_util::stream::unfold((ticks, None::<serde_json::Value>), move |(mut ticks, last)| {
-        let api = api.clone();
-        let stream = stream.clone();
-        async move {
-            loop {
-                ticks.tick().await;
-                let now = live_json(&api.ingest.read(), &stream, api.live_timeout_ms);
-                if last.as_ref() != Some(&now) {
-                    let ev = Event::default().event("live").data(now.to_string());
-                    return Some((Ok(ev), (ticks, Some(now))));
-                }
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if stream.is_empty() || stream.len() > 128 {
+        return Err(err(StatusCode::BAD_REQUEST, "stream id must be 1..=128 bytes"));
+    }
+    // every client of a stream shares one feed (see `feeds`)
+    let rx = api.feeds.follow(&stream).ok_or_else(|| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live streams are followed on this merger; retry later",
+        )
+    })?;
+    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            let body = rx.borrow_and_update().clone();
+            if let Some(body) = body {
+                let ev = Event::default().event("live").data(body);
+                return Some((Ok(ev), rx));
             }
+            rx.changed().await.ok()?;
         }
     });
-    Sse::new(s).keep_alive(KeepAlive::default())
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Deserialize)]
@@ -205,7 +216,7 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
             };
             let blocked: std::collections::HashSet<String> = api.ingest.read().blocked().cloned().collect();
             let n = k + blocked.len();
-            let rows = query(&api, move |a| a.breakdown(&f, "video", n)).await?;
+            let rows = query(&api, move |a, c| a.breakdown_on(c, &f, "video", n)).await?;
             rows.into_iter()
                 .filter(|r| r.views > 0 && !r.key.as_str().is_some_and(|k| blocked.contains(k)))
                 .take(k)
@@ -287,6 +298,12 @@ async fn post_frame(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if !api.frames_allowed {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "frames carry the edge's secret: post them over HTTPS (the merger's --https-listen) or send them over QUIC",
+        ));
+    }
     let body = body.map_err(|e| {
         err(
             e.status(),
@@ -382,11 +399,13 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         u8::from(c.log_broken),
     );
     let text = format!(
-        "{text}# HELP tally_checkpoints_total Checkpoints of the live state written by this process.\n# TYPE tally_checkpoints_total counter\ntally_checkpoints_total {}\n\
+        "{text}# HELP tally_live_feeds Live streams followed over SSE (one shared feed each).\n# TYPE tally_live_feeds gauge\ntally_live_feeds {}\n\
+         # HELP tally_checkpoints_total Checkpoints of the live state written by this process.\n# TYPE tally_checkpoints_total counter\ntally_checkpoints_total {}\n\
          # HELP tally_checkpoint_failures_total Checkpoints that could not be written (the log keeps everything).\n# TYPE tally_checkpoint_failures_total counter\ntally_checkpoint_failures_total {}\n\
          # HELP tally_checkpoint_bytes Size of the last checkpoint.\n# TYPE tally_checkpoint_bytes gauge\ntally_checkpoint_bytes {}\n\
          # HELP tally_checkpoints_damaged Checkpoints found damaged at start (an older one and more log were used).\n# TYPE tally_checkpoints_damaged gauge\ntally_checkpoints_damaged {}\n\
          # HELP tally_log_bytes_freed_total Frame log bytes deleted behind the checkpoints and the tiers.\n# TYPE tally_log_bytes_freed_total counter\ntally_log_bytes_freed_total {}\n",
+        api.feeds.len(),
         c.checkpoints,
         c.checkpoint_failures,
         c.checkpoint_bytes,
@@ -437,15 +456,45 @@ fn fact_metrics(f: &tally_delta::FactIndex) -> String {
 }
 
 /// Runs a tier query on the blocking pool (DuckDB calls block), mapping failures to 500s.
+/// Analytics queries running at once (one per pooled connection).
+static QUERIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(crate::analytics::READERS);
+/// How long a query may wait for a free connection before the answer is "busy".
+const QUERY_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs an analytics query on a pooled connection, at most [`crate::analytics::READERS`]
+/// at once (others wait up to 2 s, then `503`), interrupted after `api.query_timeout`
+/// (`504`, the connection freed for the next query).
 async fn query<T: Send + 'static>(
     api: &Api,
-    q: impl FnOnce(&Analytics) -> Result<T, duckdb::Error> + Send + 'static,
+    q: impl FnOnce(&Analytics, &duckdb::Connection) -> Result<T, duckdb::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let Ok(Ok(_permit)) = tokio::time::timeout(QUERY_QUEUE_WAIT, QUERIES.acquire()).await else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "analytics is busy with other queries; retry in a moment".into(),
+        ));
+    };
     let a = api.analytics.clone();
-    tokio::task::spawn_blocking(move || q(&a))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || a.with_conn(|h| drop(tx.send(h)), |c| q(&a, c)));
+    let handle = rx.await.ok();
+    match tokio::time::timeout(api.query_timeout, task).await {
+        Ok(r) => r
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}"))),
+        Err(_) => {
+            if let Some(h) = handle {
+                h.interrupt();
+            }
+            Err(err(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the query took longer than {} ms and was stopped; ask for a shorter range or a coarser granularity",
+                    api.query_timeout.as_millis()
+                ),
+            ))
+        }
+    }
 }
 
 /// Reads filters and range from query parameters (`from`/`to` in ms; default: last 24 h).
@@ -520,7 +569,7 @@ async fn timeseries(
         None => Granularity::for_range(f.to_ms - f.from_ms),
     };
     let fc = f.clone();
-    let rows = query(&api, move |a| a.timeseries(&fc, g)).await?;
+    let rows = query(&api, move |a, c| a.timeseries_on(c, &fc, g)).await?;
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows }),
     ))
@@ -555,7 +604,7 @@ async fn breakdown(
     // blocked videos are left out of every sum, not only of a breakdown by video
     f.exclude_videos = api.ingest.read().blocked().cloned().collect();
     let fc = f.clone();
-    let rows = query(&api, move |a| a.breakdown(&fc, by, limit)).await?;
+    let rows = query(&api, move |a, c| a.breakdown_on(c, &fc, by, limit)).await?;
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows }),
     ))

@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod blocked;
 pub mod checkpoint;
 pub mod edges;
+pub mod feeds;
 pub mod history;
 pub mod http;
 pub mod https;
@@ -45,6 +46,11 @@ pub struct MergerConfig {
     pub edge_lateness_ms: u64,
     /// Clock skew allowed between edges and the merger.
     pub edge_skew_ms: u64,
+    /// Longest an analytics query may run before it is interrupted (ms).
+    pub query_timeout_ms: u64,
+    /// Take frames on the plain HTTP listener too (they carry the edge's secret in the
+    /// clear: for tests on loopback only). Off: HTTPS and QUIC only.
+    pub http_frames: bool,
     /// Bearer token for operator endpoints (block/unblock); none disables them.
     pub operator_token: Option<String>,
     /// PEM certificate (with `tls_key`); a self-signed one is made when absent.
@@ -87,6 +93,8 @@ impl Default for MergerConfig {
             https_listen: None,
             edges: HashMap::new(),
             edge_pops: HashMap::new(),
+            http_frames: false,
+            query_timeout_ms: 10_000,
             edge_lateness_ms: 24 * 3600 * 1000,
             edge_skew_ms: 10 * 60 * 1000,
             operator_token: None,
@@ -307,8 +315,15 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         tier_quarantined,
         analytics,
         blocked_path: Arc::from(blocked_path.as_path()),
+        frames_allowed: true,
+        feeds: feeds::LiveFeeds::new(ingest.clone(), cfg.live_timeout_ms),
+        query_timeout: std::time::Duration::from_millis(cfg.query_timeout_ms.max(1)),
     };
-    let app = http::router(api);
+    let app = http::router(http::Api {
+        frames_allowed: cfg.http_frames,
+        ..api.clone()
+    });
+    let https_app = http::router(api);
     let https_addr = match cfg.https_listen {
         Some(addr) => {
             let tls = tally_link::tls::https_server_config(&identity)?;
@@ -316,7 +331,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
                 .await
                 .with_context(|| format!("binding HTTPS on {addr}"))?;
             let bound = l.local_addr()?;
-            tokio::spawn(https::serve(l, tls, app.clone()));
+            tokio::spawn(https::serve(l, tls, https_app));
             Some(bound)
         }
         None => None,
