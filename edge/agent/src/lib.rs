@@ -511,9 +511,14 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
         let agent = agent.clone();
         let mut blocked = agent.cache.blocked_changes();
         tokio::spawn(async move {
-            while blocked.changed().await.is_ok() {
+            // a snapshot may have come before this task subscribed: apply what is there
+            // first, then every change
+            loop {
                 let videos = blocked.borrow_and_update().clone();
                 agent.pool.set_blocked(videos);
+                if blocked.changed().await.is_err() {
+                    break;
+                }
             }
         });
     }
