@@ -72,7 +72,11 @@ fn beacon_seeds() -> Vec<Vec<u8>> {
         })
     };
     let one = serde_json::json!({ "events": [ev("e1", "s1", "v1", "play"), ev("e2", "s1", "v1", "heartbeat")] });
-    let many = serde_json::json!([ev("e3", "s1", "v1", "like"), ev("e4", "s2", "live-1", "play"), ev("e5", "s\\u005f3", "v2", "share")]);
+    let many = serde_json::json!([
+        ev("e3", "s1", "v1", "like"),
+        ev("e4", "s2", "live-1", "play"),
+        ev("e5", "s\\u005f3", "v2", "share")
+    ]);
     vec![
         one.to_string().into_bytes(),
         many.to_string().into_bytes(),

@@ -1,4 +1,4 @@
 //! Shared pieces of the benchmarks: a realistic beacon generator, and the fuzz targets.
 
-pub mod traffic;
 pub mod fuzz;
+pub mod traffic;

@@ -38,7 +38,10 @@ fn the_harness_catches_a_panicking_parser() {
         run: Box::new(|b| assert!(b != b"!", "the seed itself")),
     };
     let r = fuzz::run(&mut t2, 1, 10, Duration::from_secs(1));
-    assert!(r.failure.is_some_and(|(i, m)| i == b"!" && m.contains("the seed itself")));
+    assert!(
+        r.failure
+            .is_some_and(|(i, m)| i == b"!" && m.contains("the seed itself"))
+    );
     let r = fuzz::run(&mut t, 1, 1_000_000, Duration::from_secs(5));
     assert!(r.failure.is_some(), "{} inputs and no failure", r.inputs);
 }

@@ -104,7 +104,11 @@ async fn beacons_in_counts_out_equal_to_ground_truth_and_reads_at_the_edge() {
     // junk ids are refused before they become interest
     let long = "x".repeat(129);
     for bad in [long.as_str(), "a%20b", "a%0Ab"] {
-        let r = http.get(fra.url(&format!("/v1/videos/{bad}/stats"))).send().await.unwrap();
+        let r = http
+            .get(fra.url(&format!("/v1/videos/{bad}/stats")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
         let j: serde_json::Value = r.json().await.unwrap();
         assert!(j["error"].as_str().unwrap().contains("id must be"), "{j}");
@@ -542,7 +546,10 @@ async fn a_block_reaches_the_edges_which_refuse_the_videos_events_with_a_reason(
     let http = reqwest::Client::new();
     assert_eq!(play(&http, &fra, "vb", 0).await.0, 202);
     let block = format!("http://{}/v1/videos/vb/block", m.http);
-    assert_eq!(http.put(&block).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.put(&block).bearer_auth("op-token").send().await.unwrap().status(),
+        200
+    );
     // within a push or two the edge refuses the video's events, naming the reason
     let mut n = 1;
     let refused = loop_until(Duration::from_secs(10), || {
@@ -576,10 +583,21 @@ async fn a_block_reaches_the_edges_which_refuse_the_videos_events_with_a_reason(
         async move { (play(http, ams, "vb", n).await.0 == 400).then_some(()) }
     })
     .await;
-    assert!(refused.is_some(), "a new edge learns the block from the restarted merger");
+    assert!(
+        refused.is_some(),
+        "a new edge learns the block from the restarted merger"
+    );
     // unblocked: taken again
     let unblock = format!("http://{}/v1/videos/vb/block", m.http);
-    assert_eq!(http.delete(&unblock).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.delete(&unblock)
+            .bearer_auth("op-token")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let taken = loop_until(Duration::from_secs(10), || {
         n += 1;
         let (http, ams) = (&http, &ams);

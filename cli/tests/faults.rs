@@ -278,21 +278,20 @@ impl Tmpfs {
         ok.then(|| Tmpfs(path.to_owned()))
     }
 
+    /// Mounts one or fails the test, saying why.
+    fn must_mount(path: &Path, size: &str) -> Tmpfs {
+        Tmpfs::mount(path, size).unwrap_or_else(|| {
+            panic!(
+                "mounting a {size} tmpfs at {}: this test must run as root (CI does)",
+                path.display()
+            )
+        })
+    }
+
     /// Fills the file system but for about `leave` bytes; returns the filler's path.
     fn fill(&self, leave: u64) -> PathBuf {
         let filler = self.0.join("filler");
-        let free = {
-            let out = std::process::Command::new("df")
-                .args(["--output=avail", "-B1"])
-                .arg(&self.0)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .nth(1)
-                .and_then(|l| l.trim().parse::<u64>().ok())
-                .unwrap()
-        };
+        let free = bytes_free(&self.0);
         let f = std::fs::File::create(&filler).unwrap();
         use std::io::Write;
         let mut w = std::io::BufWriter::new(f);
@@ -319,9 +318,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_merger_then_space_back_then_kill_9_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "96m") else {
-        panic!("this test mounts a tmpfs and must run as root (CI does)");
-    };
+    let fs = Tmpfs::must_mount(&dir.path().join("small"), "96m");
     let mdir = fs.0.join("merger");
     let mut m = Merger::start(&mdir);
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
@@ -404,13 +401,9 @@ fn bytes_free(path: &Path) -> u64 {
 async fn a_full_disk_under_the_tiers_only_keeps_acknowledging_and_history_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     // the tiers and checkpoints on a small file system, the frame log on a roomy one
-    let Some(small) = Tmpfs::mount(&dir.path().join("small"), "64m") else {
-        panic!("this test mounts a tmpfs and must run as root (CI does)");
-    };
+    let small = Tmpfs::must_mount(&dir.path().join("small"), "64m");
     let mdir = small.0.join("merger");
-    let Some(_log) = Tmpfs::mount(&mdir.join("log"), "256m") else {
-        panic!("mounting the log's tmpfs");
-    };
+    let _log = Tmpfs::must_mount(&mdir.join("log"), "256m");
     let args = ["--publish-interval", "300ms", "--rollup-interval", "300ms"];
     let m = Merger::start_with(&mdir, &args);
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
@@ -447,9 +440,7 @@ async fn a_full_disk_under_the_tiers_only_keeps_acknowledging_and_history_catche
 async fn a_full_disk_under_an_agents_spool_refuses_beacons_loudly_and_loses_none_it_took() {
     let dir = tempfile::tempdir().unwrap();
     let m = Merger::start(&dir.path().join("merger"));
-    let Some(fs) = Tmpfs::mount(&dir.path().join("spool"), "48m") else {
-        panic!("this test mounts a tmpfs and must run as root (CI does)");
-    };
+    let fs = Tmpfs::must_mount(&dir.path().join("spool"), "48m");
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &fs.0.join("fra"), &[]);
     let urls = vec![fra.url("/v1/events")];
     let http = reqwest::Client::new();
@@ -503,7 +494,12 @@ fn tear_newest(dir: &Path, suffix: &str, bytes: &[u8]) -> Option<PathBuf> {
     files.sort();
     let f = files.pop()?;
     use std::io::Write;
-    std::fs::OpenOptions::new().append(true).open(&f).ok()?.write_all(bytes).ok()?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .ok()?
+        .write_all(bytes)
+        .ok()?;
     Some(f)
 }
 

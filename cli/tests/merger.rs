@@ -306,7 +306,12 @@ async fn http_ingest_and_api_errors_are_json() {
     );
     // nor in channel-wide sums
     let views_of = |b: &serde_json::Value| -> u64 {
-        b["rows"].as_array().unwrap().iter().map(|r| r["views"].as_u64().unwrap()).sum()
+        b["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["views"].as_u64().unwrap())
+            .sum()
     };
     // (once the tiers have the other videos' views)
     let by_video = common::loop_until(Duration::from_secs(20), || async {
@@ -317,7 +322,10 @@ async fn http_ingest_and_api_errors_are_json() {
     .expect("the tiers have views");
     let (_, c) = m.get("/v1/analytics/breakdown?by=channel&from=0").await;
     let blocked_channel_sum = views_of(&c);
-    assert_eq!(blocked_channel_sum, by_video, "channel sums leave the blocked video out: {c}");
+    assert_eq!(
+        blocked_channel_sum, by_video,
+        "channel sums leave the blocked video out: {c}"
+    );
     assert_eq!(
         http.delete(&block)
             .bearer_auth("op-token")
@@ -333,7 +341,11 @@ async fn http_ingest_and_api_errors_are_json() {
         (Some(false), Some(2))
     );
     let (_, c) = m.get("/v1/analytics/breakdown?by=channel&from=0").await;
-    assert_eq!(views_of(&c), blocked_channel_sum + 2, "unblocked, its views count again: {c}");
+    assert_eq!(
+        views_of(&c),
+        blocked_channel_sum + 2,
+        "unblocked, its views count again: {c}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,7 +666,10 @@ async fn checkpoints_compact_the_log_and_a_killed_merger_restarts_from_them_exac
         .output()
         .unwrap();
     let msg = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && msg.contains("compacted"), "rebuild said: {msg}");
+    assert!(
+        !out.status.success() && msg.contains("compacted"),
+        "rebuild said: {msg}"
+    );
 
     // kill -9, restart from the newest checkpoint and the log after it
     m.kill();
@@ -697,7 +712,11 @@ async fn checkpoints_compact_the_log_and_a_killed_merger_restarts_from_them_exac
     let m = Merger::start_with(&data, &args);
     assert_eq!(m.metric("tally_checkpoints_damaged").await, 1.0);
     for (video, views) in &want {
-        assert_eq!(m.views(video).await, *views, "views of {video} from the older checkpoint");
+        assert_eq!(
+            m.views(video).await,
+            *views,
+            "views of {video} from the older checkpoint"
+        );
     }
     // and the tiers hold every frame exactly once
     let sql = "select sum(views)::BIGINT from views";
@@ -750,9 +769,10 @@ async fn edges_and_their_secrets_come_from_a_file_and_frames_keep_to_their_pop()
     // its frames must speak for its own POP (`lis`), not another one
     let mut f = DeltaFrame::decode(&frames("lis-1", 1, 1)[0]).unwrap();
     f.header.pop_id = "fra".into();
-    assert_eq!(client.send_frame(&f.encode()).await.unwrap(), Ack::Rejected(
-        "edge lis-1 may not send frames for POP fra".into()
-    ));
+    assert_eq!(
+        client.send_frame(&f.encode()).await.unwrap(),
+        Ack::Rejected("edge lis-1 may not send frames for POP fra".into())
+    );
     f.header.pop_id = "lis".into();
     assert_eq!(client.send_frame(&f.encode()).await.unwrap(), Ack::Applied);
     // a malformed file is refused at start with the line to fix, not the secret
@@ -763,7 +783,10 @@ async fn edges_and_their_secrets_come_from_a_file_and_frames_keep_to_their_pop()
         .output()
         .unwrap();
     let msg = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && msg.contains("line 1") && !msg.contains("file-secret-1"), "{msg}");
+    assert!(
+        !out.status.success() && msg.contains("line 1") && !msg.contains("file-secret-1"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,7 +836,11 @@ async fn every_sse_client_of_a_stream_shares_one_feed() {
     let url = format!("http://{}/v1/live/live-1/events", m.http);
     let a = http.get(&url).send().await.unwrap();
     let b = http.get(&url).send().await.unwrap();
-    let other = http.get(format!("http://{}/v1/live/live-2/events", m.http)).send().await.unwrap();
+    let other = http
+        .get(format!("http://{}/v1/live/live-2/events", m.http))
+        .send()
+        .await
+        .unwrap();
     let (da, db) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(10), first_sse_data(a)),
         tokio::time::timeout(Duration::from_secs(10), first_sse_data(b))

@@ -374,7 +374,10 @@ async fn a_block_reaches_a_spin_edge_through_the_frame_acknowledgements() {
     };
     assert_eq!(post(&http, &url(&sin, "/v1/events"), &beacon(0, "vb")).await.0, 202);
     let block = format!("http://{}/v1/videos/vb/block", m.http);
-    assert_eq!(http.put(&block).bearer_auth("op-token").send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.put(&block).bearer_auth("op-token").send().await.unwrap().status(),
+        200
+    );
     // the next acknowledged frame names the block; from then on the edge refuses
     assert_eq!(post(&http, &url(&sin, "/v1/events"), &beacon(1, "vother")).await.0, 202);
     let (status, body) = post(&http, &url(&sin, "/v1/events"), &beacon(2, "vb")).await;

@@ -125,25 +125,20 @@ fn file_name(pos: LogPos) -> String {
 
 /// The checkpoint files in `dir`, newest first.
 pub fn list(dir: &Path) -> Result<Vec<(LogPos, PathBuf)>, CheckpointError> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err(dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".ckpt")) else {
-            continue;
-        };
-        let Some((seg, off)) = stem.split_once('-') else {
-            continue;
-        };
-        if let (Ok(segment), Ok(offset)) = (seg.parse(), off.parse()) {
-            out.push((LogPos { segment, offset }, entry.path()));
-        }
-    }
+    let mut out: Vec<(LogPos, PathBuf)> = crate::log::files_ending(dir, ".ckpt")
+        .map_err(io_err(dir))?
+        .into_iter()
+        .filter_map(|(stem, path)| {
+            let (seg, off) = stem.split_once('-')?;
+            Some((
+                LogPos {
+                    segment: seg.parse().ok()?,
+                    offset: off.parse().ok()?,
+                },
+                path,
+            ))
+        })
+        .collect();
     out.sort_unstable_by(|a, b| b.0.cmp(&a.0));
     Ok(out)
 }

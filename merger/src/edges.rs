@@ -151,12 +151,18 @@ mod tests {
         assert!(e.contains("POP ams"), "{e}");
         assert!(p.check_frame("odd", &frame("ams", now, now / MIN), now).is_ok());
         // from the future
-        let e = p.check_frame("fra-1", &frame("fra", now + 60 * MIN, now / MIN), now).unwrap_err();
+        let e = p
+            .check_frame("fra-1", &frame("fra", now + 60 * MIN, now / MIN), now)
+            .unwrap_err();
         assert!(e.contains("after the merger's clock"), "{e}");
         // a row far from its frame's time (a day of watch time aimed at one old minute)
-        let e = p.check_frame("fra-1", &frame("fra", now, now / MIN - 3 * 24 * 60), now).unwrap_err();
+        let e = p
+            .check_frame("fra-1", &frame("fra", now, now / MIN - 3 * 24 * 60), now)
+            .unwrap_err();
         assert!(e.contains("outside"), "{e}");
-        let e = p.check_frame("fra-1", &frame("fra", now, now / MIN + 60), now).unwrap_err();
+        let e = p
+            .check_frame("fra-1", &frame("fra", now, now / MIN + 60), now)
+            .unwrap_err();
         assert!(e.contains("outside"), "{e}");
     }
 

@@ -69,24 +69,30 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
 
-fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
-    let mut out = Vec::new();
+/// The files in `dir` whose names end in `suffix`, as (name without it, path); none when
+/// `dir` does not exist.
+pub(crate) fn files_ending(dir: &Path, suffix: &str) -> io::Result<Vec<(String, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err(dir)(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
+    let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        if let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse().ok())
-        {
-            out.push(n);
+        let entry = entry?;
+        if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(suffix)) {
+            out.push((stem.to_owned(), entry.path()));
         }
     }
+    Ok(out)
+}
+
+fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let mut out: Vec<u64> = files_ending(dir, ".seg")
+        .map_err(io_err(dir))?
+        .into_iter()
+        .filter_map(|(stem, _)| stem.parse().ok())
+        .collect();
     out.sort_unstable();
     Ok(out)
 }
@@ -145,11 +151,21 @@ impl FrameLog {
         }
         // Appends must land after the checkpoint: a log that ends before it (segments
         // lost) continues in a fresh segment past it.
-        let behind = |n: u64, len: u64| after.is_some_and(|a| LogPos { segment: n, offset: len } < a);
+        let behind = |n: u64, len: u64| {
+            after.is_some_and(|a| {
+                LogPos {
+                    segment: n,
+                    offset: len,
+                } < a
+            })
+        };
         if let Some((n, len)) = reopen
             && behind(n, len)
         {
-            tracing::error!(segment = n, "the frame log ends before the checkpoint; appending to a new segment");
+            tracing::error!(
+                segment = n,
+                "the frame log ends before the checkpoint; appending to a new segment"
+            );
             damaged += 1;
             reopen = None;
         }
@@ -160,10 +176,7 @@ impl FrameLog {
             }
             None => {
                 // no segment yet, or the last one is damaged: append to a fresh one
-                let n = segs
-                    .last()
-                    .map_or(1, |l| l + 1)
-                    .max(after.map_or(0, |a| a.segment + 1));
+                let n = segs.last().map_or(1, |l| l + 1).max(after.map_or(0, |a| a.segment + 1));
                 let path = segment_path(dir, n);
                 (n, Appender::create(&path).map_err(io_err(&path))?)
             }

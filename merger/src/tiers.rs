@@ -1063,7 +1063,12 @@ mod tests {
         // ten days ago: older than hot's 7 days, inside warm's 90
         let old = (day - 10) * 1440 + 120;
         let hour = i64::from(old / 60);
-        let warm_views = |t: &Tiers| one(t, &format!("select sum(views)::BIGINT from warm.hour_counts where hour = {hour}"));
+        let warm_views = |t: &Tiers| {
+            one(
+                t,
+                &format!("select sum(views)::BIGINT from warm.hour_counts where hour = {hour}"),
+            )
+        };
         let warm_rows = |t: &Tiers| one(t, &format!("select count(*) from warm.hour_counts where hour = {hour}"));
         {
             let mut t = Tiers::open(dir.path(), Retention::default()).unwrap();

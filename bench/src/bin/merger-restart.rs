@@ -7,10 +7,12 @@
 //! three ways, each in a fresh process that reports its start time and peak resident
 //! memory (`VmHWM`):
 //!
-//! - `old`: how the merger started before checkpoints: every log record read into
-//!   memory, then applied to a fresh state;
-//! - `full`: today's streaming replay of the whole log (no checkpoint);
-//! - `checkpoint`: the newest checkpoint and the log after it (what a merger does now).
+//! - `full` (the baseline): a real merger start that replays the whole log, as every
+//!   start did before checkpoints (streamed now, one segment in memory at a time);
+//! - `checkpoint`: a real merger start from the newest checkpoint and the log after it;
+//! - `log in memory`: the old replay alone (every record read into memory, then applied
+//!   to a fresh state), without opening the tiers or binding sockets: what holding the
+//!   whole log costs by itself.
 //!
 //! The spec's average load (25 billion views a day) would be terabytes of log a day;
 //! the log here is a scaled-down month (the figures printed say how big). Start time
@@ -179,10 +181,7 @@ fn child(args: &[&str]) -> Result<serde_json::Value> {
         .output()
         .context("running the child")?;
     if !out.status.success() {
-        bail!(
-            "child {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("child {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let line = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(line.lines().last().unwrap_or("")).context("child's report")
@@ -238,9 +237,9 @@ fn main() -> Result<()> {
     std::fs::remove_dir_all(full.join("checkpoint"))?;
     let ckpt = copy("ckpt")?;
     let runs = [
-        ("old (whole log in memory)", full.clone(), "old"),
-        ("full replay, streamed", full, "full"),
+        ("full replay (before)", full.clone(), "full"),
         ("checkpoint + log after it", ckpt.clone(), "checkpoint"),
+        ("log in memory, no tiers", full, "old"),
     ];
     let mut results = Vec::new();
     for (label, dir, how) in runs {
@@ -248,10 +247,17 @@ fn main() -> Result<()> {
         if r["views"] != f["views"] {
             bail!("{label}: {} views after start, {} before", r["views"], f["views"]);
         }
-        results.push((label, r["ms"].as_f64().unwrap_or(0.0), r["peak_kib"].as_f64().unwrap_or(0.0)));
+        results.push((
+            label,
+            r["ms"].as_f64().unwrap_or(0.0),
+            r["peak_kib"].as_f64().unwrap_or(0.0),
+        ));
     }
     let (_, base_ms, base_kib) = results[0];
-    println!("{:<28} {:>10} {:>12} {:>8} {:>8}", "start", "ms", "peak MiB", "time", "memory");
+    println!(
+        "{:<28} {:>10} {:>12} {:>8} {:>8}",
+        "start", "ms", "peak MiB", "time", "memory"
+    );
     for (label, ms, kib) in &results {
         println!(
             "{label:<28} {ms:>10.0} {:>12.1} {:>7.2}x {:>7.2}x",

@@ -118,7 +118,11 @@ fn split_large((bytes, wal): pool::Flushed, max: usize) -> Vec<pool::Flushed> {
         }
     };
     let parts = frame.split(max);
-    tracing::info!(bytes = bytes.len(), parts = parts.len(), "frame split to fit the merger's limit");
+    tracing::info!(
+        bytes = bytes.len(),
+        parts = parts.len(),
+        "frame split to fit the merger's limit"
+    );
     let n = parts.len();
     parts
         .into_iter()
@@ -135,7 +139,9 @@ impl Agent {
     }
 
     fn spool_frames(&self, frames: Vec<pool::Flushed>) -> usize {
-        let frames = frames.into_iter().flat_map(|f| split_large(f, self.cfg.max_frame_bytes));
+        let frames = frames
+            .into_iter()
+            .flat_map(|f| split_large(f, self.cfg.max_frame_bytes));
         let mut waiting = self.unspooled.lock().unwrap_or_else(|p| p.into_inner());
         waiting.extend(frames);
         if waiting.is_empty() {

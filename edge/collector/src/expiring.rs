@@ -158,7 +158,12 @@ mod tests {
             .collect();
         assert!(aimed.iter().all(|k| k.0 ^ k.1.rotate_left(32) == 0x1234_5678));
         let random: Vec<Key> = (0..n)
-            .map(|i| Key(i.wrapping_mul(0xbf58_476d_1ce4_e5b9), i.wrapping_mul(0x94d0_49bb_1331_11eb)))
+            .map(|i| {
+                Key(
+                    i.wrapping_mul(0xbf58_476d_1ce4_e5b9),
+                    i.wrapping_mul(0x94d0_49bb_1331_11eb),
+                )
+            })
             .collect();
         // best of three each, to ride out a noisy machine
         let best = |keys: &[Key]| (0..3).map(|_| fill(keys)).min().unwrap_or_default();

@@ -317,7 +317,10 @@ mod tests {
             parts.iter().map(|p| p.header.id.clone()).collect::<Vec<_>>(),
             f.split(budget).iter().map(|p| p.header.id.clone()).collect::<Vec<_>>()
         );
-        let other = FrameId { seq: 10, ..f.header.id.clone() };
+        let other = FrameId {
+            seq: 10,
+            ..f.header.id.clone()
+        };
         assert_ne!(part_id(&other, 1).epoch, parts[1].header.id.epoch);
     }
 

@@ -259,7 +259,15 @@ mod tests {
         let later = r.expires_at_ms + 1;
         assert!(r.is_expired(later));
         assert!(!r.is_disposable(later), "a frame is still pending");
-        ingest(&mut r, &cfg(), &[], &beacon("s1", "e9", "play", later), &facts(later), later).unwrap();
+        ingest(
+            &mut r,
+            &cfg(),
+            &[],
+            &beacon("s1", "e9", "play", later),
+            &facts(later),
+            later,
+        )
+        .unwrap();
         assert_eq!(views(&r), 2);
         let mut merged = tally_delta::MergedDeltas::default();
         for p in &r.pending {
