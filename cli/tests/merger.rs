@@ -156,6 +156,28 @@ async fn unknown_edges_and_wrong_secrets_are_refused() {
         MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "wrong-secret").await,
         Err(ClientError::Refused(_))
     ));
+    // guessing: after 10 failures in a minute this address is refused without a check,
+    // even with the right secret
+    for _ in 0..9 {
+        assert!(matches!(
+            MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "guess-guess").await,
+            Err(ClientError::Refused(_))
+        ));
+    }
+    match MergerClient::connect(m.quic, &m.fingerprint, "fra-1", SECRET).await {
+        Err(ClientError::Refused(why)) => assert!(why.contains("too many failed attempts"), "{why}"),
+        other => panic!("expected the throttle, got {:?}", other.map(|_| ())),
+    }
+    // over HTTPS the same address gets 429 with the reason
+    let https = Merger::start_with(&dir.path().join("https"), &["--https-listen", "127.0.0.1:0"]);
+    let f = frames("fra-1", 1, 1).remove(0);
+    for i in 0..11 {
+        let r = https_post_as(https.https.unwrap(), &https.fingerprint, "fra-1", &f, "guess-guess")
+            .await
+            .unwrap();
+        let want = if i < 10 { 401 } else { 429 };
+        assert_eq!(r.0, want, "attempt {i}: {}", r.1);
+    }
     // a client pinning another fingerprint does not even finish the handshake
     let other = "00".repeat(32);
     assert!(matches!(
@@ -171,6 +193,17 @@ async fn https_post(
     edge: &str,
     body: &[u8],
 ) -> Result<(u16, String), String> {
+    https_post_as(addr, fingerprint, edge, body, SECRET).await
+}
+
+/// [`https_post`] with another secret.
+async fn https_post_as(
+    addr: std::net::SocketAddr,
+    fingerprint: &str,
+    edge: &str,
+    body: &[u8],
+    secret: &str,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tls = tally_link::tls::https_client_config(fingerprint).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -180,7 +213,7 @@ async fn https_post(
         .await
         .map_err(|e| e.to_string())?;
     let head = format!(
-        "POST /v1/frames HTTP/1.1\r\nhost: tally-merger\r\nconnection: close\r\nx-tally-edge: {edge}\r\nauthorization: Bearer {SECRET}\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/frames HTTP/1.1\r\nhost: tally-merger\r\nconnection: close\r\nx-tally-edge: {edge}\r\nauthorization: Bearer {secret}\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;

@@ -87,6 +87,55 @@ impl EdgePolicy {
     }
 }
 
+/// Failed authentications one address may make per window before it is refused
+/// without a check.
+pub const MAX_FAILURES: u32 = 10;
+/// The window (ms).
+pub const FAILURE_WINDOW_MS: u64 = 60_000;
+/// Addresses remembered at most (the oldest windows go first).
+const MAX_ADDRESSES: usize = 100_000;
+
+/// Failed edge authentications per client address: after [`MAX_FAILURES`] in a window,
+/// the address is refused until the window ends, so secrets cannot be guessed at speed.
+#[derive(Default)]
+pub struct AuthThrottle {
+    failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, u64)>>,
+}
+
+impl AuthThrottle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, (u32, u64)>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `ip` may try now.
+    pub fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), String> {
+        match self.lock().get(&ip) {
+            Some(&(n, since)) if n >= MAX_FAILURES && now_ms < since + FAILURE_WINDOW_MS => Err(format!(
+                "too many failed attempts from this address; retry in {} s",
+                (since + FAILURE_WINDOW_MS - now_ms).div_ceil(1000)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the outcome of an attempt from `ip`.
+    pub fn record(&self, ip: std::net::IpAddr, ok: bool, now_ms: u64) {
+        let mut m = self.lock();
+        if ok {
+            m.remove(&ip);
+            return;
+        }
+        if m.len() >= MAX_ADDRESSES && !m.contains_key(&ip) {
+            m.retain(|_, (_, since)| now_ms < *since + FAILURE_WINDOW_MS);
+        }
+        let e = m.entry(ip).or_insert((0, now_ms));
+        if now_ms >= e.1 + FAILURE_WINDOW_MS {
+            *e = (0, now_ms);
+        }
+        e.0 += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +213,21 @@ mod tests {
             .check_frame("fra-1", &frame("fra", now, now / MIN + 60), now)
             .unwrap_err();
         assert!(e.contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_is_refused_for_the_rest_of_its_window() {
+        let t = AuthThrottle::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..MAX_FAILURES {
+            assert!(t.check(a, 1_000).is_ok());
+            t.record(a, false, 1_000);
+        }
+        assert!(t.check(a, 2_000).unwrap_err().contains("too many failed attempts"));
+        assert!(t.check(b, 2_000).is_ok(), "other addresses are not affected");
+        assert!(t.check(a, 1_000 + FAILURE_WINDOW_MS).is_ok(), "the window ends");
+        t.record(a, true, 1_000 + FAILURE_WINDOW_MS);
+        assert!(t.check(a, 1_000 + FAILURE_WINDOW_MS).is_ok());
     }
 
     #[test]

@@ -295,6 +295,7 @@ fn set_blocked(
 /// `Authorization: Bearer <secret>` authenticates it, the body is one encoded frame.
 async fn post_frame(
     State(api): State<Api>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -319,9 +320,18 @@ async fn post_frame(
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "X-Tally-Edge header required"))?;
     let secret = bearer(&headers)
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "Authorization: Bearer <edge secret> required"))?;
-    api.ingest
-        .authenticate(edge, secret)
-        .map_err(|why| err(StatusCode::UNAUTHORIZED, why))?;
+    // the client's address, from the listener (HTTPS and plain HTTP both set it)
+    let ip = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    api.ingest.authenticate(ip, edge, secret).map_err(|why| {
+        let code = if why.starts_with("too many failed attempts") {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        err(code, why)
+    })?;
     // the answer names the blocked videos, for edges without the push stream (Spin)
     let blocked = || {
         let mut b: Vec<String> = api.ingest.read().blocked().cloned().collect();

@@ -67,6 +67,7 @@ pub struct Ingest {
     tx: mpsc::Sender<Job>,
     state: Arc<RwLock<State>>,
     edges: Arc<crate::edges::EdgePolicy>,
+    throttle: Arc<crate::edges::AuthThrottle>,
 }
 
 /// Replays log records into the state (and, past the tiers' watermark, into the tier
@@ -351,12 +352,19 @@ impl Ingest {
             tx,
             state,
             edges: Arc::new(edges),
+            throttle: Default::default(),
         }
     }
 
-    /// Checks an edge's secret (see [`EdgePolicy::authenticate`]).
-    pub fn authenticate(&self, edge_id: &str, secret: &str) -> Result<(), String> {
-        self.edges.authenticate(edge_id, secret)
+    /// Checks an edge's secret (see [`crate::edges::EdgePolicy::authenticate`]) for a
+    /// client at `ip`, which is refused without a check after too many failures (see
+    /// [`crate::edges::AuthThrottle`]).
+    pub fn authenticate(&self, ip: std::net::IpAddr, edge_id: &str, secret: &str) -> Result<(), String> {
+        let now = now_ms();
+        self.throttle.check(ip, now)?;
+        let r = self.edges.authenticate(edge_id, secret);
+        self.throttle.record(ip, r.is_ok(), now);
+        r
     }
 
     /// Takes one frame from an authenticated edge; resolves once it is durable (or refused).

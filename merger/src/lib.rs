@@ -337,7 +337,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         None => None,
     };
     let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });

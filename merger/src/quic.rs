@@ -23,7 +23,7 @@ const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
     let remote = conn.remote_address();
-    let said = tokio::time::timeout(HELLO_TIMEOUT, hello(&conn, &ingest))
+    let said = tokio::time::timeout(HELLO_TIMEOUT, hello(&conn, &ingest, remote.ip()))
         .await
         .unwrap_or_else(|_| Err("no hello within 10 s".to_string()));
     let edge = match said {
@@ -62,11 +62,11 @@ async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
     }
 }
 
-async fn hello(conn: &Connection, ingest: &Ingest) -> Result<String, String> {
+async fn hello(conn: &Connection, ingest: &Ingest, ip: std::net::IpAddr) -> Result<String, String> {
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| format!("no hello: {e}"))?;
     let bytes = recv.read_to_end(4096).await.map_err(|e| format!("bad hello: {e}"))?;
     let h: Hello = protocol::decode(&bytes).map_err(|e| format!("malformed hello: {e}"))?;
-    let verdict = ingest.authenticate(&h.edge_id, &h.secret);
+    let verdict = ingest.authenticate(ip, &h.edge_id, &h.secret);
     let reply = match &verdict {
         Ok(()) => HelloReply::Welcome,
         Err(why) => HelloReply::Refused(why.clone()),
