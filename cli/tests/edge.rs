@@ -607,3 +607,38 @@ async fn a_block_reaches_the_edges_which_refuse_the_videos_events_with_a_reason(
     assert!(taken.is_some(), "the unblock reaches the edge");
     drop(fra);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cycling_through_video_ids_is_limited_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("m"));
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let http = reqwest::Client::new();
+    let get = |id: String, from: &'static str| {
+        http.get(fra.url(&format!("/v1/videos/{id}/stats")))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    // a scraper asks for 200 new ids at once: past its burst it is told to slow down
+    let answers = futures_util::future::join_all((0..200).map(|i| get(format!("scrape-{i}"), "198.51.100.7"))).await;
+    let mut limited = Vec::new();
+    for r in answers {
+        let r = r.unwrap();
+        if r.status() == 429 {
+            limited.push(r.json::<serde_json::Value>().await.unwrap());
+        }
+    }
+    assert!(
+        (40..=100).contains(&limited.len()),
+        "{} of 200 new ids limited (burst 120)",
+        limited.len()
+    );
+    let body = &limited[0];
+    assert!(body["error"].as_str().unwrap().contains("too many different videos"), "{body}");
+    // ids the edge already follows are still served to it, and other clients are not
+    // affected
+    let r = get("scrape-0".into(), "198.51.100.7").await.unwrap();
+    assert_ne!(r.status(), 429);
+    let r = get("fresh-video".into(), "198.51.100.8").await.unwrap();
+    assert_ne!(r.status(), 429);
+}

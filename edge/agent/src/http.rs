@@ -74,6 +74,27 @@ fn client_addr(header: &str) -> &str {
     header.rsplit(',').next().unwrap_or("").trim()
 }
 
+/// The client's address: the trusted header's right-most hop when configured, else the
+/// peer.
+fn client_of(a: &Agent, headers: &HeaderMap, peer: SocketAddr) -> String {
+    let client = match &a.cfg.client_addr_header {
+        Some(h) => client_addr(header_str(headers, h)).to_owned(),
+        None => String::new(),
+    };
+    if client.is_empty() { peer.ip().to_string() } else { client }
+}
+
+/// Refuses a client that asks for too many videos or streams this edge does not follow
+/// yet (each would become interest sent to the mergers).
+fn check_interest(a: &Agent, headers: &HeaderMap, peer: SocketAddr, id: &str, stream: bool) -> Result<(), ApiError> {
+    if a.cache.follows(id, stream) {
+        return Ok(());
+    }
+    a.limits
+        .check_new_interest(&client_of(a, headers, peer))
+        .map_err(|why| retry(StatusCode::TOO_MANY_REQUESTS, why, 60))
+}
+
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
@@ -103,15 +124,7 @@ async fn events(
             return Err(a.refuse(StatusCode::PAYLOAD_TOO_LARGE, answer::body_too_large(limit)));
         }
     };
-    let client = match &a.cfg.client_addr_header {
-        Some(h) => client_addr(header_str(&headers, h)).to_owned(),
-        None => String::new(),
-    };
-    let client = if client.is_empty() {
-        peer.ip().to_string()
-    } else {
-        client
-    };
+    let client = client_of(&a, &headers, peer);
     let sessions = route::sessions(&bytes);
     if let Err(why) = a.limits.check(&client, &sessions) {
         a.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -208,8 +221,14 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn video_stats(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn video_stats(
+    State(a): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_id("video", &id)?;
+    check_interest(&a, &headers, peer, &id, false)?;
     let mut snapshots = a.cache.snapshots();
     let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
     loop {
@@ -229,7 +248,6 @@ async fn video_stats(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> Res
 }
 
 async fn stream_rx(a: &Agent, stream: &str) -> Result<tokio::sync::watch::Receiver<Option<String>>, ApiError> {
-    check_id("stream", stream)?;
     let mut rx = a
         .cache
         .stream(stream)
@@ -249,7 +267,14 @@ async fn stream_rx(a: &Agent, stream: &str) -> Result<tokio::sync::watch::Receiv
     Ok(rx)
 }
 
-async fn live(State(a): State<Arc<Agent>>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+async fn live(
+    State(a): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(stream): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("stream", &stream)?;
+    check_interest(&a, &headers, peer, &stream, true)?;
     let rx = stream_rx(&a, &stream).await?;
     let body = rx.borrow().clone().unwrap_or_default();
     Ok(json_body(body))
@@ -257,8 +282,12 @@ async fn live(State(a): State<Arc<Agent>>, Path(stream): Path<String>) -> Result
 
 async fn live_sse(
     State(a): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(stream): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    check_id("stream", &stream)?;
+    check_interest(&a, &headers, peer, &stream, true)?;
     let mut rx = a
         .cache
         .stream(&stream)

@@ -13,7 +13,12 @@ const UNKNOWN_SESSION_EVENTS: u32 = 10;
 pub struct Limits {
     sessions: DefaultKeyedRateLimiter<Vec<u8>>,
     addrs: DefaultKeyedRateLimiter<String>,
+    interest: DefaultKeyedRateLimiter<String>,
 }
+
+/// Videos or streams this edge does not follow yet that one address may ask for a
+/// minute (each becomes interest sent to the mergers); bursts of twice that.
+pub const NEW_INTEREST_PER_MIN: u32 = 60;
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
@@ -27,10 +32,19 @@ impl Limits {
         let per_session = Quota::per_second(nz(cfg.session_events_per_s))
             .allow_burst(nz(cfg.max_batch_events.max(cfg.session_events_per_s * 4)));
         let per_addr = Quota::per_second(nz(cfg.addr_beacons_per_s)).allow_burst(nz(cfg.addr_beacons_per_s * 2));
+        let interest = Quota::per_minute(nz(NEW_INTEREST_PER_MIN)).allow_burst(nz(NEW_INTEREST_PER_MIN * 2));
         Limits {
             sessions: RateLimiter::keyed(per_session),
             addrs: RateLimiter::keyed(per_addr),
+            interest: RateLimiter::keyed(interest),
         }
+    }
+
+    /// Takes one new video or stream to follow for `addr`, or says it asks for too many.
+    pub fn check_new_interest(&self, addr: &str) -> Result<(), String> {
+        self.interest.check_key(&addr.to_owned()).map_err(|_| {
+            format!("{addr} asks for too many different videos and streams; slow down")
+        })
     }
 
     /// Takes one beacon from `addr` with the events of `sessions`, or says which limit
@@ -77,6 +91,8 @@ impl Limits {
         self.sessions.shrink_to_fit();
         self.addrs.retain_recent();
         self.addrs.shrink_to_fit();
+        self.interest.retain_recent();
+        self.interest.shrink_to_fit();
     }
 }
 

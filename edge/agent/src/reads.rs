@@ -61,6 +61,16 @@ impl ReadCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the edge follows `id` already (as a video, or as a stream).
+    pub fn follows(&self, id: &str, stream: bool) -> bool {
+        let g = self.lock();
+        if stream {
+            g.streams.contains_key(id)
+        } else {
+            g.videos.contains_key(id)
+        }
+    }
+
     /// The cached stats body of a video (registering interest in it).
     pub fn video(&self, id: &str) -> Option<Option<String>> {
         let mut g = self.lock();
