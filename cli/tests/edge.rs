@@ -545,11 +545,7 @@ async fn a_block_reaches_the_edges_which_refuse_the_videos_events_with_a_reason(
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let http = reqwest::Client::new();
     assert_eq!(play(&http, &fra, "vb", 0).await.0, 202);
-    let block = format!("http://{}/v1/videos/vb/block", m.http);
-    assert_eq!(
-        http.put(&block).bearer_auth("op-token").send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(m.block("vb", true).await, 200);
     // within a push or two the edge refuses the video's events, naming the reason
     let mut n = 1;
     let refused = loop_until(Duration::from_secs(10), || {
@@ -588,16 +584,7 @@ async fn a_block_reaches_the_edges_which_refuse_the_videos_events_with_a_reason(
         "a new edge learns the block from the restarted merger"
     );
     // unblocked: taken again
-    let unblock = format!("http://{}/v1/videos/vb/block", m.http);
-    assert_eq!(
-        http.delete(&unblock)
-            .bearer_auth("op-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(m.block("vb", false).await, 200);
     let taken = loop_until(Duration::from_secs(10), || {
         n += 1;
         let (http, ams) = (&http, &ams);
@@ -634,7 +621,10 @@ async fn a_client_cycling_through_video_ids_is_limited_and_others_are_not() {
         limited.len()
     );
     let body = &limited[0];
-    assert!(body["error"].as_str().unwrap().contains("too many different videos"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many different videos"),
+        "{body}"
+    );
     // ids the edge already follows are still served to it, and other clients are not
     // affected
     let r = get("scrape-0".into(), "198.51.100.7").await.unwrap();

@@ -321,7 +321,6 @@ async fn http_ingest_and_api_errors_are_json() {
     // the block is durable: a killed and restarted merger still has it
     m.kill();
     m = Merger::start(dir.path());
-    let block = format!("http://{}/v1/videos/v0/block", m.http);
     assert_eq!(
         m.get("/v1/videos/v0/stats").await.1["blocked"],
         true,
@@ -359,15 +358,7 @@ async fn http_ingest_and_api_errors_are_json() {
         blocked_channel_sum, by_video,
         "channel sums leave the blocked video out: {c}"
     );
-    assert_eq!(
-        http.delete(&block)
-            .bearer_auth("op-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(m.block("v0", false).await, 200);
     let (_, stats) = m.get("/v1/videos/v0/stats").await;
     assert_eq!(
         (stats["blocked"].as_bool(), stats["views"].as_u64()),

@@ -124,6 +124,19 @@ impl Merger {
         }
     }
 
+    /// Blocks (`true`) or unblocks a video with the operator token; the HTTP status.
+    pub async fn block(&self, video: &str, blocked: bool) -> u16 {
+        let url = format!("http://{}/v1/videos/{video}/block", self.http);
+        let http = reqwest::Client::new();
+        let req = if blocked { http.put(&url) } else { http.delete(&url) };
+        req.bearer_auth("op-token")
+            .send()
+            .await
+            .expect("HTTP answers")
+            .status()
+            .as_u16()
+    }
+
     /// A value from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         metric(self.http, name).await

@@ -81,7 +81,11 @@ fn client_of(a: &Agent, headers: &HeaderMap, peer: SocketAddr) -> String {
         Some(h) => client_addr(header_str(headers, h)).to_owned(),
         None => String::new(),
     };
-    if client.is_empty() { peer.ip().to_string() } else { client }
+    if client.is_empty() {
+        peer.ip().to_string()
+    } else {
+        client
+    }
 }
 
 /// Refuses a client that asks for too many videos or streams this edge does not follow

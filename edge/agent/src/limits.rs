@@ -42,9 +42,9 @@ impl Limits {
 
     /// Takes one new video or stream to follow for `addr`, or says it asks for too many.
     pub fn check_new_interest(&self, addr: &str) -> Result<(), String> {
-        self.interest.check_key(&addr.to_owned()).map_err(|_| {
-            format!("{addr} asks for too many different videos and streams; slow down")
-        })
+        self.interest
+            .check_key(&addr.to_owned())
+            .map_err(|_| format!("{addr} asks for too many different videos and streams; slow down"))
     }
 
     /// Takes one beacon from `addr` with the events of `sessions`, or says which limit
