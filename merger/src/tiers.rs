@@ -256,6 +256,8 @@ impl Tiers {
              CREATE TABLE IF NOT EXISTS warm.hour_uniques (hour BIGINT NOT NULL, video VARCHAR NOT NULL, sketch BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS warm.cold_days (day BIGINT PRIMARY KEY);
              CREATE TABLE IF NOT EXISTS main.day_uniques_staging (day BIGINT, video VARCHAR, sketch BLOB);
+             CREATE TABLE IF NOT EXISTS main.uniques_keys (minute BIGINT, video VARCHAR);
+             CREATE TABLE IF NOT EXISTS main.uniques_staging (minute BIGINT, video VARCHAR, sketch BLOB);
              CREATE TABLE IF NOT EXISTS main.staging (
                 minute BIGINT, pop VARCHAR, video VARCHAR, channel VARCHAR, category VARCHAR, country VARCHAR,
                 device VARCHAR, source VARCHAR, live BOOLEAN, views UBIGINT, watch_ms UBIGINT, completions UBIGINT,
@@ -408,22 +410,44 @@ impl Tiers {
                  ON CONFLICT DO UPDATE SET {}",
                 saturating_sums()
             ))?;
-            let mut get = self
-                .conn
-                .prepare("SELECT sketch FROM main.minute_uniques WHERE minute = ? AND video = ?")?;
-            let mut put = self
-                .conn
-                .prepare("INSERT OR REPLACE INTO main.minute_uniques VALUES (?, ?, ?)")?;
-            for ((minute, video), sketch) in &uniques {
-                let (minute, mut sketch) = (*minute, sketch.clone());
-                hours.insert(minute.div_euclid(60));
-                let mut rows = get.query(params![minute, video])?;
-                if let Some(row) = rows.next()? {
-                    let old: Vec<u8> = row.get(0)?;
-                    sketch.merge_bytes(&old)?;
+            // Sketches: the stored ones of this batch's (minute, video) keys are read in
+            // one join and merged here, and all are written back in one statement (not
+            // a point query and an insert per key, which made the tiers fall far behind
+            // after an outage).
+            self.conn
+                .execute_batch("DELETE FROM main.uniques_keys; DELETE FROM main.uniques_staging")?;
+            {
+                let mut app = self.conn.appender("uniques_keys")?;
+                for (minute, video) in uniques.keys() {
+                    hours.insert(minute.div_euclid(60));
+                    app.append_row(params![minute, video])?;
                 }
-                put.execute(params![minute, video, sketch.to_bytes()])?;
+                app.flush()?;
             }
+            let mut merged = uniques.clone();
+            {
+                let mut stmt = self.conn.prepare(
+                    "SELECT u.minute, u.video, u.sketch FROM main.minute_uniques u
+                     JOIN main.uniques_keys k ON u.minute = k.minute AND u.video = k.video",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let key: (i64, String) = (row.get(0)?, row.get(1)?);
+                    let old: Vec<u8> = row.get(2)?;
+                    if let Some(s) = merged.get_mut(&key) {
+                        s.merge_bytes(&old)?;
+                    }
+                }
+            }
+            {
+                let mut app = self.conn.appender("uniques_staging")?;
+                for ((minute, video), sketch) in &merged {
+                    app.append_row(params![minute, video, sketch.to_bytes()])?;
+                }
+                app.flush()?;
+            }
+            self.conn
+                .execute_batch("INSERT OR REPLACE INTO main.minute_uniques SELECT * FROM main.uniques_staging")?;
             let mut dirty = self.conn.prepare("INSERT OR IGNORE INTO main.dirty_hours VALUES (?)")?;
             let mut unpublished = self
                 .conn
