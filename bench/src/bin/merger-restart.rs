@@ -19,7 +19,7 @@
 //! without checkpoints grows with the log; with them it grows with the state (all-time
 //! video totals and the 28 h of fact keys), not with the log's age.
 //!
-//! Usage: merger-restart [days] [beacons_per_day] [frames_per_day]   (defaults 30 20000 288)
+//! Usage: merger-restart [days] [beacons_per_day] [frames_per_day]   (defaults 30 100000 288)
 
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -204,7 +204,7 @@ fn main() -> Result<()> {
         _ => {}
     }
     let days: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
-    let beacons_per_day: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20_000);
+    let beacons_per_day: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100_000);
     let frames_per_day: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(288);
     let tmp = tempfile::tempdir()?;
     let filled = tmp.path().join("filled");
