@@ -884,3 +884,34 @@ async fn every_sse_client_of_a_stream_shares_one_feed() {
     .await;
     assert!(gone.is_some(), "feeds stop when their last client leaves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_viewers_for_any_window_come_from_the_stored_sketches() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(dir.path());
+    let client = m.client("fra-1").await;
+    // 6 intervals of 5 new sessions on v0, v1, v2: v0 has 2 a interval, 12 in all; 30 in all
+    for f in frames("fra-1", 1, 6) {
+        assert_eq!(client.send_frame(&f).await.unwrap(), Ack::Applied);
+    }
+    let uniques = |q: &'static str| {
+        let m = &m;
+        async move {
+            let (status, v) = m.get(&format!("/v1/analytics/uniques?from=0{q}")).await;
+            assert_eq!(status, 200, "{v}");
+            v["uniques"].as_u64()
+        }
+    };
+    let v0 = common::loop_until(Duration::from_secs(20), || async {
+        uniques("&video=v0").await.filter(|&n| n == 12)
+    })
+    .await;
+    assert_eq!(v0, Some(12), "distinct viewers of v0");
+    assert_eq!(uniques("").await, Some(30), "distinct viewers of every video");
+    // a window before any of it has none
+    let (_, v) = m.get("/v1/analytics/uniques?from=0&to=1000&video=v0").await;
+    assert_eq!(v["uniques"], 0);
+    let (status, e) = m.get("/v1/analytics/uniques?from=0&channel=c1").await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("per video"), "{e}");
+}

@@ -336,6 +336,56 @@ impl Analytics {
         self.with_conn(|_| {}, |c| self.breakdown_on(c, f, by, limit))
     }
 
+    /// Distinct viewers over `[from, to)`, of one video or of all (`f.eq` may name a
+    /// `video`; other dimensions are not kept with the sketches): the union of every
+    /// stored sketch that overlaps the range, minutes from hot, hours from warm, days
+    /// from cold. A union is idempotent, so where tiers overlap nobody counts twice; the
+    /// range is rounded out to the grain each tier keeps. Returns (estimate, sketches
+    /// merged).
+    pub fn uniques_on(&self, conn: &Connection, f: &Filter) -> Result<(f64, usize), duckdb::Error> {
+        let video = f.eq.iter().find(|(d, _)| *d == "video").map(|(_, v)| v.clone());
+        let (lo_m, hi_m) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
+        let (lo_h, hi_h) = (lo_m.div_euclid(60), (hi_m + 59).div_euclid(60));
+        let (lo_d, hi_d) = (lo_h.div_euclid(24), (hi_h + 23).div_euclid(24));
+        let mut parts = vec![
+            format!("SELECT video, sketch FROM main.minute_uniques WHERE minute >= {lo_m} AND minute < {hi_m}"),
+            format!("SELECT video, sketch FROM warm.hour_uniques WHERE hour >= {lo_h} AND hour < {hi_h}"),
+        ];
+        let days = self.cold_days("cold/day_uniques", lo_d, hi_d - 1);
+        if !days.is_empty() {
+            let files = days.iter().map(|d| {
+                self.dir.join(format!(
+                    "cold/day_uniques/date={}/data.parquet",
+                    crate::tiers::date_of_day(*d)
+                ))
+            });
+            parts.push(format!("SELECT video, sketch FROM read_parquet({})", paths(files)));
+        }
+        let mut sql = format!("SELECT sketch FROM ({}) WHERE true", parts.join(" UNION ALL "));
+        let mut args = Vec::new();
+        if let Some(v) = video {
+            sql.push_str(" AND video = ?");
+            args.push(Value::Text(v));
+        }
+        if !f.exclude_videos.is_empty() {
+            let marks = vec!["?"; f.exclude_videos.len()].join(", ");
+            sql.push_str(&format!(" AND video NOT IN ({marks})"));
+            args.extend(f.exclude_videos.iter().cloned().map(Value::Text));
+        }
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(duckdb::params_from_iter(args))?;
+        let mut all = tally_delta::UniqueSketch::new();
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let bytes: Vec<u8> = r.get(0)?;
+            // sketches were validated before they were stored; an unreadable one is skipped
+            if all.merge_bytes(&bytes).is_ok() {
+                n += 1;
+            }
+        }
+        Ok((all.estimate(), n))
+    }
+
     /// [`Analytics::timeseries`] on a connection of the pool (see [`Analytics::with_conn`]).
     pub fn timeseries_on(&self, conn: &Connection, f: &Filter, g: Granularity) -> Result<Vec<Row>, duckdb::Error> {
         let (src, args) = self.source(conn, f, g == Granularity::Day)?;

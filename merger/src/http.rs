@@ -76,6 +76,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/top", get(top))
         .route("/v1/analytics/timeseries", get(timeseries))
         .route("/v1/analytics/breakdown", get(breakdown))
+        .route("/v1/analytics/uniques", get(uniques))
         .route(
             "/v1/frames",
             post(post_frame).layer(axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE)),
@@ -583,6 +584,33 @@ async fn timeseries(
     Ok(Json(
         json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows }),
     ))
+}
+
+/// `GET /v1/analytics/uniques?from=&to=&video=`: distinct viewers over any window, of
+/// one video or of all, from the stored sketches.
+async fn uniques(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut f = filter(&q)?;
+    if let Some((dim, _)) = f.eq.iter().find(|(d, _)| *d != "video") {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("unique viewers are kept per video: filter by `video` only, not `{dim}`"),
+        ));
+    }
+    refuse_blocked(&api, &f)?;
+    f.exclude_videos = api.ingest.read().blocked().cloned().collect();
+    let fc = f.clone();
+    let (estimate, sketches) = query(&api, move |a, c| a.uniques_on(c, &fc)).await?;
+    Ok(Json(json!({
+        "from": f.from_ms,
+        "to": f.to_ms,
+        "video": f.eq.first().map(|(_, v)| v.clone()),
+        "uniques": estimate.round() as u64,
+        "sketches": sketches,
+        "relative_error": 0.016,
+    })))
 }
 
 async fn breakdown(
