@@ -1,6 +1,7 @@
 //! Structure-aware fuzzing on stable Rust: every parser that takes bytes from outside
 //! (beacon bodies, the session router, playback tokens, delta frames, the link
-//! protocol's messages, the record files behind the log, spool and write-ahead log) is
+//! protocol's messages, the record files behind the log, spool and write-ahead log,
+//! write-ahead log files, merger checkpoints) is
 //! fed valid inputs mutated the ways corruption and attackers mutate them (bit flips,
 //! cut and repeated ranges, spliced fields, boundary lengths and numbers, escapes), and
 //! must answer every one with a value or a typed error: no panic, and no allocation out
@@ -97,6 +98,40 @@ fn frame_seeds() -> Vec<Vec<u8>> {
         out.push(c.flush(T0 + 1_000).encode());
     }
     out
+}
+
+/// A write-ahead log file: its covering frame, then two beacons.
+pub fn wal_seed() -> Vec<u8> {
+    let mut out = Vec::new();
+    let covers = tally_edge::wal::Covers { epoch: 7, seq: 1 };
+    tally_records::put(&mut out, &postcard::to_allocvec(&covers).expect("encodes"));
+    for body in beacon_seeds().into_iter().take(2) {
+        // the fields of `wal::Logged`, in order
+        let logged = (T0, "DE", "192.0.2.1", "fuzz", body);
+        tally_records::put(&mut out, &postcard::to_allocvec(&logged).expect("encodes"));
+    }
+    out
+}
+
+/// A checkpoint of a state that applied the seed frames.
+pub fn checkpoint_seed() -> Vec<u8> {
+    let mut state = tally_merger::state::State::new(tally_delta::FactConfig::default(), 10_000);
+    for f in frame_seeds() {
+        if let Ok(mut f) = DeltaFrame::decode(&f) {
+            state.apply(&mut f, T0);
+        }
+    }
+    let pos = tally_merger::log::LogPos {
+        segment: 1,
+        offset: 100,
+    };
+    tally_merger::checkpoint::encode(
+        tally_merger::checkpoint::Mark {
+            pos,
+            tier_pos: Some(pos),
+        },
+        &state,
+    )
 }
 
 /// Every target.
@@ -196,6 +231,27 @@ pub fn targets() -> Vec<Target> {
                 let _ = decode::<Ack>(b);
                 let _ = decode::<Interest>(b);
                 let _ = decode::<Snapshot>(b);
+            }),
+        },
+        Target {
+            name: "wal",
+            seeds: vec![wal_seed()],
+            run: Box::new(|b| {
+                let _ = tally_edge::wal::parse(std::path::Path::new("fuzz.wal"), b);
+            }),
+        },
+        Target {
+            // a checkpoint's contents behind a valid header and checksum, so the state's
+            // decoder sees the mutations
+            name: "checkpoint",
+            seeds: vec![checkpoint_seed()[24..].to_vec()],
+            run: Box::new(|b| {
+                let mut bytes = b"TALLYCKP".to_vec();
+                bytes.extend_from_slice(&1u32.to_le_bytes());
+                bytes.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(&crc32fast::hash(b).to_le_bytes());
+                bytes.extend_from_slice(b);
+                let _ = tally_merger::checkpoint::decode(std::path::Path::new("fuzz.ckpt"), &bytes);
             }),
         },
         Target {

@@ -45,3 +45,13 @@ fn the_harness_catches_a_panicking_parser() {
     let r = fuzz::run(&mut t, 1, 1_000_000, Duration::from_secs(5));
     assert!(r.failure.is_some(), "{} inputs and no failure", r.inputs);
 }
+
+#[test]
+fn the_seeds_are_valid_inputs_so_mutations_start_from_real_structure() {
+    let (covers, beacons) = tally_edge::wal::parse(std::path::Path::new("seed.wal"), &fuzz::wal_seed()).unwrap();
+    assert_eq!((covers.map(|c| c.epoch), beacons.len()), (Some(7), 2));
+    let (mark, state) =
+        tally_merger::checkpoint::decode(std::path::Path::new("seed.ckpt"), &fuzz::checkpoint_seed()).unwrap();
+    assert_eq!(mark.pos.segment, 1);
+    assert!(state.video_count() > 0, "the seed state holds the seed frames' videos");
+}

@@ -94,7 +94,8 @@ pub fn encode(mark: Mark, state: &State) -> Vec<u8> {
     out
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<(Mark, State), CheckpointError> {
+/// Reads a checkpoint's bytes (`path` names it in errors).
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Mark, State), CheckpointError> {
     let bad = |why: String| CheckpointError::Damaged {
         path: path.to_owned(),
         why,

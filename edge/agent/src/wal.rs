@@ -245,27 +245,8 @@ pub fn read_all(dir: &Path) -> Result<Vec<Found>, WalError> {
     names.sort();
     let mut out = Vec::new();
     for (_, worker, path) in names {
-        let scan = tally_records::scan_file(&path).map_err(|e| WalError::Io(path.clone(), e))?;
-        for (from, to) in &scan.damaged {
-            tracing::error!(file = %path.display(), from, to, "damaged region in the write-ahead log; replaying the intact beacons around it");
-        }
-        let mut records = scan.records.into_iter();
-        let covers = match records.next() {
-            Some(r) => Some(
-                postcard::from_bytes::<Covers>(&r.payload)
-                    .map_err(|e| WalError::Format(path.clone(), e.to_string()))?,
-            ),
-            None => None,
-        };
-        let beacons = records
-            .filter_map(|r| match postcard::from_bytes::<Logged>(&r.payload) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "unreadable beacon in the write-ahead log; skipped");
-                    None
-                }
-            })
-            .collect();
+        let bytes = std::fs::read(&path).map_err(|e| WalError::Io(path.clone(), e))?;
+        let (covers, beacons) = parse(&path, &bytes)?;
         out.push(Found {
             path,
             worker,
@@ -274,6 +255,32 @@ pub fn read_all(dir: &Path) -> Result<Vec<Found>, WalError> {
         });
     }
     Ok(out)
+}
+
+/// Reads one WAL file's bytes (`path` names it in errors and logs): the frame that
+/// covers it, if it got as far as its first record, and its intact beacons.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Option<Covers>, Vec<Logged>), WalError> {
+    let scan = tally_records::scan(bytes);
+    for (from, to) in &scan.damaged {
+        tracing::error!(file = %path.display(), from, to, "damaged region in the write-ahead log; replaying the intact beacons around it");
+    }
+    let mut records = scan.records.into_iter();
+    let covers = match records.next() {
+        Some(r) => Some(
+            postcard::from_bytes::<Covers>(&r.payload).map_err(|e| WalError::Format(path.to_owned(), e.to_string()))?,
+        ),
+        None => None,
+    };
+    let beacons = records
+        .filter_map(|r| match postcard::from_bytes::<Logged>(&r.payload) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "unreadable beacon in the write-ahead log; skipped");
+                None
+            }
+        })
+        .collect();
+    Ok((covers, beacons))
 }
 
 impl Wal {
