@@ -119,6 +119,15 @@ fn to_i64(v: &Value) -> i64 {
     }
 }
 
+/// Appends `AND video NOT IN (...)` for the filter's excluded videos (bound parameters).
+fn exclude_videos(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
+    if !f.exclude_videos.is_empty() {
+        let marks = vec!["?"; f.exclude_videos.len()].join(", ");
+        sql.push_str(&format!(" AND video NOT IN ({marks})"));
+        args.extend(f.exclude_videos.iter().cloned().map(Value::Text));
+    }
+}
+
 /// A DuckDB list of file paths.
 fn paths(files: impl Iterator<Item = PathBuf>) -> String {
     let quoted: Vec<String> = files
@@ -293,11 +302,7 @@ impl Analytics {
             sql.push_str(&format!(" AND {dim} = ?"));
             args.push(Value::Text(val.clone()));
         }
-        if !f.exclude_videos.is_empty() {
-            let marks = vec!["?"; f.exclude_videos.len()].join(", ");
-            sql.push_str(&format!(" AND video NOT IN ({marks})"));
-            args.extend(f.exclude_videos.iter().cloned().map(Value::Text));
-        }
+        exclude_videos(f, &mut sql, &mut args);
         Ok((sql, args))
     }
 
@@ -367,11 +372,7 @@ impl Analytics {
             sql.push_str(" AND video = ?");
             args.push(Value::Text(v));
         }
-        if !f.exclude_videos.is_empty() {
-            let marks = vec!["?"; f.exclude_videos.len()].join(", ");
-            sql.push_str(&format!(" AND video NOT IN ({marks})"));
-            args.extend(f.exclude_videos.iter().cloned().map(Value::Text));
-        }
+        exclude_videos(f, &mut sql, &mut args);
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(duckdb::params_from_iter(args))?;
         let mut all = tally_delta::UniqueSketch::new();

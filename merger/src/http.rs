@@ -209,18 +209,16 @@ async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<s
         Some(items) => items,
         None => {
             // Older than the live state: the same exact ranking from the tiers.
-            let f = Filter {
+            let mut f = Filter {
                 eq: country.map(|c| vec![("country", c.to_string())]).unwrap_or_default(),
                 from_ms: from,
                 to_ms: to,
                 ..Default::default()
             };
-            let blocked: std::collections::HashSet<String> = api.ingest.read().blocked().cloned().collect();
-            let n = k + blocked.len();
-            let rows = query(&api, move |a, c| a.breakdown_on(c, &f, "video", n)).await?;
+            apply_blocks(&api, &mut f)?;
+            let rows = query(&api, move |a, c| a.breakdown_on(c, &f, "video", k)).await?;
             rows.into_iter()
-                .filter(|r| r.views > 0 && !r.key.as_str().is_some_and(|k| blocked.contains(k)))
-                .take(k)
+                .filter(|r| r.views > 0)
                 .map(|r| json!({ "video": r.key, "views": r.views }))
                 .collect()
         }
@@ -334,11 +332,7 @@ async fn post_frame(
         err(code, why)
     })?;
     // the answer names the blocked videos, for edges without the push stream (Spin)
-    let blocked = || {
-        let mut b: Vec<String> = api.ingest.read().blocked().cloned().collect();
-        b.sort_unstable();
-        b
-    };
+    let blocked = || api.ingest.read().blocked_list();
     match api.ingest.submit(edge, body.to_vec()).await {
         Ok(Ack::Applied) => Ok(Json(json!({ "ack": "applied", "blocked": blocked() }))),
         Ok(Ack::Duplicate) => Ok(Json(json!({ "ack": "duplicate", "blocked": blocked() }))),
@@ -557,13 +551,15 @@ fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     })
 }
 
-/// A blocked video's counts are not shown: asking for one by name is refused.
-fn refuse_blocked(api: &Api, f: &Filter) -> Result<(), ApiError> {
+/// A blocked video's counts are not shown: asking for one by name is refused, and every
+/// other answer leaves blocked videos out of its sums.
+fn apply_blocks(api: &Api, f: &mut Filter) -> Result<(), ApiError> {
     let s = api.ingest.read();
-    match f.eq.iter().find(|(d, v)| *d == "video" && s.is_blocked(v)) {
-        Some((_, v)) => Err(err(StatusCode::FORBIDDEN, format!("video {v} is blocked"))),
-        None => Ok(()),
+    if let Some((_, v)) = f.eq.iter().find(|(d, v)| *d == "video" && s.is_blocked(v)) {
+        return Err(err(StatusCode::FORBIDDEN, format!("video {v} is blocked")));
     }
+    f.exclude_videos = s.blocked_list();
+    Ok(())
 }
 
 async fn timeseries(
@@ -571,8 +567,7 @@ async fn timeseries(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut f = filter(&q)?;
-    refuse_blocked(&api, &f)?;
-    f.exclude_videos = api.ingest.read().blocked().cloned().collect();
+    apply_blocks(&api, &mut f)?;
     let g = match q.get("granularity") {
         Some(g) => {
             Granularity::parse(g).ok_or_else(|| err(StatusCode::BAD_REQUEST, "`granularity` is minute, hour or day"))?
@@ -599,8 +594,7 @@ async fn uniques(
             format!("unique viewers are kept per video: filter by `video` only, not `{dim}`"),
         ));
     }
-    refuse_blocked(&api, &f)?;
-    f.exclude_videos = api.ingest.read().blocked().cloned().collect();
+    apply_blocks(&api, &mut f)?;
     let fc = f.clone();
     let (estimate, sketches) = query(&api, move |a, c| a.uniques_on(c, &fc)).await?;
     Ok(Json(json!({
@@ -638,9 +632,8 @@ async fn breakdown(
             .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
         None => 20,
     };
-    refuse_blocked(&api, &f)?;
     // blocked videos are left out of every sum, not only of a breakdown by video
-    f.exclude_videos = api.ingest.read().blocked().cloned().collect();
+    apply_blocks(&api, &mut f)?;
     let fc = f.clone();
     let rows = query(&api, move |a, c| a.breakdown_on(c, &fc, by, limit)).await?;
     Ok(Json(

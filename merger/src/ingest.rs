@@ -71,34 +71,24 @@ pub struct Ingest {
 }
 
 /// Replays log records into the state (and, past the tiers' watermark, into the tier
-/// writer), one at a time: hand it to [`FrameLog::replay`].
+/// writer), one at a time: hand it to [`FrameLog::replay`]. Where the replay got to is
+/// in the state's [`State::progress`].
 pub struct Replay<'a> {
     state: &'a mut State,
     tiers: Option<(&'a TierSender, Option<LogPos>)>,
     now: u64,
-    /// The last record replayed.
-    pub last_pos: Option<LogPos>,
-    /// The last record that went to the tiers (or, before the tiers' watermark, would
-    /// have).
-    pub last_tier_pos: Option<LogPos>,
     /// Records replayed.
     pub records: usize,
 }
 
 impl<'a> Replay<'a> {
-    /// Replays into `state`; frames past `watermark` also go to `tiers`. `from` is the
-    /// checkpoint the state was restored from, if any.
-    pub fn new(
-        state: &'a mut State,
-        tiers: Option<(&'a TierSender, Option<LogPos>)>,
-        from: Option<crate::checkpoint::Mark>,
-    ) -> Replay<'a> {
+    /// Replays into `state` (whose progress says where a checkpoint left it); frames
+    /// past `watermark` also go to `tiers`.
+    pub fn new(state: &'a mut State, tiers: Option<(&'a TierSender, Option<LogPos>)>) -> Replay<'a> {
         Replay {
             state,
             tiers,
             now: now_ms(),
-            last_pos: from.map(|m| m.pos),
-            last_tier_pos: from.and_then(|m| m.tier_pos),
             records: 0,
         }
     }
@@ -106,21 +96,20 @@ impl<'a> Replay<'a> {
     /// Applies one record.
     pub fn record(&mut self, pos: LogPos, bytes: Vec<u8>) {
         self.records += 1;
-        self.last_pos = Some(pos);
         match DeltaFrame::decode(&bytes) {
             Ok(mut f) => {
-                let id = f.header.id.clone();
-                if self.state.apply(&mut f, self.now) {
-                    self.state.remember_digest(&id, crate::state::frame_digest(&bytes));
-                    self.last_tier_pos = Some(pos);
-                    if let Some((tx, watermark)) = &self.tiers
-                        && watermark.is_none_or(|w| pos > w)
-                    {
-                        let _ = tx.send((pos, Arc::new(f)));
-                    }
+                let digest = crate::state::frame_digest(&bytes);
+                if self.state.apply_logged(&mut f, digest, pos, self.now)
+                    && let Some((tx, watermark)) = &self.tiers
+                    && watermark.is_none_or(|w| pos > w)
+                {
+                    let _ = tx.send((pos, Arc::new(f)));
                 }
             }
-            Err(e) => tracing::error!(error = %e, "undecodable record in the frame log, skipped"),
+            Err(e) => {
+                self.state.progress.pos = Some(pos);
+                tracing::error!(error = %e, "undecodable record in the frame log, skipped");
+            }
         }
     }
 }
@@ -241,22 +230,16 @@ fn spawn_checkpointer(plan: CheckpointPlan, state: Arc<RwLock<State>>) {
 impl Ingest {
     /// Starts the log writer thread over an opened log whose records are already in
     /// `state` (see [`Replay`]); applied frames go on to `tiers`, and the state is
-    /// checkpointed as `plan` says (`replayed`: where the replay left off).
+    /// checkpointed as `plan` says.
     pub fn start(
         mut log: FrameLog,
         state: Arc<RwLock<State>>,
         edges: crate::edges::EdgePolicy,
         tiers: Option<TierSender>,
         plan: Option<CheckpointPlan>,
-        replayed: (Option<LogPos>, Option<LogPos>),
     ) -> Ingest {
         let tier_tx = tiers;
-        {
-            let mut s = write(&state);
-            s.counters.log_damaged = log.damaged() as u64;
-            s.progress.pos = replayed.0;
-            s.progress.tier_pos = replayed.1;
-        }
+        write(&state).counters.log_damaged = log.damaged() as u64;
         if let Some(plan) = plan {
             spawn_checkpointer(plan, state.clone());
         }
@@ -326,13 +309,7 @@ impl Ingest {
                         let now = now_ms();
                         s.progress.bytes += appended;
                         for (mut j, pos) in fresh.into_iter().zip(positions) {
-                            let id = j.frame.header.id.clone();
-                            let applied = s.apply(&mut j.frame, now);
-                            s.progress.pos = Some(pos);
-                            if applied {
-                                s.remember_digest(&id, crate::state::frame_digest(&j.bytes));
-                                s.progress.tier_pos = Some(pos);
-                            }
+                            let applied = s.apply_logged(&mut j.frame, crate::state::frame_digest(&j.bytes), pos, now);
                             let _ = j.reply.send(if applied { Ack::Applied } else { Ack::Duplicate });
                             if applied {
                                 to_tiers.push((pos, Arc::new(j.frame)));

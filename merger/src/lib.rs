@@ -264,12 +264,16 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     };
     let tier_quarantined = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tiers::spawn_writer(tiers, tier_rx, schedule, tier_errors.clone(), tier_quarantined.clone());
-    let (log, replayed, last) = {
-        let mut replay = ingest::Replay::new(&mut state, Some((&tier_tx, watermark)), mark);
+    if let Some(m) = mark {
+        state.progress.pos = Some(m.pos);
+        state.progress.tier_pos = m.tier_pos;
+    }
+    let (log, replayed) = {
+        let mut replay = ingest::Replay::new(&mut state, Some((&tier_tx, watermark)));
         let log = log::FrameLog::replay(&log_dir, mark.map(|m| m.pos), |pos, bytes| replay.record(pos, bytes))
             .context("opening the frame log")?
             .with_segment_bytes(cfg.log_segment_bytes);
-        (log, replay.records, (replay.last_pos, replay.last_tier_pos))
+        (log, replay.records)
     };
     let blocked_path = cfg.data_dir.join("blocked.json");
     for v in blocked::load(&blocked_path).context("reading the blocked videos")? {
@@ -290,7 +294,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         lateness_ms: cfg.edge_lateness_ms,
         skew_ms: cfg.edge_skew_ms,
     };
-    let ingest = ingest::Ingest::start(log, state, policy, Some(tier_tx), Some(plan), last);
+    let ingest = ingest::Ingest::start(log, state, policy, Some(tier_tx), Some(plan));
     tracing::info!(
         frames = replayed,
         checkpoint = ?mark.map(|m| m.pos),

@@ -53,11 +53,7 @@ pub async fn serve(conn: Connection, ingest: Ingest, live_timeout_ms: u64, perio
         }
         let want = interest.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut snap = changes(&ingest, &want, live_timeout_ms, &mut sent);
-        let blocked = {
-            let mut b: Vec<String> = ingest.read().blocked().cloned().collect();
-            b.sort_unstable();
-            b
-        };
+        let blocked = ingest.read().blocked_list();
         if blocked != sent_blocked {
             snap.blocked = Some(blocked.clone());
             sent_blocked = blocked;

@@ -1,6 +1,6 @@
 //! Live state: what every applied frame adds up to, kept in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_delta::{Country, Counts, DeltaFrame, FactConfig, FactIndex, FrameId, LiveStatus, UniqueSketch};
 
 /// Minutes of per-minute series kept in memory (older minutes live in the tiers).
@@ -187,7 +187,7 @@ pub struct State {
     edge_streams: HashMap<String, Vec<String>>,
     peaks: HashMap<String, u64>,
     #[serde(skip)]
-    blocked: HashSet<String>,
+    blocked: BTreeSet<String>,
     /// Where every copy of a counted fact meets: views, completions, shares and comments
     /// count once by their keys, likes are one per (user, video).
     pub facts: FactIndex,
@@ -237,7 +237,7 @@ impl State {
     }
 
     /// Remembers the checksum of an applied frame (see [`SeqTracker::conflicts`]).
-    pub fn remember_digest(&mut self, id: &FrameId, digest: u32) {
+    fn remember_digest(&mut self, id: &FrameId, digest: u32) {
         if let Some(t) = self.applied.get_mut(&(id.edge_id.clone(), id.epoch)) {
             t.remember(id.seq, digest);
         }
@@ -249,6 +249,19 @@ impl State {
         self.applied
             .get(&(id.edge_id.clone(), id.epoch))
             .is_some_and(|t| t.conflicts(id.seq, digest))
+    }
+
+    /// Applies a frame that is in the frame log at `pos` (live or at replay): applies it
+    /// exactly once, remembers its checksum (`digest`, see [`frame_digest`]) and moves
+    /// [`State::progress`]. Returns whether it was applied (and must go to the tiers).
+    pub fn apply_logged(&mut self, frame: &mut DeltaFrame, digest: u32, pos: crate::log::LogPos, now_ms: u64) -> bool {
+        let applied = self.apply(frame, now_ms);
+        self.progress.pos = Some(pos);
+        if applied {
+            self.remember_digest(&frame.header.id, digest);
+            self.progress.tier_pos = Some(pos);
+        }
+        applied
     }
 
     /// Drops the trackers of (edge, epoch) pairs silent for [`TRACKER_IDLE_MS`]; returns
@@ -479,6 +492,11 @@ impl State {
     /// Blocked videos.
     pub fn blocked(&self) -> impl Iterator<Item = &String> {
         self.blocked.iter()
+    }
+
+    /// Blocked videos, sorted (as pushed to edges and named in frame answers).
+    pub fn blocked_list(&self) -> Vec<String> {
+        self.blocked.iter().cloned().collect()
     }
 
     /// Frames missing below the newest applied seq, summed over edges (gaps).

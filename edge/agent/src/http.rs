@@ -88,9 +88,11 @@ fn client_of(a: &Agent, headers: &HeaderMap, peer: SocketAddr) -> String {
     }
 }
 
-/// Refuses a client that asks for too many videos or streams this edge does not follow
-/// yet (each would become interest sent to the mergers).
-fn check_interest(a: &Agent, headers: &HeaderMap, peer: SocketAddr, id: &str, stream: bool) -> Result<(), ApiError> {
+/// Admits a read of a video or stream: refuses junk ids ([`check_id`]) and a client that
+/// asks for too many videos or streams this edge does not follow yet (each would become
+/// interest sent to the mergers).
+fn admit_read(a: &Agent, headers: &HeaderMap, peer: SocketAddr, id: &str, stream: bool) -> Result<(), ApiError> {
+    check_id(if stream { "stream" } else { "video" }, id)?;
     if a.cache.follows(id, stream) {
         return Ok(());
     }
@@ -231,8 +233,7 @@ async fn video_stats(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_id("video", &id)?;
-    check_interest(&a, &headers, peer, &id, false)?;
+    admit_read(&a, &headers, peer, &id, false)?;
     let mut snapshots = a.cache.snapshots();
     let deadline = tokio::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
     loop {
@@ -277,8 +278,7 @@ async fn live(
     headers: HeaderMap,
     Path(stream): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_id("stream", &stream)?;
-    check_interest(&a, &headers, peer, &stream, true)?;
+    admit_read(&a, &headers, peer, &stream, true)?;
     let rx = stream_rx(&a, &stream).await?;
     let body = rx.borrow().clone().unwrap_or_default();
     Ok(json_body(body))
@@ -290,8 +290,7 @@ async fn live_sse(
     headers: HeaderMap,
     Path(stream): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    check_id("stream", &stream)?;
-    check_interest(&a, &headers, peer, &stream, true)?;
+    admit_read(&a, &headers, peer, &stream, true)?;
     let mut rx = a
         .cache
         .stream(&stream)
