@@ -290,7 +290,9 @@ impl Tmpfs {
 
     /// Fills the file system but for about `leave` bytes; returns the filler's path.
     fn fill(&self, leave: u64) -> PathBuf {
-        let filler = self.0.join("filler");
+        // a new file each call, so a second call tops up what the first left
+        let n = std::fs::read_dir(&self.0).map_or(0, |d| d.count());
+        let filler = self.0.join(format!("filler-{n}"));
         let free = bytes_free(&self.0);
         let f = std::fs::File::create(&filler).unwrap();
         use std::io::Write;
@@ -446,12 +448,16 @@ async fn a_full_disk_under_an_agents_spool_refuses_beacons_loudly_and_loses_none
     let http = reqwest::Client::new();
     let mut t = Traffic::new(plan(1, 81), now_ms());
     drive(&mut t, &http, &urls, 1_000).await;
-    let filler = fs.fill(0);
+    let mut fillers = vec![fs.fill(0)];
     // beacons now fail to reach the write-ahead log: refused, never answered 202 (each
     // try a new session, so neither dedup nor the session limit answers instead)
     let tok = common::token("v-full");
     let (mut refused, mut taken) = (None, 0u64);
     for n in 0..500 {
+        if n % 25 == 24 {
+            // the agent frees what it spooled and deleted meanwhile: fill that too
+            fillers.push(fs.fill(0));
+        }
         let ev = common::event(&format!("full-{n}"), &format!("full-{n}"), "v-full", "play", &tok);
         let status = http
             .post(fra.url("/v1/events"))
@@ -474,7 +480,9 @@ async fn a_full_disk_under_an_agents_spool_refuses_beacons_loudly_and_loses_none
     eprintln!("spool disk full: a beacon was answered {refused:?}");
     assert!(refused.is_some(), "a beacon the agent cannot make durable is refused");
     drive(&mut t, &http, &urls, 1_500).await;
-    std::fs::remove_file(&filler).unwrap();
+    for f in &fillers {
+        std::fs::remove_file(f).unwrap();
+    }
     drive(&mut t, &http, &urls, 1_000).await;
     finish(&mut t, &http, &urls).await;
     // the probes answered 202 count, the one answered 503 does not
