@@ -51,7 +51,7 @@ impl Report {
 const KEY: &[u8] = b"fuzz-signing-key-000000000001";
 const T0: u64 = 1_800_000_000_000;
 
-fn token(video: &str) -> String {
+fn token(video: &str, session: &str) -> String {
     tally_collector::token::mint(
         KEY,
         &Claims {
@@ -60,6 +60,8 @@ fn token(video: &str) -> String {
             category: "music".into(),
             expires_s: T0 / 1000 + 3600,
             live: video.starts_with("live"),
+            session: session.into(),
+            issued_s: T0 / 1000 - 3600,
         },
     )
 }
@@ -69,7 +71,7 @@ fn beacon_seeds() -> Vec<Vec<u8>> {
         serde_json::json!({
             "event_id": id, "session_id": session, "video_id": video, "type": kind,
             "ts": T0, "position_s": 12.5, "device": "mobile", "source": "search",
-            "token": token(video), "user_id": "u1",
+            "token": token(video, session), "user_id": "u1",
         })
     };
     let one = serde_json::json!({ "events": [ev("e1", "s1", "v1", "play"), ev("e2", "s1", "v1", "heartbeat")] });
@@ -90,6 +92,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
     let facts = RequestFacts {
         country: "DE".into(),
         arrival_ms: T0,
+        bot: None,
         ..RequestFacts::default()
     };
     let mut out = Vec::new();
@@ -141,6 +144,7 @@ pub fn targets() -> Vec<Target> {
         client_addr: "192.0.2.1".into(),
         user_agent: "fuzz".into(),
         arrival_ms: T0,
+        bot: None,
     };
     let mut collector = Collector::new(Config::new("fra", "fra-1/0", 7, KEY)).expect("valid config");
     let mut index = tally_delta::FactIndex::new(tally_delta::FactConfig::default());
@@ -185,7 +189,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target {
             name: "token",
-            seeds: vec![token("v1").into_bytes(), token("live-1").into_bytes()],
+            seeds: vec![token("v1", "s1").into_bytes(), token("live-1", "s2").into_bytes()],
             run: Box::new(|b| {
                 let _ = tally_collector::token::verify(KEY, &String::from_utf8_lossy(b));
             }),

@@ -77,6 +77,7 @@ struct Session {
     device: &'static str,
     source: &'static str,
     pending_dup: Option<String>,
+    token: String,
 }
 
 /// Generates `beacons` beacons spread over `seconds` seconds of arrival time.
@@ -84,31 +85,42 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
     let mut rng = SmallRng::seed_from_u64(seed);
     let zipf = Zipf::new(shape.videos, shape.zipf_s);
     let videos: Vec<String> = (0..shape.videos).map(|i| format!("v{i:06}")).collect();
-    let tokens: Vec<String> = videos
+    let claims: Vec<Claims> = videos
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let claims = Claims {
-                video: v.clone(),
-                channel: format!("c{:05}", i / 20),
-                category: ["music", "gaming", "news", "sports", "education"][i % 5].into(),
-                expires_s: shape.t0 / 1000 + 30 * 86_400,
-                live: false,
-            };
-            token::mint(&shape.key, &claims)
+        .map(|(i, v)| Claims {
+            video: v.clone(),
+            channel: format!("c{:05}", i / 20),
+            category: ["music", "gaming", "news", "sports", "education"][i % 5].into(),
+            live: false,
+            session: String::new(),
+            issued_s: shape.t0 / 1000 - 3_600,
+            expires_s: shape.t0 / 1000 + 30 * 86_400,
         })
         .collect();
     const DEVICES: [&str; 4] = ["mobile", "desktop", "tablet", "tv"];
     const SOURCES: [&str; 5] = ["search", "suggested", "browse", "external", "direct"];
     let mut sessions: Vec<Session> = (0..shape.sessions)
-        .map(|i| Session {
-            id: format!("s-{seed:x}-{i:08}"),
-            user: (i % 3 != 0).then(|| format!("u{:08}", i * 7919 % 10_000_000)),
-            video: zipf.sample(&mut rng),
-            position: 0.0,
-            device: DEVICES[i % 4],
-            source: SOURCES[i % 5],
-            pending_dup: None,
+        .map(|i| {
+            let id = format!("s-{seed:x}-{i:08}");
+            let video = zipf.sample(&mut rng);
+            let token = token::mint(
+                &shape.key,
+                &Claims {
+                    session: id.clone(),
+                    ..claims[video].clone()
+                },
+            );
+            Session {
+                id,
+                user: (i % 3 != 0).then(|| format!("u{:08}", i * 7919 % 10_000_000)),
+                video,
+                position: 0.0,
+                device: DEVICES[i % 4],
+                source: SOURCES[i % 5],
+                pending_dup: None,
+                token,
+            }
         })
         .collect();
     let mut out: Vec<Beacon> = Vec::with_capacity(beacons);
@@ -165,7 +177,7 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
                 position_s: s.position,
                 device: s.device,
                 source: s.source,
-                token: &tokens[s.video],
+                token: &s.token,
             });
         }
         let n = events.len();
@@ -176,6 +188,13 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
             // the session moves on to another video
             s.video = zipf.sample(&mut rng);
             s.position = 0.0;
+            s.token = token::mint(
+                &shape.key,
+                &Claims {
+                    session: s.id.clone(),
+                    ..claims[s.video].clone()
+                },
+            );
         }
         out.push(Beacon {
             body,

@@ -132,8 +132,11 @@ struct TokenArgs {
     /// The video is a live stream.
     #[arg(long)]
     live: bool,
+    /// The viewer session the token is for: the player must send it as `session_id`.
+    #[arg(long)]
+    session: String,
     /// How long the token is valid, e.g. `6h` or `30m`.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
     ttl: Duration,
     /// Signing key shared with the edges (at least 16 bytes).
     #[arg(long, env = "TALLY_TOKEN_KEY", hide_env_values = true)]
@@ -162,8 +165,8 @@ fn mint(a: TokenArgs) -> Result<()> {
     if a.key.len() < 16 {
         bail!("--key (or TALLY_TOKEN_KEY) must be at least 16 bytes; edges refuse shorter keys");
     }
-    if a.video.is_empty() || a.channel.is_empty() {
-        bail!("--video and --channel must not be empty");
+    if a.video.is_empty() || a.channel.is_empty() || a.session.is_empty() {
+        bail!("--video, --channel and --session must not be empty");
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,6 +177,8 @@ fn mint(a: TokenArgs) -> Result<()> {
         category: a.category,
         expires_s: (now + a.ttl).as_secs(),
         live: a.live,
+        session: a.session,
+        issued_s: now.as_secs(),
     };
     println!("{}", token::mint(a.key.as_bytes(), &claims));
     Ok(())

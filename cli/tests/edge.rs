@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Agent, KEY, Merger, close, drive, event, loop_until, merger_views, now_ms, token};
+use common::{Agent, KEY, Merger, close, drive, event, event_signed, loop_until, merger_views, now_ms, token};
 use std::time::Duration;
 use tally_traffic::{Plan, Traffic};
 
@@ -159,12 +159,11 @@ async fn bad_input_gets_reasons_and_counts_nothing() {
             (status, r.json::<serde_json::Value>().await.unwrap_or_default(), retry)
         }
     };
-    let tk = token("v1");
     // good, then a partly bad beacon: 202 naming the bad event
-    let good = serde_json::json!({ "events": [event("e1", "s1", "v1", "play", &tk)] }).to_string();
+    let good = serde_json::json!({ "events": [event("e1", "s1", "v1", "play")] }).to_string();
     let (s, j, _) = post(good.clone(), "text/plain;charset=UTF-8").await;
     assert_eq!((s, j["accepted"].as_u64()), (202, Some(1)), "{j}");
-    let mixed = serde_json::json!([event("e2", "s2", "v1", "play", &tk), {"event_id": "e3", "session_id": "s2", "type": "play", "ts": now_ms(), "token": tk}]);
+    let mixed = serde_json::json!([event("e2", "s2", "v1", "play"), {"event_id": "e3", "session_id": "s2", "type": "play", "ts": now_ms(), "token": token("v1", "s2")}]);
     let (s, j, _) = post(mixed.to_string(), "application/json").await;
     assert_eq!(s, 202, "{j}");
     assert_eq!(j["rejected"][0]["index"], 1);
@@ -173,7 +172,7 @@ async fn bad_input_gets_reasons_and_counts_nothing() {
     let (s, j, _) = post(good, "application/json").await;
     assert_eq!((s, j["duplicates"].as_u64()), (202, Some(1)), "{j}");
     // nothing acceptable: 400 with the reasons
-    let forged = serde_json::json!([event("e4", "s3", "v2", "play", &tk)]);
+    let forged = serde_json::json!([event_signed("e4", "s3", "v2", "play", &token("v1", "s3"))]);
     let (s, j, _) = post(forged.to_string(), "application/json").await;
     assert_eq!(s, 400, "{j}");
     assert!(
@@ -194,7 +193,7 @@ async fn bad_input_gets_reasons_and_counts_nothing() {
     assert_eq!(r.status(), 404);
     // one session over its rate: 429 with Retry-After (limit 5/s, burst 20)
     let burst: Vec<_> = (0..10)
-        .map(|i| event(&format!("r{i}"), "greedy", "v1", "heartbeat", &tk))
+        .map(|i| event(&format!("r{i}"), "greedy", "v1", "heartbeat"))
         .collect();
     let mut statuses = Vec::new();
     for _ in 0..4 {
@@ -335,12 +334,11 @@ async fn every_beacon_answered_202_survives_kill_9_right_after_the_answer() {
     let args = ["--flush-interval", "1h", "--config", &conf];
     let mut a = Agent::start((m.quic, &m.fingerprint), "fra", &spool, &args);
     let http = reqwest::Client::new();
-    let tk = token("vk9");
     let mut accepted = 0;
     for chunk in 0..8 {
         let posts = (0..50).map(|i| {
             let n = chunk * 50 + i;
-            let body = serde_json::json!({ "events": [event(&format!("e{n}"), &format!("s{n}"), "vk9", "play", &tk)] });
+            let body = serde_json::json!({ "events": [event(&format!("e{n}"), &format!("s{n}"), "vk9", "play")] });
             http.post(a.url("/v1/events"))
                 .header("content-type", "text/plain")
                 .body(body.to_string())
@@ -369,7 +367,7 @@ async fn every_beacon_answered_202_survives_kill_9_right_after_the_answer() {
     eprintln!("400 beacons answered 202, agent killed right after: {counted} views counted after the restart");
     assert_eq!(counted, 400);
     // the replayed beacons' dedup memory is back: a retry of one counts nothing more
-    let again = serde_json::json!({ "events": [event("e7", "s7", "vk9", "play", &tk)] });
+    let again = serde_json::json!({ "events": [event("e7", "s7", "vk9", "play")] });
     let r = http
         .post(a.url("/v1/events"))
         .header("content-type", "text/plain")
@@ -527,7 +525,7 @@ async fn frames_over_the_byte_budget_are_split_and_count_exactly_once() {
 /// Posts one play of `video` in a fresh session; returns the status and the answer.
 async fn play(http: &reqwest::Client, agent: &Agent, video: &str, n: u64) -> (u16, serde_json::Value) {
     let id = format!("{video}-{n}-{}", now_ms());
-    let ev = event(&id, &id, video, "play", &token(video));
+    let ev = event(&id, &id, video, "play");
     let r = http
         .post(agent.url("/v1/events"))
         .json(&serde_json::json!({ "events": [ev] }))

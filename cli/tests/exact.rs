@@ -18,7 +18,7 @@ const HOUR: u64 = 3_600_000;
 fn ev(id: &str, session: &str, video: &str, kind: &str, ts: u64, user: Option<&str>) -> Value {
     let mut e = json!({
         "event_id": id, "session_id": session, "video_id": video, "type": kind,
-        "ts": ts, "position_s": 0.0, "device": "desktop", "source": "direct", "token": token(video),
+        "ts": ts, "position_s": 0.0, "device": "desktop", "source": "direct", "token": token(video, session),
     });
     if let Some(u) = user {
         e["user_id"] = json!(u);

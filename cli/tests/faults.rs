@@ -451,14 +451,13 @@ async fn a_full_disk_under_an_agents_spool_refuses_beacons_loudly_and_loses_none
     let mut fillers = vec![fs.fill(0)];
     // beacons now fail to reach the write-ahead log: refused, never answered 202 (each
     // try a new session, so neither dedup nor the session limit answers instead)
-    let tok = common::token("v-full");
     let (mut refused, mut taken) = (None, 0u64);
     for n in 0..500 {
         if n % 25 == 24 {
             // the agent frees what it spooled and deleted meanwhile: fill that too
             fillers.push(fs.fill(0));
         }
-        let ev = common::event(&format!("full-{n}"), &format!("full-{n}"), "v-full", "play", &tok);
+        let ev = common::event(&format!("full-{n}"), &format!("full-{n}"), "v-full", "play");
         let status = http
             .post(fra.url("/v1/events"))
             .json(&serde_json::json!({ "events": [ev] }))

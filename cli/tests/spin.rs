@@ -7,7 +7,9 @@
 //! edge agent answers it.
 mod common;
 
-use common::{Agent, KEY, Merger, SECRET, close, drive, event, loop_until, merger_views, metric, now_ms, token};
+use common::{
+    Agent, KEY, Merger, SECRET, close, drive, event, event_signed, loop_until, merger_views, metric, now_ms, token,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -129,9 +131,8 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     let app = spin(&m, "sin").await;
     let http = reqwest::Client::new();
     let events = url(&app, "/v1/events");
-    let tk = token("sv1");
     let first =
-        json!({ "events": [event("a1", "s1", "sv1", "play", &tk), event("a2", "s1", "sv1", "heartbeat", &tk)] });
+        json!({ "events": [event("a1", "s1", "sv1", "play"), event("a2", "s1", "sv1", "heartbeat")] });
     let (s, j) = post(&http, &events, &first).await;
     assert_eq!(
         (s, j["accepted"].as_u64(), j["duplicates"].as_u64()),
@@ -142,19 +143,19 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     let (s, j) = post(&http, &events, &first).await;
     assert_eq!((s, j["duplicates"].as_u64()), (202, Some(2)), "{j}");
     // the page reloads: a new play in the same session, in a new request (a new instance)
-    let (s, j) = post(&http, &events, &json!([event("a3", "s1", "sv1", "play", &tk)])).await;
+    let (s, j) = post(&http, &events, &json!([event("a3", "s1", "sv1", "play")])).await;
     assert_eq!(
         (s, j["accepted"].as_u64(), j["duplicates"].as_u64()),
         (202, Some(1), Some(0)),
         "{j}"
     );
     // another viewer
-    let (s, _) = post(&http, &events, &json!([event("b1", "s2", "sv1", "play", &tk)])).await;
+    let (s, _) = post(&http, &events, &json!([event("b1", "s2", "sv1", "play")])).await;
     assert_eq!(s, 202);
     // one beacon with both sessions is split between their records
     let both = json!([
-        event("a4", "s1", "sv1", "share", &tk),
-        event("c1", "s3", "sv1", "play", &tk)
+        event("a4", "s1", "sv1", "share"),
+        event("c1", "s3", "sv1", "play")
     ]);
     let (s, j) = post(&http, &events, &both).await;
     assert_eq!((s, j["accepted"].as_u64()), (202, Some(2)), "{j}");
@@ -166,11 +167,10 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     // ten requests of one session at once (a player's burst, duplicates): each instance
     // reads and writes the session's record with compare-and-swap, so nothing is lost
     // and the session's view counts once
-    let tk2 = token("sv2");
     let burst = (0..10).map(|i| {
         let body = json!([
-            event(&format!("x{i}"), "s4", "sv2", "play", &tk2),
-            event(&format!("y{i}"), "s4", "sv2", "share", &tk2)
+            event(&format!("x{i}"), "s4", "sv2", "play"),
+            event(&format!("y{i}"), "s4", "sv2", "share")
         ]);
         let (http, events) = (http.clone(), events.clone());
         async move { post(&http, &events, &body).await }
@@ -209,9 +209,8 @@ async fn frames_held_while_the_merger_is_down_are_shipped_once_it_is_back() {
     let events = url(&app, "/v1/events");
     let stats = url(&app, "/v1/videos/dv1/stats");
     m.kill();
-    let tk = token("dv1");
     // accepted while the merger is down: the frame waits in the store
-    let c1 = json!([event("c1", "d1", "dv1", "play", &tk)]);
+    let c1 = json!([event("c1", "d1", "dv1", "play")]);
     let (s, j) = post(&http, &events, &c1).await;
     assert_eq!((s, j["accepted"].as_u64()), (202, Some(1)), "{j}");
     assert_eq!(record(&app, "d1").pending.len(), 1);
@@ -233,7 +232,7 @@ async fn frames_held_while_the_merger_is_down_are_shipped_once_it_is_back() {
     // the store lost the acknowledgement: the frame goes again, and is a duplicate
     let dup_before = m.metric("tally_frames_total{outcome=\"duplicate\"}").await;
     app.kv.set(STORE, &session_key(b"d1"), held);
-    let (s, _) = post(&http, &events, &json!([event("c2", "d1", "dv1", "share", &tk)])).await;
+    let (s, _) = post(&http, &events, &json!([event("c2", "d1", "dv1", "share")])).await;
     assert_eq!(s, 202);
     let dup = loop_until(Duration::from_secs(5), || async {
         let d = m.metric("tally_frames_total{outcome=\"duplicate\"}").await;
@@ -266,16 +265,15 @@ async fn bad_input_is_answered_as_the_agent_answers_it() {
     let app = spin(&m, "sin").await;
     let agent = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let http = reqwest::Client::new();
-    let tk = token("bv1");
     let cases: Vec<(&str, String, &str)> = vec![
         ("malformed JSON", "{\"events\": [".into(), "application/json"),
         ("wrong media type", "x".into(), "image/png"),
         ("too large", "a".repeat(70 * 1024), "application/json"),
-        ("token for another video", json!([event("f1", "f", "other", "play", &tk)]).to_string(), "application/json"),
+        ("token for another video", json!([event_signed("f1", "f", "other", "play", &token("bv1", "f"))]).to_string(), "application/json"),
         ("no events", "[]".into(), "text/plain"),
         (
             "one bad event of two",
-            json!([event("g1", "g", "bv1", "play", &tk), {"event_id": "g2", "session_id": "g", "type": "play", "ts": now_ms(), "token": tk}]).to_string(),
+            json!([event("g1", "g", "bv1", "play"), {"event_id": "g2", "session_id": "g", "type": "play", "ts": now_ms(), "token": token("bv1", "g")}]).to_string(),
             "text/plain;charset=UTF-8",
         ),
     ];
@@ -370,7 +368,7 @@ async fn a_block_reaches_a_spin_edge_through_the_frame_acknowledgements() {
     let http = reqwest::Client::new();
     let beacon = |n: u64, video: &str| {
         let id = format!("{video}-{n}");
-        json!({ "events": [event(&id, &id, video, "play", &token(video))] })
+        json!({ "events": [event(&id, &id, video, "play")] })
     };
     assert_eq!(post(&http, &url(&sin, "/v1/events"), &beacon(0, "vb")).await.0, 202);
     let block = format!("http://{}/v1/videos/vb/block", m.http);

@@ -22,6 +22,8 @@ fn minted_token_verifies_with_the_same_key() {
         "--category",
         "news",
         "--live",
+        "--session",
+        "sess-1",
         "--ttl",
         "1h",
         "--key",
@@ -39,17 +41,19 @@ fn minted_token_verifies_with_the_same_key() {
         ),
         ("v42", "c7", "news", true)
     );
+    assert_eq!(claims.session, "sess-1");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     assert!((now + 3590..=now + 3610).contains(&claims.expires_s));
+    assert!((now - 10..=now + 10).contains(&claims.issued_s));
     assert!(tally_collector::token::verify(b"another-key-entirely", token.trim()).is_err());
 }
 
 #[test]
 fn short_key_is_refused_with_a_message() {
-    let out = tally(&["token", "--video", "v", "--channel", "c", "--key", "short"]);
+    let out = tally(&["token", "--video", "v", "--channel", "c", "--session", "s", "--key", "short"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"));
 }

@@ -387,6 +387,25 @@ impl Analytics {
         Ok((all.estimate(), n))
     }
 
+    /// Events refused as bots in the filter's range: totals by POP, and per minute.
+    #[allow(clippy::type_complexity)]
+    pub fn bots_on(&self, conn: &Connection, f: &Filter) -> Result<(Vec<(String, u64)>, Vec<(i64, u64)>), duckdb::Error> {
+        let (lo, hi) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
+        let mut stmt = conn.prepare(
+            "SELECT pop, sum(events)::UBIGINT FROM main.minute_bots WHERE minute >= ? AND minute < ? GROUP BY 1 ORDER BY 2 DESC, 1",
+        )?;
+        let by_pop = stmt
+            .query_map(duckdb::params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = conn.prepare(
+            "SELECT minute, sum(events)::UBIGINT FROM main.minute_bots WHERE minute >= ? AND minute < ? GROUP BY 1 ORDER BY 1",
+        )?;
+        let series = stmt
+            .query_map(duckdb::params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok((by_pop, series))
+    }
+
     /// [`Analytics::timeseries`] on a connection of the pool (see [`Analytics::with_conn`]).
     pub fn timeseries_on(&self, conn: &Connection, f: &Filter, g: Granularity) -> Result<Vec<Row>, duckdb::Error> {
         let (src, args) = self.source(conn, f, g == Granularity::Day)?;

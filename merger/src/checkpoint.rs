@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use tally_delta::FactConfig;
 
 const MAGIC: &[u8; 8] = b"TALLYCKP";
-const VERSION: u32 = 1;
+/// Version 2 added the bot-event counter to the ingest counters.
+const VERSION: u32 = 2;
 const HEAD: usize = 8 + 4 + 8 + 4;
 /// Checkpoints kept.
 pub const KEEP: usize = 2;

@@ -77,6 +77,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/analytics/timeseries", get(timeseries))
         .route("/v1/analytics/breakdown", get(breakdown))
         .route("/v1/analytics/uniques", get(uniques))
+        .route("/v1/analytics/bots", get(bots))
         .route(
             "/v1/frames",
             post(post_frame).layer(axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE)),
@@ -417,6 +418,10 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         c.checkpoints_damaged,
         c.log_bytes_freed,
     );
+    let text = format!(
+        "{text}# HELP tally_bot_events_total Events edges refused because their request came from a bot.\n# TYPE tally_bot_events_total counter\ntally_bot_events_total {}\n",
+        c.bot_events,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -604,6 +609,31 @@ async fn uniques(
         "uniques": estimate.round() as u64,
         "sketches": sketches,
         "relative_error": 0.016,
+    })))
+}
+
+/// `GET /v1/analytics/bots?from=&to=`: events the edges refused as bots, by POP and
+/// per minute, so that what was filtered is visible.
+async fn bots(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let f = filter(&q)?;
+    if let Some((dim, _)) = f.eq.first() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("bot events are kept per POP and minute: `{dim}` cannot filter them"),
+        ));
+    }
+    let fc = f.clone();
+    let (by_pop, series) = query(&api, move |a, c| a.bots_on(c, &fc)).await?;
+    let total: u64 = by_pop.iter().map(|(_, n)| n).sum();
+    Ok(Json(json!({
+        "from": f.from_ms,
+        "to": f.to_ms,
+        "bot_events": total,
+        "by_pop": by_pop.iter().map(|(p, n)| json!({"pop": p, "bot_events": n})).collect::<Vec<_>>(),
+        "minutes": series.iter().map(|(m, n)| json!({"minute": m * 60_000, "bot_events": n})).collect::<Vec<_>>(),
     })))
 }
 

@@ -145,6 +145,8 @@ pub struct IngestCounters {
     pub frames_too_large: u64,
     /// Events counted by edges in applied frames.
     pub events_accepted: u64,
+    /// Events edges refused because their request came from a bot.
+    pub bot_events: u64,
     /// Counter rows applied.
     pub counter_rows: u64,
     /// Latest frame end time seen (edge clock, ms).
@@ -302,6 +304,7 @@ impl State {
         let id = &frame.header.id;
         let counted = frame.intake.accepted.saturating_sub(frame.intake.duplicates);
         self.counters.events_accepted = self.counters.events_accepted.saturating_add(counted);
+        self.counters.bot_events = self.counters.bot_events.saturating_add(frame.intake.bots);
         self.counters.counter_rows += frame.counters.len() as u64;
         self.counters.last_frame_end_ms = self.counters.last_frame_end_ms.max(frame.header.interval_end_ms);
         let newest = frame.counters.iter().map(|r| r.minute).max().unwrap_or(0);

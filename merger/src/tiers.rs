@@ -114,6 +114,8 @@ pub struct Tiers {
     retention: Retention,
     counts: HashMap<RowKey, Counts>,
     uniques: HashMap<(i64, String), UniqueSketch>,
+    /// Events edges refused as bots, per (minute, pop).
+    bots: HashMap<(i64, String), u64>,
     pending_pos: Option<LogPos>,
     /// The committed watermark, for the checkpoints (which may not run ahead of it).
     committed: std::sync::Arc<std::sync::Mutex<Option<LogPos>>>,
@@ -244,6 +246,8 @@ impl Tiers {
                 PRIMARY KEY (minute, pop, video, channel, category, country, device, source, live));
              CREATE TABLE IF NOT EXISTS main.minute_uniques (minute BIGINT NOT NULL, video VARCHAR NOT NULL, sketch BLOB NOT NULL,
                 PRIMARY KEY (minute, video));
+             CREATE TABLE IF NOT EXISTS main.minute_bots (minute BIGINT NOT NULL, pop VARCHAR NOT NULL, events UBIGINT NOT NULL,
+                PRIMARY KEY (minute, pop));
              CREATE TABLE IF NOT EXISTS main.dirty_hours (hour BIGINT PRIMARY KEY);
              CREATE TABLE IF NOT EXISTS main.unpublished_hours (hour BIGINT PRIMARY KEY);
              CREATE TABLE IF NOT EXISTS main.unpublished_days (day BIGINT PRIMARY KEY);
@@ -270,6 +274,7 @@ impl Tiers {
             retention,
             counts: HashMap::new(),
             uniques: HashMap::new(),
+            bots: HashMap::new(),
             pending_pos: None,
             committed: Default::default(),
         };
@@ -364,6 +369,11 @@ impl Tiers {
                 .or_default()
                 .merge_bytes(&u.sketch)?;
         }
+        if frame.intake.bots > 0 {
+            let minute = (frame.header.interval_end_ms / 60_000) as i64;
+            let n = self.bots.entry((minute, pop.clone())).or_default();
+            *n = n.saturating_add(frame.intake.bots);
+        }
         self.pending_pos = Some(self.pending_pos.map_or(pos, |p| p.max(pos)));
         Ok(())
     }
@@ -378,8 +388,18 @@ impl Tiers {
         let Some(pos) = self.pending_pos else { return Ok(()) };
         let counts = std::mem::take(&mut self.counts);
         let uniques = std::mem::take(&mut self.uniques);
+        let bots = std::mem::take(&mut self.bots);
         let mut hours = BTreeSet::new();
         let result = self.in_transaction(|| {
+            if !bots.is_empty() {
+                let mut stmt = self.conn.prepare(
+                    "INSERT INTO main.minute_bots VALUES (?, ?, ?)
+                     ON CONFLICT DO UPDATE SET events = minute_bots.events + excluded.events",
+                )?;
+                for ((minute, pop), n) in &bots {
+                    stmt.execute(params![minute, pop, n])?;
+                }
+            }
             self.conn.execute_batch("DELETE FROM main.staging")?;
             {
                 let mut app = self.conn.appender("staging")?;
@@ -476,6 +496,9 @@ impl Tiers {
                 }
                 for (k, s) in uniques {
                     self.uniques.entry(k).or_default().merge(&s);
+                }
+                for (k, n) in bots {
+                    *self.bots.entry(k).or_default() += n;
                 }
                 Err(e)
             }

@@ -144,21 +144,37 @@ impl Kit {
         Config::new("fra", "fra-1", 1, &self.key)
     }
 
-    /// A token for `video` valid for ten days from `t0`.
-    pub fn token(&self, video: &str, live: bool) -> String {
-        self.token_expiring(video, live, self.t0 / 1000 + 10 * 86_400)
+    /// A token for `video` and `session`, issued an hour before `t0` and valid for ten
+    /// days from `t0`.
+    pub fn token(&self, video: &str, session: &str, live: bool) -> String {
+        self.token_expiring(video, session, live, self.t0 / 1000 + 10 * 86_400)
     }
 
-    /// A token for `video` with a chosen expiry (seconds).
-    pub fn token_expiring(&self, video: &str, live: bool, expires_s: u64) -> String {
-        let claims = Claims {
+    /// A token for `video` and `session` with a chosen expiry (seconds).
+    pub fn token_expiring(&self, video: &str, session: &str, live: bool, expires_s: u64) -> String {
+        self.token_with(&Claims {
+            expires_s,
+            live,
+            ..self.claims(video, session)
+        })
+    }
+
+    /// The claims [`Kit::token`] signs for a non-live `video`.
+    pub fn claims(&self, video: &str, session: &str) -> Claims {
+        Claims {
             video: video.into(),
             channel: format!("ch-{}", video.trim_start_matches("v")),
             category: "music".into(),
-            expires_s,
-            live,
-        };
-        tally_collector::token::mint(&self.key, &claims)
+            expires_s: self.t0 / 1000 + 10 * 86_400,
+            live: false,
+            session: session.into(),
+            issued_s: self.t0 / 1000 - 3_600,
+        }
+    }
+
+    /// A token with exactly these claims.
+    pub fn token_with(&self, claims: &Claims) -> String {
+        tally_collector::token::mint(&self.key, claims)
     }
 
     /// An event at `t0 + offset_ms` with a valid non-live token.
@@ -173,7 +189,7 @@ impl Kit {
             position_s: None,
             device: "mobile".into(),
             source: "search".into(),
-            token: self.token(video, false),
+            token: self.token(video, session, false),
         }
     }
 
@@ -184,6 +200,7 @@ impl Kit {
             client_addr: "192.0.2.1".into(),
             user_agent: "Mozilla/5.0 (Linux; Android 14) Mobile".into(),
             arrival_ms: self.t0 + offset_ms,
+            bot: None,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! assert both produce identical outcomes and frames, then apply the scenario's check.
 
 use crate::{Driver, Ev, Kit, body, decode};
-use tally_collector::{BatchError, Config, IngestOutcome, RejectReason, RequestFacts, Stats, TokenError};
+use tally_collector::{
+    BatchError, Claims, Config, IngestOutcome, RejectReason, RequestFacts, Stats, TOKEN_EVENTS_PER_INTERVAL, TokenError,
+};
 use tally_delta::{Counts, DeltaFrame, MergedDeltas};
 
 const MIN: u64 = 60_000;
@@ -111,6 +113,16 @@ impl Script {
         self.steps.push(Step::Ingest {
             body,
             facts: self.kit.facts(at_ms),
+        });
+        self
+    }
+    /// A beacon the host classified as a bot (`why`).
+    fn bot(&mut self, at_ms: u64, events: &[Ev], why: &str) -> &mut Self {
+        let mut facts = self.kit.facts(at_ms);
+        facts.bot = Some(why.into());
+        self.steps.push(Step::Ingest {
+            body: body(events),
+            facts,
         });
         self
     }
@@ -338,12 +350,19 @@ pub fn all() -> Vec<Scenario> {
     s.send(
         0,
         &[
-            k.ev("k1", "s1", "v1", "play", 0).token(&other_key.token("v1", false)),
+            k.ev("k1", "s1", "v1", "play", 0).token(&other_key.token("v1", "s1", false)),
             k.ev("k2", "s2", "v1", "play", 0).token("garbage"),
-            k.ev("k3", "s3", "v1", "play", 0).token(&k.token("v2", false)),
+            k.ev("k3", "s3", "v1", "play", 0).token(&k.token("v2", "s3", false)),
             k.ev("k4", "s4", "v1", "play", 0)
-                .token(&k.token_expiring("v1", false, k.t0 / 1000 - 1)),
+                .token(&k.token_expiring("v1", "s4", false, k.t0 / 1000 - 1)),
             k.ev("k5", "s5", "v1", "play", 0),
+            // one harvested token used for another session: no second view
+            k.ev("k6", "s6", "v1", "play", 0).token(&k.token("v1", "s5", false)),
+            // an event dated before its token was minted
+            k.ev("k7", "s7", "v1", "play", 0).token(&k.token_with(&Claims {
+                issued_s: k.t0 / 1000 + 3_600,
+                ..k.claims("v1", "s7")
+            })),
         ],
     )
     .flush(1_000);
@@ -356,6 +375,8 @@ pub fn all() -> Vec<Scenario> {
                     (1, RejectReason::Token(TokenError::Malformed)),
                     (2, RejectReason::TokenForOtherVideo),
                     (3, RejectReason::Token(TokenError::Expired)),
+                    (5, RejectReason::TokenForOtherSession),
+                    (6, RejectReason::Token(TokenError::NotYetValid)),
                 ]
             );
             assert_eq!(r.total().views, 1);
@@ -363,6 +384,71 @@ pub fn all() -> Vec<Scenario> {
             assert_eq!(f.str(f.counters[0].channel), "ch-1", "channel comes from the token");
         }),
     );
+
+    // A token minted at t0 arriving a minute later: events dated up to the clock skew
+    // ahead claim three minutes and then a day of playback; the arrival time allows one
+    // minute (plus the two seconds of slack).
+    let minted_now = k.token_with(&Claims {
+        issued_s: k.t0 / 1000,
+        ..k.claims("v1", "w1")
+    });
+    s.send(
+        60_000,
+        &[
+            k.ev("w-1", "w1", "v1", "play", 0).at(0.0).token(&minted_now),
+            k.ev("w-2", "w1", "v1", "heartbeat", 180_000)
+                .at(86_400.0)
+                .token(&minted_now),
+        ],
+    )
+    .flush(61_000);
+    out.push(s.done(
+        "watch time is capped by the arrival time since the token was minted",
+        |r| {
+            assert!(r.ok(0).rejected.is_empty(), "{:?}", r.ok(0).rejected);
+            let w = r.total().watch_ms;
+            assert_eq!(w, 62_000, "one minute since minting plus slack, not a day");
+        },
+    ));
+
+    // One token carrying more events in one interval than a player could send.
+    let flood: Vec<Ev> = (0..TOKEN_EVENTS_PER_INTERVAL + 20)
+        .map(|i| k.ev(&format!("f{i}"), "f1", "v1", "heartbeat", 0))
+        .collect();
+    for chunk in flood.chunks(100) {
+        s.send(0, chunk);
+    }
+    s.flush(1_000).send(1_500, &[k.ev("f-next", "f1", "v1", "like", 1_500)]).flush(2_000);
+    out.push(s.done("events beyond the per-token rate in an interval are refused", |r| {
+        let beacons = (TOKEN_EVENTS_PER_INTERVAL as usize + 20).div_ceil(100);
+        let refused: usize = (0..beacons)
+            .map(|i| {
+                r.ok(i)
+                    .rejected
+                    .iter()
+                    .filter(|x| x.reason == RejectReason::TokenRate { limit: TOKEN_EVENTS_PER_INTERVAL })
+                    .count()
+            })
+            .sum();
+        assert_eq!(refused, 20);
+        assert!(r.ok(beacons).rejected.is_empty(), "a new interval takes the token again");
+        assert_eq!(r.total().likes, 1);
+    }));
+
+    // A request the host classified as a bot: refused with that reason, counted as filtered.
+    s.bot(0, &[k.ev("b1", "b1", "v1", "play", 0), k.ev("b2", "b1", "v1", "like", 0)], "user-agent")
+        .send(0, &[k.ev("h1", "h1", "v1", "play", 0)])
+        .flush(1_000);
+    out.push(s.done("bots are refused with the reason bot and counted as filtered", |r| {
+        assert_eq!(r.ok(0).accepted, 0);
+        assert!(r.ok(0).rejected.iter().all(|x| x.reason == RejectReason::Bot));
+        assert_eq!(r.ok(0).rejected.len(), 2);
+        assert_eq!(r.total().views, 1, "only the person's view counts");
+        assert_eq!(r.total().likes, 0);
+        let f = decode(&r.frames[0]);
+        assert_eq!((f.intake.bots, f.intake.rejected, f.intake.accepted), (2, 2, 1));
+        assert_eq!(r.stats.bot_events, 2);
+    }));
 
     s.send(
         0,
@@ -441,7 +527,7 @@ pub fn all() -> Vec<Scenario> {
     ));
 
     let live =
-        |id: &str, sess: &str, kind: &str, at: u64| k.ev(id, sess, "live1", kind, at).token(&k.token("live1", true));
+        |id: &str, sess: &str, kind: &str, at: u64| k.ev(id, sess, "live1", kind, at).token(&k.token("live1", sess, true));
     s.send(
         0,
         &[

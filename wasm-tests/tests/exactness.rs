@@ -107,6 +107,7 @@ fn run(evs: &[Raw], deliveries: &[Delivery], pops: usize) -> MergedDeltas {
         }
         let facts = tally_collector::RequestFacts {
             arrival_ms: arrival,
+            bot: None,
             ..kit.facts(0)
         };
         let out = collectors[d.pop]

@@ -72,6 +72,7 @@ fn drive(d: &mut dyn Driver, p: &Plan) -> Vec<u8> {
     for (evs, at) in &p.batches {
         let facts = tally_collector::RequestFacts {
             arrival_ms: *at,
+            bot: None,
             ..Kit::default().facts(0)
         };
         let out = d.ingest(&body(evs), &facts).expect("batch parses");

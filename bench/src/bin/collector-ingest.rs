@@ -29,6 +29,7 @@ fn facts() -> RequestFacts {
         client_addr: "192.0.2.7".into(),
         user_agent: "Mozilla/5.0 (Linux; Android 14) Mobile".into(),
         arrival_ms: 0,
+        bot: None,
     }
 }
 

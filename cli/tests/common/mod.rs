@@ -292,21 +292,29 @@ where
 }
 
 /// One beacon event as JSON.
-pub fn event(id: &str, session: &str, video: &str, kind: &str, token: &str) -> serde_json::Value {
+pub fn event(id: &str, session: &str, video: &str, kind: &str) -> serde_json::Value {
+    event_signed(id, session, video, kind, &token(video, session))
+}
+
+/// A playback event now, carrying `token` (which may be for another video or session).
+pub fn event_signed(id: &str, session: &str, video: &str, kind: &str, token: &str) -> serde_json::Value {
     serde_json::json!({
         "event_id": id, "session_id": session, "video_id": video, "type": kind,
         "ts": now_ms(), "position_s": 0.0, "device": "desktop", "source": "direct", "token": token,
     })
 }
 
-/// A playback token for `video`, signed with [`KEY`].
-pub fn token(video: &str) -> String {
+/// A playback token for `video` and `session`, signed with [`KEY`]: minted two days ago
+/// (tests send events up to a day late), valid for another hour.
+pub fn token(video: &str, session: &str) -> String {
     let claims = tally_collector::Claims {
         video: video.into(),
         channel: "ch1".into(),
         category: "music".into(),
         expires_s: now_ms() / 1000 + 3600,
         live: false,
+        session: session.into(),
+        issued_s: now_ms() / 1000 - 2 * 86_400,
     };
     tally_collector::token::mint(KEY.as_bytes(), &claims)
 }

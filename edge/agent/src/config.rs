@@ -94,6 +94,12 @@ pub struct AgentConfig {
     /// Frames larger than this are split before they are spooled (see
     /// [`tally_delta::DeltaFrame::split`]), so none exceeds what a merger takes.
     pub max_frame_bytes: usize,
+    /// Which requests are bots (User-Agent list, CDN headers); their events are refused
+    /// with the reason `bot` and counted as filtered.
+    pub bots: tally_collector::bots::BotRules,
+    /// A session sending more beacons than this in a minute is a bot for ten minutes
+    /// (players send one every few seconds); 0 turns the check off.
+    pub bot_burst_beacons_per_min: u32,
 }
 
 impl Default for AgentConfig {
@@ -125,6 +131,8 @@ impl Default for AgentConfig {
             call_deadline_ms: 1_000,
             admin_token: None,
             max_frame_bytes: tally_link::protocol::MAX_MESSAGE / 2,
+            bots: Default::default(),
+            bot_burst_beacons_per_min: 60,
         }
     }
 }

@@ -136,11 +136,22 @@ async fn events(
         a.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(a.refuse_retry(StatusCode::TOO_MANY_REQUESTS, why, 1));
     }
+    let user_agent = header_str(&headers, "user-agent");
+    let bot = a
+        .bots
+        .classify(user_agent, |name| headers.get(name).and_then(|v| v.to_str().ok()))
+        .or_else(|| a.limits.bursting(&sessions).then(|| "burst".to_owned()));
+    if let Some(kind) = &bot
+        && let Some(i) = crate::BOT_KINDS.iter().position(|k| k == kind)
+    {
+        a.counters.bot_beacons[i].fetch_add(1, Ordering::Relaxed);
+    }
     let facts = RequestFacts {
         country: header_str(&headers, &a.cfg.country_header).to_owned(),
         client_addr: client,
-        user_agent: header_str(&headers, "user-agent").to_owned(),
+        user_agent: user_agent.to_owned(),
         arrival_ms,
+        bot,
     };
     let (reply, tickets) = a.pool.ingest(&bytes, &sessions, &facts);
     let outcome = match reply {

@@ -77,7 +77,13 @@ pub struct HttpCounters {
     pub events_rejected: AtomicU64,
     /// Body bytes of accepted beacons.
     pub bytes_accepted: AtomicU64,
+    /// Beacons classified as bots, by what gave them away: user-agent, CDN verified
+    /// bot, CDN score, burst.
+    pub bot_beacons: [AtomicU64; 4],
 }
+
+/// The labels of [`HttpCounters::bot_beacons`], in order.
+pub const BOT_KINDS: [&str; 4] = ["user-agent", "cdn-verified", "cdn-score", "burst"];
 
 /// One running agent's shared parts.
 pub struct Agent {
@@ -93,6 +99,8 @@ pub struct Agent {
     pub cache: Arc<ReadCache>,
     /// Rate limits.
     pub limits: limits::Limits,
+    /// Bot classification by User-Agent and CDN headers.
+    pub bots: tally_collector::bots::Classifier,
     /// Beacon counters.
     pub counters: HttpCounters,
     /// The spool refused the last frames: beacons are refused until it has room.
@@ -230,6 +238,19 @@ impl Agent {
             "Beacons refused by a rate limit.",
             c.rate_limited.load(Ordering::Relaxed),
         );
+        {
+            let name = "tally_edge_bot_beacons_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Beacons classified as bots (refused with the reason bot), by what gave them away.\n# TYPE {name} counter"
+            );
+            for (kind, n) in BOT_KINDS.iter().zip(&c.bot_beacons) {
+                let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {}", n.load(Ordering::Relaxed));
+            }
+        }
+        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
         put(
             "tally_edge_events_accepted_total",
             "counter",
@@ -501,6 +522,7 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     let agent = Arc::new(Agent {
         limits: limits::Limits::new(&cfg),
+        bots: tally_collector::bots::Classifier::new(cfg.bots.clone()),
         cfg,
         pool,
         spool,

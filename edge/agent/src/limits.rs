@@ -4,6 +4,7 @@
 use crate::config::AgentConfig;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
 use tally_collector::route::Sessions;
 
 /// Events a beacon whose session could not be found is charged as.
@@ -14,7 +15,16 @@ pub struct Limits {
     sessions: DefaultKeyedRateLimiter<Vec<u8>>,
     addrs: DefaultKeyedRateLimiter<String>,
     interest: DefaultKeyedRateLimiter<String>,
+    /// Beacons per session per minute before the session counts as a bot.
+    bursts: Option<DefaultKeyedRateLimiter<Vec<u8>>>,
+    /// Sessions seen bursting, until when.
+    flagged: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Instant>>,
 }
+
+/// How long a session that burst is treated as a bot.
+const BURST_FLAG: Duration = Duration::from_secs(600);
+/// Most sessions remembered as bursting; beyond it the oldest flags are forgotten.
+const MAX_FLAGGED: usize = 100_000;
 
 /// Videos or streams this edge does not follow yet that one address may ask for a
 /// minute (each becomes interest sent to the mergers); bursts of twice that.
@@ -33,11 +43,53 @@ impl Limits {
             .allow_burst(nz(cfg.max_batch_events.max(cfg.session_events_per_s * 4)));
         let per_addr = Quota::per_second(nz(cfg.addr_beacons_per_s)).allow_burst(nz(cfg.addr_beacons_per_s * 2));
         let interest = Quota::per_minute(nz(NEW_INTEREST_PER_MIN)).allow_burst(nz(NEW_INTEREST_PER_MIN * 2));
+        let n = cfg.bot_burst_beacons_per_min;
         Limits {
             sessions: RateLimiter::keyed(per_session),
             addrs: RateLimiter::keyed(per_addr),
             interest: RateLimiter::keyed(interest),
+            bursts: (n > 0).then(|| RateLimiter::keyed(Quota::per_minute(nz(n)).allow_burst(nz(n)))),
+            flagged: Default::default(),
         }
+    }
+
+    /// Takes one beacon for the burst heuristic: whether one of its sessions sends
+    /// beacons faster than a player does (or did so in the last ten minutes).
+    pub fn bursting(&self, sessions: &Sessions<'_>) -> bool {
+        let Some(bursts) = &self.bursts else {
+            return false;
+        };
+        let ids: Vec<&[u8]> = match sessions {
+            Sessions::One { session, .. } => vec![session],
+            Sessions::Many(events) => {
+                let mut ids: Vec<&[u8]> = events.iter().map(|(s, _)| s.as_slice()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+            Sessions::Unknown => return false,
+        };
+        let now = Instant::now();
+        let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bot = false;
+        for id in ids {
+            match flagged.get(id) {
+                Some(until) if *until > now => bot = true,
+                _ => {
+                    if bursts.check_key(&id.to_vec()).is_err() {
+                        if flagged.len() >= MAX_FLAGGED {
+                            flagged.retain(|_, until| *until > now);
+                            if flagged.len() >= MAX_FLAGGED {
+                                flagged.clear();
+                            }
+                        }
+                        flagged.insert(id.to_vec(), now + BURST_FLAG);
+                        bot = true;
+                    }
+                }
+            }
+        }
+        bot
     }
 
     /// Takes one new video or stream to follow for `addr`, or says it asks for too many.
@@ -93,6 +145,15 @@ impl Limits {
         self.addrs.shrink_to_fit();
         self.interest.retain_recent();
         self.interest.shrink_to_fit();
+        if let Some(b) = &self.bursts {
+            b.retain_recent();
+            b.shrink_to_fit();
+        }
+        let now = Instant::now();
+        self.flagged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
     }
 }
 

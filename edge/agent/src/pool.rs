@@ -390,7 +390,9 @@ impl Worker {
 
     fn ingest(&mut self, body: &[u8], facts: &RequestFacts, tickets: &mut Vec<Ticket>) -> IngestReply {
         self.instance().map_err(IngestFailure::Trap)?;
-        if let Some(w) = self.wal.as_mut() {
+        // A bot's beacon is refused whole (the collector only counts it as filtered), so
+        // there is nothing to make durable: it is not logged, and a replay cannot count it.
+        if let Some(w) = self.wal.as_mut().filter(|_| facts.bot.is_none()) {
             // Logged before the collector counts it: a beacon that cannot be made
             // durable is refused, and nothing of it was counted.
             match w.append(self.covers, body, facts) {

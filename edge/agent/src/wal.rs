@@ -64,6 +64,7 @@ impl Logged {
             client_addr: self.client_addr.clone(),
             user_agent: self.user_agent.clone(),
             arrival_ms: self.arrival_ms,
+            bot: None,
         }
     }
 }
@@ -433,6 +434,7 @@ mod tests {
             client_addr: "10.0.0.1".into(),
             user_agent: "t".into(),
             arrival_ms: at,
+            bot: None,
         }
     }
 

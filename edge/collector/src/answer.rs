@@ -45,6 +45,10 @@ impl IngestOutcome {
             "duplicates": self.duplicates,
             "rejected": rejected,
         });
+        if self.accepted == 0 && !self.rejected.is_empty() && self.rejected.iter().all(|r| r.reason == crate::RejectReason::Bot) {
+            body["error"] = json!("bot: the request was classified as a bot, and its events are not counted");
+            return (403, body);
+        }
         if self.accepted == 0 && !self.rejected.is_empty() {
             body["error"] = json!("no event of the beacon was accepted; see `rejected`");
             return (400, body);
@@ -89,6 +93,16 @@ mod tests {
         assert_eq!(code, 400);
         assert!(body["error"].is_string());
         assert_eq!(IngestOutcome::default().answer().0, 202);
+        let bot = IngestOutcome {
+            accepted: 0,
+            duplicates: 0,
+            rejected: vec![Rejection {
+                index: 0,
+                reason: RejectReason::Bot,
+            }],
+        };
+        let (code, body) = bot.answer();
+        assert_eq!((code, body["rejected"][0]["reason"].as_str()), (403, Some("bot")));
         assert_eq!(BatchError::Malformed("x".into()).status(), 400);
         assert_eq!(BatchError::TooManyEvents { count: 9, limit: 1 }.status(), 413);
     }

@@ -2,7 +2,7 @@
 
 use crate::beacon::{self, Event, EventType};
 use crate::expiring::{ExpiringMap, FoldBuild, Key};
-use crate::token::{self, Claims, TokenError};
+use crate::token::{self, TokenError, Validity};
 use crate::{BatchError, Config, ConfigError, IngestOutcome, RejectReason, Rejection, RequestFacts, Stats};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
@@ -16,6 +16,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 const WATCH_SLACK_MS: u64 = 2_000;
 /// Verified tokens kept between flushes; the cache is cleared at a flush beyond this.
 const TOKEN_CACHE_MAX: usize = 100_000;
+/// Events one playback token may carry in one flush interval; more are refused. A player
+/// sends a few per second, an offline queue its backlog within the batch limit.
+pub const TOKEN_EVENTS_PER_INTERVAL: u32 = 1_000;
 
 /// A counter row being aggregated, with the identities of the facts it counts.
 #[derive(Default)]
@@ -53,7 +56,7 @@ struct LiveSession {
     last_beat: u64,
 }
 
-/// Aggregation key of a counter row; `claims` indexes the token cache's claims.
+/// Aggregation key of a counter row; `claims` indexes the token cache's labels.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct AggKey {
     minute: u32,
@@ -63,31 +66,75 @@ struct AggKey {
     source: Source,
 }
 
+/// What a video's rows are labelled with, the same in every token of that video.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Labels {
+    video: String,
+    channel: String,
+    category: String,
+    live: bool,
+}
+
+/// A verified token: its video's labels, the session it is bound to and its life.
+struct Verified {
+    token: Box<str>,
+    labels: u32,
+    session: u64,
+    validity: Validity,
+    /// Flush interval the event count below belongs to.
+    interval: u64,
+    events: u32,
+}
+
 /// Verified playback tokens, so that a token is checked by HMAC once, not per event.
-/// Keyed by the hash of the event's video id; a hit needs the exact same token text.
+/// Keyed by the hash of the token text (a hit needs the exact same text); rows are
+/// aggregated by labels, so the many tokens of a popular video share their rows.
 #[derive(Default)]
 struct TokenCache {
-    by_video: HashMap<u64, (Box<str>, u32), FoldBuild>,
-    claims: Vec<Claims>,
+    by_token: HashMap<u64, Verified, FoldBuild>,
+    labels: Vec<Labels>,
+    label_idx: HashMap<Labels, u32, FoldBuild>,
 }
 
 impl TokenCache {
-    fn resolve(&mut self, key: &[u8], video_hash: u64, token: &str) -> Result<u32, TokenError> {
-        if let Some((t, idx)) = self.by_video.get(&video_hash)
-            && **t == *token
-        {
-            return Ok(*idx);
+    fn resolve(&mut self, key: &[u8], token: &str) -> Result<&mut Verified, TokenError> {
+        let h = xxh3_64(token.as_bytes());
+        let hit = self.by_token.get(&h).is_some_and(|v| *v.token == *token);
+        if !hit {
+            let c = token::verify(key, token)?;
+            let validity = c.validity();
+            let labels = Labels {
+                video: c.video,
+                channel: c.channel,
+                category: c.category,
+                live: c.live,
+            };
+            let next = self.labels.len() as u32;
+            let idx = *self.label_idx.entry(labels.clone()).or_insert(next);
+            if idx == next {
+                self.labels.push(labels);
+            }
+            self.by_token.insert(
+                h,
+                Verified {
+                    token: token.into(),
+                    labels: idx,
+                    session: xxh3_64(c.session.as_bytes()),
+                    validity,
+                    interval: 0,
+                    events: 0,
+                },
+            );
         }
-        let claims = token::verify(key, token)?;
-        let idx = self.claims.len() as u32;
-        self.claims.push(claims);
-        self.by_video.insert(video_hash, (token.into(), idx));
-        Ok(idx)
+        Ok(self.by_token.get_mut(&h).unwrap_or_else(|| unreachable!("inserted above")))
+    }
+
+    fn len(&self) -> usize {
+        self.by_token.len()
     }
 
     fn clear(&mut self) {
-        self.by_video = HashMap::default();
-        self.claims = Vec::new();
+        *self = TokenCache::default();
     }
 }
 
@@ -169,6 +216,22 @@ impl Collector {
             duplicates: 0,
             rejected: Vec::new(),
         };
+        if facts.bot.is_some() {
+            // The host classified the request as a bot: nothing in it counts, and every
+            // event is refused with that reason (and counted as filtered).
+            let n = raw.len() as u64;
+            out.rejected = (0..raw.len() as u32)
+                .map(|index| Rejection {
+                    index,
+                    reason: RejectReason::Bot,
+                })
+                .collect();
+            self.intake.rejected += n;
+            self.intake.bots += n;
+            self.stats.events_rejected += n;
+            self.stats.bot_events += n;
+            return Ok(out);
+        }
         for (index, raw) in raw.iter_mut().enumerate() {
             let result = raw.validate().map_err(RejectReason::Invalid).and_then(|ev| {
                 let device = ev
@@ -240,21 +303,39 @@ impl Collector {
             });
         }
         let video = xxh3_64(ev.video_id.as_bytes());
-        let claims_idx = self
+        let session = xxh3_64(ev.session_id.as_bytes());
+        let interval = self.stats.frames;
+        let t = self
             .tokens
-            .resolve(&self.cfg.token_key, video, &ev.token)
+            .resolve(&self.cfg.token_key, &ev.token)
             .map_err(RejectReason::Token)?;
-        let claims = &self.tokens.claims[claims_idx as usize];
-        if claims.video != ev.video_id {
+        let (claims_idx, bound_session, validity) = (t.labels, t.session, t.validity);
+        if t.interval != interval {
+            t.interval = interval;
+            t.events = 0;
+        }
+        t.events += 1;
+        let over_rate = t.events > TOKEN_EVENTS_PER_INTERVAL;
+        let labels = &self.tokens.labels[claims_idx as usize];
+        if labels.video != ev.video_id {
             return Err(RejectReason::TokenForOtherVideo);
         }
-        if !self.blocked.is_empty() && self.blocked.contains(&claims.video) {
+        if bound_session != session {
+            return Err(RejectReason::TokenForOtherSession);
+        }
+        validity
+            .check_times(ev.ts_ms, arrival, self.cfg.future_skew_ms, self.cfg.lateness_ms)
+            .map_err(RejectReason::Token)?;
+        if over_rate {
+            return Err(RejectReason::TokenRate {
+                limit: TOKEN_EVENTS_PER_INTERVAL,
+            });
+        }
+        if !self.blocked.is_empty() && self.blocked.contains(&labels.video) {
             return Err(RejectReason::Blocked);
         }
-        claims.check_expiry(ev.ts_ms).map_err(RejectReason::Token)?;
-        let live = claims.live;
+        let live = labels.live;
 
-        let session = xxh3_64(ev.session_id.as_bytes());
         let event_key = Key(session, xxh3_64(ev.event_id.as_bytes()));
         let (_, fresh) = self.events_seen.touch_or_insert(event_key, arrival, || ());
         if !fresh {
@@ -279,7 +360,7 @@ impl Collector {
 
         match ev.kind {
             kind if kind.is_playback() => {
-                let delta = self.playback(ev, ids, arrival);
+                let delta = self.playback(ev, ids, arrival, validity.issued_s.saturating_mul(1000));
                 if delta.views > 0 {
                     self.stats.views += delta.views;
                     self.uniques.entry((minute, claims_idx)).or_default().insert(ids.viewer);
@@ -333,7 +414,11 @@ impl Collector {
     ///
     /// A view is one per (session, video): a session that comes back after a long pause
     /// is the same view (players rotate the session id after 30 minutes of inactivity).
-    fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) -> Counts {
+    ///
+    /// Watch time is capped twice: by the event times (no more progress than time passed,
+    /// plus slack) and by arrival time: a session cannot have watched more than the time
+    /// since its token was issued, whatever its events claim.
+    fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64, issued_ms: u64) -> Counts {
         let min_watch = self.cfg.min_watch_ms;
         let (sv, _) = self
             .sessions
@@ -361,6 +446,8 @@ impl Collector {
                 None => sv.last_pos = Some((pos, ev.ts_ms)),
             }
         }
+        let allowed = arrival.saturating_sub(issued_ms).saturating_add(WATCH_SLACK_MS);
+        delta.watch_ms = delta.watch_ms.min(allowed.saturating_sub(sv.watched_ms));
         sv.watched_ms += delta.watch_ms;
         if !sv.viewed && sv.watched_ms >= min_watch {
             sv.viewed = true;
@@ -462,7 +549,7 @@ impl Collector {
         let mut strings = Interner::default();
         let mut counters: Vec<(AggKey, RowAcc)> = self.counters.drain().collect();
         counters.sort_unstable_by_key(|(k, _)| *k);
-        let claims = &self.tokens.claims;
+        let claims = &self.tokens.labels;
         let counters = counters
             .into_iter()
             .map(|(k, row)| {
@@ -529,7 +616,7 @@ impl Collector {
             intake: std::mem::take(&mut self.intake),
         };
         self.interval_start = now;
-        if self.tokens.claims.len() > TOKEN_CACHE_MAX {
+        if self.tokens.len() > TOKEN_CACHE_MAX {
             self.tokens.clear();
         }
         frame
@@ -594,7 +681,7 @@ impl Collector {
             dedup_entries: self.dedup_len() as u64,
             memory_bytes: self.memory_bytes() as u64,
             live_sessions: self.live.len() as u64,
-            token_cache_entries: self.tokens.claims.len() as u64,
+            token_cache_entries: self.tokens.len() as u64,
             ..self.stats
         }
     }

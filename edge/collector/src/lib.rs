@@ -8,6 +8,8 @@
 
 pub mod answer;
 mod beacon;
+#[cfg(feature = "bots")]
+pub mod bots;
 mod collector;
 mod config;
 mod expiring;
@@ -15,9 +17,9 @@ pub mod route;
 pub mod token;
 
 pub use beacon::{Event, EventType, MAX_ID_LEN, MAX_TOKEN_LEN};
-pub use collector::{Collector, StateError};
+pub use collector::{Collector, StateError, TOKEN_EVENTS_PER_INTERVAL};
 pub use config::{Config, ConfigError};
-pub use token::{Claims, TokenError};
+pub use token::{Claims, TokenError, Validity};
 
 /// What the host knows about the request that carried a beacon.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +32,9 @@ pub struct RequestFacts {
     pub user_agent: String,
     /// Arrival time, ms since the Unix epoch.
     pub arrival_ms: u64,
+    /// Set when the host classified the request as a bot: what gave it away (a
+    /// User-Agent pattern, the CDN's bot verdict, a burst). Its events are refused.
+    pub bot: Option<String>,
 }
 
 /// Why one event of a batch was refused.
@@ -44,6 +49,18 @@ pub enum RejectReason {
     /// The token is valid but signs a different video.
     #[error("token is for a different video")]
     TokenForOtherVideo,
+    /// The token is valid but bound to a different session.
+    #[error("token is for a different session")]
+    TokenForOtherSession,
+    /// The token carried more events than allowed in one flush interval.
+    #[error("token carried more than {limit} events in this interval")]
+    TokenRate {
+        /// Events allowed per token per interval.
+        limit: u32,
+    },
+    /// The host classified the request as a bot.
+    #[error("bot")]
+    Bot,
     /// Event time older than the lateness bound.
     #[error("event is older than the lateness bound ({lateness_ms} ms)")]
     TooLate {
@@ -134,4 +151,6 @@ pub struct Stats {
     pub live_sessions: u64,
     /// Verified tokens cached.
     pub token_cache_entries: u64,
+    /// Events refused because the request came from a bot.
+    pub bot_events: u64,
 }

@@ -47,6 +47,7 @@ impl api::GuestCollector for Collector {
             client_addr: facts.client_addr,
             user_agent: facts.user_agent,
             arrival_ms: facts.arrival_ms,
+            bot: facts.bot,
         };
         match self.0.borrow_mut().ingest(&body, &facts) {
             Ok(o) => Ok(api::IngestOutcome {
@@ -99,6 +100,7 @@ impl api::GuestCollector for Collector {
             memory_bytes: s.memory_bytes,
             live_sessions: s.live_sessions,
             token_cache_entries: s.token_cache_entries,
+            bot_events: s.bot_events,
         }
     }
 
@@ -116,10 +118,16 @@ fn reason(r: core::RejectReason) -> api::RejectReason {
         core::RejectReason::Invalid(m) => api::RejectReason::Invalid(m),
         core::RejectReason::Token(t) => api::RejectReason::Token(match t {
             core::TokenError::Malformed => api::TokenError::Malformed,
+            core::TokenError::Algorithm => api::TokenError::Algorithm,
+            core::TokenError::MissingClaim => api::TokenError::MissingClaim,
             core::TokenError::BadSignature => api::TokenError::BadSignature,
             core::TokenError::Expired => api::TokenError::Expired,
+            core::TokenError::NotYetValid => api::TokenError::NotYetValid,
         }),
         core::RejectReason::TokenForOtherVideo => api::RejectReason::TokenForOtherVideo,
+        core::RejectReason::TokenForOtherSession => api::RejectReason::TokenForOtherSession,
+        core::RejectReason::TokenRate { limit } => api::RejectReason::TokenRate(limit),
+        core::RejectReason::Bot => api::RejectReason::Bot,
         core::RejectReason::TooLate { lateness_ms } => api::RejectReason::TooLate(lateness_ms),
         core::RejectReason::InFuture { skew_ms } => api::RejectReason::InFuture(skew_ms),
         core::RejectReason::Blocked => api::RejectReason::Blocked,

@@ -4,8 +4,9 @@ use crate::{Country, Device, RowFacts, Source};
 use serde::{Deserialize, Serialize};
 
 /// The version byte of frames this crate writes and reads.
-/// Version 2 added the identities of counted facts ([`CounterRow::facts`]).
-pub const FRAME_VERSION: u8 = 2;
+/// Version 2 added the identities of counted facts ([`CounterRow::facts`]); version 3
+/// the events refused as bots ([`EdgeCounts::bots`]).
+pub const FRAME_VERSION: u8 = 3;
 const MAGIC: [u8; 2] = *b"TD";
 const CRC_LEN: usize = 4;
 
@@ -139,6 +140,8 @@ pub struct EdgeCounts {
     pub duplicates: u64,
     /// Events rejected with a reason.
     pub rejected: u64,
+    /// Of the rejected events, those refused because their request came from a bot.
+    pub bots: u64,
 }
 
 /// Everything one edge saw in one flush interval.
@@ -362,6 +365,7 @@ mod tests {
                 accepted: 10,
                 duplicates: 2,
                 rejected: 1,
+                bots: 1,
             },
         }
     }

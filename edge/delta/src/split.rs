@@ -264,6 +264,7 @@ mod tests {
                 accepted: 5,
                 duplicates: 1,
                 rejected: 2,
+                bots: 0,
             },
         }
     }

@@ -222,6 +222,7 @@ impl WasmCollector {
             client_addr: facts.client_addr.clone(),
             user_agent: facts.user_agent.clone(),
             arrival_ms: facts.arrival_ms,
+            bot: facts.bot.clone(),
         };
         self.store.set_epoch_deadline(self.deadline_ticks);
         let r = self
@@ -294,6 +295,7 @@ impl WasmCollector {
             memory_bytes: s.memory_bytes,
             live_sessions: s.live_sessions,
             token_cache_entries: s.token_cache_entries,
+            bot_events: s.bot_events,
         })
     }
 
@@ -327,10 +329,16 @@ fn reason(r: api::RejectReason) -> RejectReason {
         api::RejectReason::Invalid(m) => RejectReason::Invalid(m),
         api::RejectReason::Token(t) => RejectReason::Token(match t {
             api::TokenError::Malformed => TokenError::Malformed,
+            api::TokenError::Algorithm => TokenError::Algorithm,
+            api::TokenError::MissingClaim => TokenError::MissingClaim,
             api::TokenError::BadSignature => TokenError::BadSignature,
             api::TokenError::Expired => TokenError::Expired,
+            api::TokenError::NotYetValid => TokenError::NotYetValid,
         }),
         api::RejectReason::TokenForOtherVideo => RejectReason::TokenForOtherVideo,
+        api::RejectReason::TokenForOtherSession => RejectReason::TokenForOtherSession,
+        api::RejectReason::TokenRate(limit) => RejectReason::TokenRate { limit },
+        api::RejectReason::Bot => RejectReason::Bot,
         api::RejectReason::TooLate(ms) => RejectReason::TooLate { lateness_ms: ms },
         api::RejectReason::InFuture(ms) => RejectReason::InFuture { skew_ms: ms },
         api::RejectReason::Blocked => RejectReason::Blocked,

@@ -130,6 +130,13 @@ async fn events(req: &Request) -> Result<Response, Response> {
         },
         user_agent: header(req, "user-agent"),
         arrival_ms: now,
+        bot: None,
+    };
+    // The same classifier as the edge agent's (User-Agent list, CDN verdict headers).
+    let facts = RequestFacts {
+        bot: tally_collector::bots::Classifier::new(Default::default())
+            .classify(&facts.user_agent, |name| req.header(name).and_then(|v| v.as_str())),
+        ..facts
     };
     let bucket = open_store(&s)?;
     sweep(&bucket, &s, now).await;

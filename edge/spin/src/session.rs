@@ -185,6 +185,7 @@ mod tests {
             client_addr: "10.0.0.1".into(),
             user_agent: "test".into(),
             arrival_ms: at,
+            bot: None,
         }
     }
 
@@ -197,6 +198,8 @@ mod tests {
                 category: "music".into(),
                 expires_s: at / 1000 + 3_600,
                 live: false,
+                session: session.into(),
+                issued_s: at / 1000 - 60,
             },
         );
         format!(

@@ -154,6 +154,8 @@ struct Session {
     position_s: f64,
     seq: u32,
     pending_dup: Option<Value>,
+    /// The playback token the platform minted for this session's page.
+    token: String,
 }
 
 /// What the edges should have counted, from the outcomes reported.
@@ -244,7 +246,8 @@ pub struct Traffic {
     rng: SmallRng,
     zipf: Zipf,
     videos: Vec<String>,
-    tokens: Vec<String>,
+    /// Each video's token claims; a session's token adds its id and times.
+    claims: Vec<Claims>,
     sessions: Vec<Session>,
     retries: VecDeque<(u64, Beacon)>,
     next_session: u64,
@@ -255,31 +258,31 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// A simulation following `plan`; tokens are valid for a day from `now_ms`.
+    /// A simulation following `plan`, starting at `now_ms`; each session's token is
+    /// minted when it starts, valid for a day.
     pub fn new(plan: Plan, now_ms: u64) -> Traffic {
         let mut videos: Vec<String> = (0..plan.videos).map(|i| format!("v{i:06}")).collect();
         let first_live = videos.len();
         videos.extend((0..plan.live_streams).map(|i| format!("live-{i}")));
         videos.push("viral-0".into());
-        let tokens = videos
+        let claims = videos
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                let claims = Claims {
-                    video: v.clone(),
-                    channel: format!("ch{:04}", i % 97),
-                    category: ["music", "gaming", "news", "sports", "education"][i % 5].into(),
-                    expires_s: now_ms / 1000 + 86_400,
-                    live: i >= first_live && i < first_live + plan.live_streams,
-                };
-                token::mint(&plan.key, &claims)
+            .map(|(i, v)| Claims {
+                video: v.clone(),
+                channel: format!("ch{:04}", i % 97),
+                category: ["music", "gaming", "news", "sports", "education"][i % 5].into(),
+                live: i >= first_live && i < first_live + plan.live_streams,
+                session: String::new(),
+                issued_s: 0,
+                expires_s: 0,
             })
             .collect();
         Traffic {
             rng: SmallRng::seed_from_u64(plan.seed),
             zipf: Zipf::new(plan.videos, plan.zipf_s),
             videos,
-            tokens,
+            claims,
             sessions: Vec::new(),
             retries: VecDeque::new(),
             next_session: 0,
@@ -454,9 +457,28 @@ impl Traffic {
         let length = rng.random_range(lo..=hi.max(lo));
         let (device, user_agent) = DEVICES[rng.random_range(0..DEVICES.len())];
         let late = live.is_none() && rng.random_bool(self.plan.late_rate);
+        let late_by = if late {
+            rng.random_range(5 * 60_000..=2 * 3_600_000)
+        } else {
+            0
+        };
+        let id = format!("s{:x}-{num:07}", self.plan.seed);
+        // minted when the page loaded, which for a late phone was hours ago
+        let issued_s = (now.saturating_sub(late_by) / 1000).saturating_sub(1);
+        let token = token::mint(
+            &self.plan.key,
+            &Claims {
+                session: id.clone(),
+                issued_s,
+                expires_s: issued_s + 86_400,
+                ..self.claims[video as usize].clone()
+            },
+        );
+        let rng = &mut self.rng;
         Session {
             num,
-            id: format!("s{:x}-{num:07}", self.plan.seed),
+            id,
+            token,
             user: rng
                 .random_bool(0.6)
                 .then(|| format!("u{:06}", rng.random_range(0..200_000))),
@@ -475,11 +497,7 @@ impl Traffic {
                 .then(|| now + rng.random_range(0..=length / 2)),
             switch_at: rng.random_bool(self.plan.pop_switch_rate).then(|| now + length / 2),
             paused: false,
-            late_by: if late {
-                rng.random_range(5 * 60_000..=2 * 3_600_000)
-            } else {
-                0
-            },
+            late_by,
             position_s: 0.0,
             seq: 0,
             pending_dup: None,
@@ -504,7 +522,7 @@ impl Traffic {
                 "position_s": (s.position_s * 10.0).round() / 10.0,
                 "device": s.device,
                 "source": s.source,
-                "token": self.tokens[s.video as usize],
+                "token": s.token,
             });
             if let Some(u) = &s.user {
                 e["user_id"] = json!(u);
