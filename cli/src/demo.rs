@@ -176,7 +176,20 @@ async fn demo(a: DemoArgs) -> Result<()> {
         ..Plan::default()
     };
     let mut traffic = Traffic::new(plan, tally_edge::now_ms());
+    // the demo reads /v1/top with an API key of its own, like any client of the merger
+    let (_, api_key) = tally_merger::keys::create(
+        &tally_merger::keys::path_in(&a.data_dir),
+        "demo",
+        tally_merger::keys::Scope::Platform,
+        tally_merger::keys::DEFAULT_PER_MIN,
+    )?;
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))?,
+    );
     let http = reqwest::Client::builder()
+        .default_headers(auth)
         .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(10))
         .build()?;

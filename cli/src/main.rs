@@ -8,6 +8,7 @@ use tally_collector::{Claims, token};
 
 mod demo;
 mod edge;
+mod keys;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,8 @@ enum Command {
     Edge(Box<edge::EdgeArgs>),
     /// Mint a signed playback token for a video.
     Token(TokenArgs),
+    /// Create, list and revoke API keys for analytics and top lists.
+    Keys(keys::KeysArgs),
     /// Run SQL over all of history (the catalog), for people without DuckDB installed.
     Query(QueryArgs),
     /// Generate years of synthetic history into a data directory's cold tier (benchmarks).
@@ -146,6 +149,7 @@ struct TokenArgs {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Token(a) => mint(a),
+        Command::Keys(a) => keys::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Merger(a) => merger(a),
         Command::Query(a) => query(a),

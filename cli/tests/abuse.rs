@@ -98,3 +98,113 @@ async fn a_harvested_token_gives_one_view_and_bots_are_refused_and_counted_as_fi
     assert_eq!(fra.metric("tally_edge_bot_beacons_total{kind=\"user-agent\"}").await as u64, 1);
     assert_eq!(fra.metric("tally_edge_bot_beacons_total{kind=\"cdn-verified\"}").await as u64, 1);
 }
+
+/// A token for `video` of `channel`, bound to `session`.
+fn channel_token(video: &str, channel: &str, session: &str) -> String {
+    let now = now_ms() / 1000;
+    tally_collector::token::mint(
+        common::KEY.as_bytes(),
+        &tally_collector::Claims {
+            video: video.into(),
+            channel: channel.into(),
+            category: "music".into(),
+            live: false,
+            session: session.into(),
+            issued_s: now - 60,
+            expires_s: now + 3600,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_need_a_key_scoped_to_a_channel_or_the_platform_and_per_video_counts_stay_public() {
+    let dir = tempfile::tempdir().unwrap();
+    let mdir = dir.path().join("m");
+    let m = Merger::start(&mdir);
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let http = reqwest::Client::new();
+    // three views of chA's video, two of chB's
+    for (i, (video, channel)) in [("va", "chA"), ("va", "chA"), ("va", "chA"), ("vb", "chB"), ("vb", "chB")]
+        .into_iter()
+        .enumerate()
+    {
+        let sess = format!("k{i}");
+        let ev = event_signed(&format!("e{i}"), &sess, video, "play", &channel_token(video, channel, &sess));
+        assert_eq!(post(&http, &fra, CHROME, &[], vec![ev]).await.0, 202);
+    }
+    assert_eq!(merger_views(&m, 5, Duration::from_secs(20)).await, 5);
+    let breakdown = "/v1/analytics/breakdown?by=channel&from=0";
+
+    // no key, a made-up key: 401 with a message; public per-video counts need none
+    for key in [None, Some("tally_0000_notakey"), Some("Basic abc")] {
+        let (s, j) = m.get_as(breakdown, key).await;
+        assert_eq!(s, 401, "{key:?}: {j}");
+        assert!(j["error"].as_str().unwrap().contains("API key"), "{j}");
+    }
+    let (s, j) = m.get_as("/v1/videos/va/stats", None).await;
+    assert_eq!((s, j["views"].as_u64()), (200, Some(3)), "{j}");
+
+    // the platform key sees both channels (once the tiers have the rows)
+    let all = loop_until(Duration::from_secs(20), || {
+        let m = &m;
+        async move {
+            let (s, j) = m.get(breakdown).await;
+            let rows = j["rows"].as_array().map_or(0, |r| r.len());
+            (s == 200 && rows == 2).then_some(j)
+        }
+    })
+    .await
+    .expect("both channels in the tiers");
+    // a channel's key sees its channel only, and nothing platform-wide
+    let ka = common::create_key(&mdir, "channel:chA", 1000);
+    let (s, j) = m.get_as(breakdown, Some(&ka)).await;
+    assert_eq!(s, 200, "{j}");
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{j} (platform: {all})");
+    assert_eq!(rows[0]["key"], "chA", "{j}");
+    assert_eq!(rows[0]["views"], 3, "{j}");
+    for path in [
+        "/v1/analytics/breakdown?by=video&channel=chB&from=0",
+        "/v1/top?k=5&from=0",
+        "/v1/analytics/bots?from=0",
+        "/v1/analytics/uniques?from=0&video=vb",
+        "/v1/analytics/uniques?from=0",
+    ] {
+        let (s, j) = m.get_as(path, Some(&ka)).await;
+        assert_eq!(s, 403, "{path}: {j}");
+        assert!(j["error"].as_str().unwrap().contains("chA"), "{j}");
+    }
+    let (s, j) = m.get_as("/v1/analytics/uniques?from=0&video=va", Some(&ka)).await;
+    assert_eq!((s, j["uniques"].as_u64()), (200, Some(3)), "{j}");
+
+    // per-key rate limit, then revocation (the running merger picks it up)
+    let slow = common::create_key(&mdir, "platform", 3);
+    for _ in 0..3 {
+        assert_eq!(m.get_as(breakdown, Some(&slow)).await.0, 200);
+    }
+    let (s, j) = m.get_as(breakdown, Some(&slow)).await;
+    assert_eq!(s, 429, "{j}");
+    assert_eq!(m.get_as(breakdown, Some(&ka)).await.0, 200, "other keys are not limited");
+    let id = ka.split('_').nth(1).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["keys", "revoke", "--data-dir"])
+        .arg(&mdir)
+        .arg(id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = loop_until(Duration::from_secs(5), || {
+        let (m, ka) = (&m, &ka);
+        async move { (m.get_as(breakdown, Some(ka)).await.0 == 401).then_some(()) }
+    })
+    .await;
+    assert!(refused.is_some(), "a revoked key stops working");
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["keys", "list", "--data-dir"])
+        .arg(&mdir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains(id) && text.contains("channel:chA"), "{text}");
+    assert!(!text.contains(ka.splitn(3, '_').nth(2).unwrap()), "the secret is never listed");
+}

@@ -2,6 +2,7 @@
 
 use crate::analytics::{Analytics, DIMENSIONS, Filter, Granularity};
 use crate::ingest::{Ingest, now_ms};
+use crate::keys::{Denied, Grant, Scope};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -38,6 +39,8 @@ pub struct Api {
     pub feeds: Arc<crate::feeds::LiveFeeds>,
     /// Longest an analytics query may run before it is interrupted.
     pub query_timeout: std::time::Duration,
+    /// API keys for the read APIs that are not public.
+    pub keys: Arc<crate::keys::KeyStore>,
     /// Whether `POST /v1/frames` is served on this listener (it carries an edge's
     /// secret: HTTPS only, unless plain HTTP is allowed for local tests).
     pub frames_allowed: bool,
@@ -160,7 +163,12 @@ struct TopQuery {
     k: Option<usize>,
 }
 
-async fn top(State(api): State<Api>, Query(q): Query<TopQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn top(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<TopQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    platform_reader(&api, &headers, "/v1/top")?;
     let now = now_ms();
     let to = q.to.unwrap_or(now + 60_000);
     let from = q.from.unwrap_or(now.saturating_sub(3_600_000));
@@ -239,6 +247,58 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
+/// Checks the request's API key (see [`crate::keys`]).
+fn reader(api: &Api, headers: &HeaderMap) -> Result<Grant, ApiError> {
+    api.keys.authenticate(bearer(headers)).map_err(|d| match d {
+        Denied::Unauthenticated => err(
+            StatusCode::UNAUTHORIZED,
+            "a valid API key is required: Authorization: Bearer <key> (create one with `tally keys create`)",
+        ),
+        Denied::RateLimited { per_min } => err(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this API key is over its limit of {per_min} requests a minute; slow down"),
+        ),
+    })
+}
+
+/// Checks the API key and narrows the query to the key's channel (a channel's key asking
+/// for another channel is refused).
+fn scoped_reader(api: &Api, headers: &HeaderMap, q: &mut HashMap<String, String>) -> Result<Grant, ApiError> {
+    let g = reader(api, headers)?;
+    if let Scope::Channel(c) = &g.scope {
+        match q.get("channel") {
+            Some(asked) if asked != c => {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    format!("this key reads channel {c} only, not {asked}"),
+                ));
+            }
+            _ => {
+                q.insert("channel".into(), c.clone());
+            }
+        }
+    }
+    Ok(g)
+}
+
+/// Checks for an API key scoped to the whole platform.
+fn platform_reader(api: &Api, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    match reader(api, headers)?.scope {
+        Scope::Platform => Ok(()),
+        Scope::Channel(c) => Err(err(
+            StatusCode::FORBIDDEN,
+            format!("{what} needs a platform key; this key reads channel {c} only"),
+        )),
+    }
+}
+
+/// Compares a secret with the expected one in constant time (their digests).
+fn same_secret(given: &str, want: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(want.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &api.operator_token else {
         return Err(err(
@@ -247,7 +307,7 @@ fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     };
     match bearer(&headers) {
-        Some(t) if t.as_bytes() == want.as_bytes() => Ok(()),
+        Some(t) if same_secret(t, want) => Ok(()),
         _ => Err(err(
             StatusCode::UNAUTHORIZED,
             "operator token required: Authorization: Bearer <token>",
@@ -569,8 +629,10 @@ fn apply_blocks(api: &Api, f: &mut Filter) -> Result<(), ApiError> {
 
 async fn timeseries(
     State(api): State<Api>,
-    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    Query(mut q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    scoped_reader(&api, &headers, &mut q)?;
     let mut f = filter(&q)?;
     apply_blocks(&api, &mut f)?;
     let g = match q.get("granularity") {
@@ -590,8 +652,21 @@ async fn timeseries(
 /// one video or of all, from the stored sketches.
 async fn uniques(
     State(api): State<Api>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Scope::Channel(c) = reader(&api, &headers)?.scope {
+        // sketches are kept per video: a channel's key names one of its videos
+        let owned = q
+            .get("video")
+            .is_some_and(|v| api.ingest.read().video(v).is_some_and(|t| t.channel == c));
+        if !owned {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("this key reads channel {c} only: name one of its videos with `video`"),
+            ));
+        }
+    }
     let mut f = filter(&q)?;
     if let Some((dim, _)) = f.eq.iter().find(|(d, _)| *d != "video") {
         return Err(err(
@@ -616,8 +691,10 @@ async fn uniques(
 /// per minute, so that what was filtered is visible.
 async fn bots(
     State(api): State<Api>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    platform_reader(&api, &headers, "/v1/analytics/bots")?;
     let f = filter(&q)?;
     if let Some((dim, _)) = f.eq.first() {
         return Err(err(
@@ -639,8 +716,10 @@ async fn bots(
 
 async fn breakdown(
     State(api): State<Api>,
-    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    Query(mut q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    scoped_reader(&api, &headers, &mut q)?;
     let mut f = filter(&q)?;
     let by = q.get("by").ok_or_else(|| {
         err(

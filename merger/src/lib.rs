@@ -11,6 +11,7 @@ pub mod history;
 pub mod http;
 pub mod https;
 pub mod ingest;
+pub mod keys;
 pub mod log;
 pub mod push;
 pub mod quic;
@@ -322,6 +323,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         frames_allowed: true,
         feeds: feeds::LiveFeeds::new(ingest.clone(), cfg.live_timeout_ms),
         query_timeout: std::time::Duration::from_millis(cfg.query_timeout_ms.max(1)),
+        keys: Arc::new(keys::KeyStore::open(keys::path_in(&cfg.data_dir))),
     };
     let app = http::router(http::Api {
         frames_allowed: cfg.http_frames,

@@ -59,6 +59,21 @@ pub struct Merger {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub fingerprint: String,
+    /// A platform API key, made with `tally keys create`, that [`Merger::get`] sends.
+    pub key: String,
+}
+
+/// Creates an API key in `dir` with `tally keys create`; returns it.
+pub fn create_key(dir: &Path, scope: &str, per_min: u32) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["keys", "create", "--name", "tests", "--scope", scope, "--per-min"])
+        .arg(per_min.to_string())
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("tally keys runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl Merger {
@@ -86,8 +101,10 @@ impl Merger {
             args.push(format!("{e}={SECRET}"));
         }
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let key = create_key(dir, "platform", 1_000_000);
         let (child, v) = spawn_ready(&args, ("--data-dir", dir));
         Merger {
+            key,
             child,
             quic: v["quic"].as_str().unwrap().parse().unwrap(),
             http: v["http"].as_str().unwrap().parse().unwrap(),
@@ -107,10 +124,18 @@ impl Merger {
             .expect("edge connects")
     }
 
+    /// `GET path` with the platform key.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::get(format!("http://{}{path}", self.http))
-            .await
-            .expect("HTTP answers");
+        self.get_as(path, Some(&self.key)).await
+    }
+
+    /// `GET path` with `key` (or none).
+    pub async fn get_as(&self, path: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().get(format!("http://{}{path}", self.http));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let r = req.send().await.expect("HTTP answers");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
