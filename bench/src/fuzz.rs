@@ -156,8 +156,11 @@ pub fn targets() -> Vec<Target> {
         }),
         tally_link::protocol::encode(&tally_link::protocol::Ack::Rejected("no".into())),
         tally_link::protocol::encode(&tally_link::protocol::Interest {
+            reset: true,
             videos: vec!["v1".into(), "v2".into()],
             streams: vec!["live-1".into()],
+            drop_videos: vec!["v0".into()],
+            drop_streams: vec![],
         }),
         tally_link::protocol::encode(&tally_link::protocol::Snapshot {
             at_ms: T0,

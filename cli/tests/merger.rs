@@ -915,3 +915,53 @@ async fn unique_viewers_for_any_window_come_from_the_stored_sketches() {
     assert_eq!(status, 400);
     assert!(e["error"].as_str().unwrap().contains("per video"), "{e}");
 }
+
+/// The count push over a real merger: interest as changes, and a new interest stream
+/// (what an edge opens when its push stream ended) supersedes the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_takes_interest_as_changes_and_serves_a_new_subscription_on_the_same_connection() {
+    use tally_link::protocol::{Interest, Snapshot, read_msg, write_msg};
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(dir.path());
+    let client = m.client("fra-1").await;
+    let conn = client.connection().clone();
+    let ids = |s: &Snapshot| s.videos.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>();
+    async fn next(recv: &mut quinn::RecvStream) -> Result<Option<Snapshot>, String> {
+        tokio::time::timeout(Duration::from_secs(10), read_msg::<Snapshot>(recv))
+            .await
+            .expect("a snapshot in time")
+    }
+
+    let mut interest = conn.open_uni().await.unwrap();
+    let first = Interest {
+        reset: true,
+        videos: vec!["v1".into()],
+        ..Interest::default()
+    };
+    write_msg(&mut interest, &first).await.unwrap();
+    let mut push = conn.accept_uni().await.unwrap();
+    let s = next(&mut push).await.unwrap().unwrap();
+    assert_eq!(ids(&s), ["v1"]);
+    let change = Interest {
+        videos: vec!["v2".into()],
+        drop_videos: vec!["v1".into()],
+        ..Interest::default()
+    };
+    write_msg(&mut interest, &change).await.unwrap();
+    let s = next(&mut push).await.unwrap().unwrap();
+    assert_eq!(ids(&s), ["v2"], "only the added video is new");
+
+    // a second interest stream: the first push stream ends, a new one serves the new set
+    let mut again = conn.open_uni().await.unwrap();
+    let second = Interest {
+        reset: true,
+        videos: vec!["v3".into()],
+        ..Interest::default()
+    };
+    write_msg(&mut again, &second).await.unwrap();
+    assert!(next(&mut push).await.unwrap().is_none(), "the superseded push stream is finished");
+    let mut push = conn.accept_uni().await.unwrap();
+    let s = next(&mut push).await.unwrap().unwrap();
+    assert_eq!(ids(&s), ["v3"]);
+    drop(interest);
+}

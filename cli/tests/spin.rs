@@ -38,6 +38,7 @@ async fn spin(m: &Merger, edge: &str) -> RunningApp {
         ("edge_secret", SECRET),
         ("token_key", KEY),
         ("pop_id", edge),
+        ("epoch_lanes", "8"),
     ];
     let cfg = AppConfig::load(&manifest(), "collector", &vars).expect("spin.toml resolves");
     spin_host::serve(tally_wasm_artifacts::SPIN_COLLECTOR_WASM, cfg, Some(&m.fingerprint))
@@ -119,6 +120,14 @@ async fn spin_beacons_reach_the_merger_exactly_once_equal_to_ground_truth() {
             assert!(r.pending.is_empty(), "{k} still holds {} frames", r.pending.len());
         }
     }
+    // however many viewers, each app's frames come in its 8 epochs: the merger tracks at
+    // most 16 (edge, epoch) pairs for the two
+    let trackers = m.metric("tally_frame_trackers").await;
+    assert!(
+        expected > 16 && trackers >= 1.0 && trackers <= 16.0,
+        "{expected} viewing sessions, {trackers} trackers"
+    );
+    assert_eq!(m.metric("tally_frames_total{outcome=\"conflict\"}").await, 0.0);
     // frames came in over HTTPS, none refused
     assert!(m.metric("tally_frames_total{outcome=\"applied\"}").await > 10.0);
     assert_eq!(m.metric("tally_frames_total{outcome=\"rejected\"}").await, 0.0);
@@ -187,9 +196,9 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     .await
     .expect("all ten shares reach the merger");
     assert_eq!(burst_counted["views"], 1, "{burst_counted}");
-    // each session's frames are numbered in its own epoch
+    // sessions have their own frames ids (their frames are numbered in the app's lanes)
     let (r1, r2) = (record(&app, "s1"), record(&app, "s2"));
-    assert_ne!(r1.epoch, r2.epoch);
+    assert_ne!(r1.frames_id, r2.frames_id);
     assert!(
         r1.seq >= 2 && r2.seq == 1,
         "s1 made frames for a1+a2 and a4 (the retry none): {} {}",

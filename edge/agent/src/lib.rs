@@ -270,6 +270,12 @@ impl Agent {
             c.bytes_accepted.load(Ordering::Relaxed),
         );
         put(
+            "tally_edge_push_resubscribes_total",
+            "counter",
+            "Count-push subscriptions opened again after a merger ended the push stream.",
+            self.cache.resubscribes.load(Ordering::Relaxed),
+        );
+        put(
             "tally_edge_frames_spooled_total",
             "counter",
             "Frames written to the spool.",

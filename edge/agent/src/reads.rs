@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tally_link::protocol::{Interest, Snapshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tally_link::protocol::{InterestSet, Snapshot};
 use tokio::sync::watch;
 
 /// Interest not renewed by a read for this long is dropped.
@@ -37,6 +38,8 @@ pub struct ReadCache {
     interest_gen: watch::Sender<u64>,
     snapshots: watch::Sender<u64>,
     max_entries: usize,
+    /// Interest streams opened again after a merger ended the push stream.
+    pub resubscribes: AtomicU64,
 }
 
 impl Default for ReadCache {
@@ -54,6 +57,7 @@ impl ReadCache {
             interest_gen: watch::channel(0).0,
             snapshots: watch::channel(0).0,
             max_entries,
+            resubscribes: AtomicU64::new(0),
         }
     }
 
@@ -148,19 +152,16 @@ impl ReadCache {
     }
 
     /// What to ask the mergers for (dropping what nobody read for a while).
-    pub fn interest(&self) -> Interest {
+    pub fn interest(&self) -> InterestSet {
         let mut g = self.lock();
         let now = Instant::now();
         g.videos.retain(|_, s| now.duration_since(s.wanted_at) < FORGET_AFTER);
         g.streams
             .retain(|_, s| now.duration_since(s.wanted_at) < FORGET_AFTER || s.tx.receiver_count() > 0);
-        let mut i = Interest {
+        InterestSet {
             videos: g.videos.keys().cloned().collect(),
             streams: g.streams.keys().cloned().collect(),
-        };
-        i.videos.sort();
-        i.streams.sort();
-        i
+        }
     }
 
     /// Changes whenever new interest is registered.
@@ -174,17 +175,34 @@ impl ReadCache {
     }
 }
 
-/// Keeps one merger connection's interest stream up to date and applies its snapshots,
-/// until the connection ends.
+/// Keeps one merger connection's interest up to date and applies its snapshots, until
+/// the connection ends. Interest goes as changes to what the merger has (bounded
+/// messages); when the merger ends the push stream while the connection lives, a new
+/// interest stream starts over with the whole set.
 pub async fn subscribe(conn: quinn::Connection, cache: std::sync::Arc<ReadCache>) {
+    loop {
+        session(&conn, &cache).await;
+        if conn.close_reason().is_some() {
+            return;
+        }
+        cache.resubscribes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("the merger ended the count push; subscribing again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One interest stream and the push stream that answers it, until either ends.
+async fn session(conn: &quinn::Connection, cache: &std::sync::Arc<ReadCache>) {
     use tally_link::protocol::{read_msg, write_msg};
     let Ok(mut send) = conn.open_uni().await else { return };
     let mut changes = cache.interest_changes();
     let mut sent = cache.interest();
-    if write_msg(&mut send, &sent).await.is_err() {
-        return;
+    for m in sent.messages_from(None) {
+        if write_msg(&mut send, &m).await.is_err() {
+            return;
+        }
     }
-    let reader = {
+    let mut reader = {
         let cache = cache.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
@@ -194,20 +212,119 @@ pub async fn subscribe(conn: quinn::Connection, cache: std::sync::Arc<ReadCache>
             }
         })
     };
-    loop {
+    'session: loop {
         tokio::select! {
+            _ = &mut reader => break,
             r = changes.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
         // Let a burst of new interest gather into one message.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = cache.interest();
-        if now != sent {
-            if write_msg(&mut send, &now).await.is_err() {
-                break;
+        for m in now.messages_from(Some(&sent)) {
+            if write_msg(&mut send, &m).await.is_err() {
+                break 'session;
             }
-            sent = now;
         }
+        sent = now;
     }
     reader.abort();
+    let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tally_link::protocol::{Interest, read_msg, write_msg};
+
+    /// A QUIC server standing in for a merger: the edge's connection and the merger's.
+    async fn pair() -> (quinn::Connection, quinn::Connection, quinn::Endpoint) {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, _) = tally_link::tls::load_or_generate(None, None, dir.path()).unwrap();
+        let server = quinn::Endpoint::server(
+            tally_link::tls::server_config(&id).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tally_link::tls::client_config(&id.fingerprint()).unwrap());
+        let accept = {
+            let server = server.clone();
+            tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() })
+        };
+        let conn = client
+            .connect(server.local_addr().unwrap(), "tally-merger")
+            .unwrap()
+            .await
+            .unwrap();
+        (conn, accept.await.unwrap(), server)
+    }
+
+    /// Reads interest messages until the set has `n` videos.
+    async fn interest_of(recv: &mut quinn::RecvStream, n: usize) -> (InterestSet, Vec<Interest>) {
+        let mut set = InterestSet::default();
+        let mut msgs = Vec::new();
+        while set.videos.len() != n {
+            let m: Interest = read_msg(recv).await.unwrap().expect("an interest message");
+            msgs.push(m.clone());
+            set.apply(m);
+        }
+        (set, msgs)
+    }
+
+    fn snapshot(video: &str, views: u64) -> Snapshot {
+        Snapshot {
+            at_ms: 1,
+            videos: vec![(video.into(), Some(format!("{{\"views\":{views}}}")))],
+            ..Snapshot::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn interest_goes_as_changes_and_a_push_stream_that_ends_is_subscribed_again() {
+        let (conn, merger, _server) = pair().await;
+        let cache = Arc::new(ReadCache::default());
+        assert_eq!(cache.video("v1"), None);
+        let sub = tokio::spawn(subscribe(conn, cache.clone()));
+
+        // first stream: the whole set, then only what changed
+        let mut recv = merger.accept_uni().await.unwrap();
+        let (set, msgs) = interest_of(&mut recv, 1).await;
+        assert!(msgs[0].reset);
+        assert_eq!(set.videos.iter().collect::<Vec<_>>(), ["v1"]);
+        let mut push = merger.open_uni().await.unwrap();
+        write_msg(&mut push, &snapshot("v1", 1)).await.unwrap();
+        let _ = cache.video("v2");
+        let m: Interest = read_msg(&mut recv).await.unwrap().unwrap();
+        assert_eq!((m.reset, m.videos.clone()), (false, vec!["v2".to_string()]), "a change, not the set again");
+        assert_eq!(cache.video("v1"), Some(Some("{\"views\":1}".into())));
+
+        // the merger ends the push stream: the edge opens a new interest stream with the
+        // whole set, and the new push stream's snapshots are applied
+        push.finish().unwrap();
+        let mut recv = tokio::time::timeout(Duration::from_secs(5), merger.accept_uni())
+            .await
+            .expect("the edge subscribes again")
+            .unwrap();
+        let (set, msgs) = interest_of(&mut recv, 2).await;
+        assert!(msgs[0].reset);
+        assert_eq!(set.videos.len(), 2);
+        let mut push = merger.open_uni().await.unwrap();
+        write_msg(&mut push, &snapshot("v1", 5)).await.unwrap();
+        let mut snaps = cache.snapshots();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while cache.video("v1") != Some(Some("{\"views\":5}".into())) {
+                let _ = snaps.changed().await;
+            }
+        })
+        .await
+        .expect("the new push stream is applied");
+        assert_eq!(cache.resubscribes.load(Ordering::Relaxed), 1);
+        merger.close(0u32.into(), b"done");
+        tokio::time::timeout(Duration::from_secs(5), sub)
+            .await
+            .expect("subscribe ends with the connection")
+            .unwrap();
+    }
 }

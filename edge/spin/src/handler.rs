@@ -1,7 +1,7 @@
 //! The Spin HTTP component: a host around [`crate::session`] that does the I/O Spin
 //! offers, the request, the key-value store, variables and outbound HTTP.
 
-use crate::session::{self, SESSION_PREFIX, SessionRecord, StepError};
+use crate::session::{self, LANE_PREFIX, Lane, SESSION_PREFIX, SessionRecord, StepError};
 use crate::settings::Settings;
 use serde_json::json;
 use spin_sdk::http::{Method, Request, Response};
@@ -180,11 +180,9 @@ async fn ingest_part(
 ) -> Result<IngestOutcome, Response> {
     let key = session::session_key(&part.key);
     let mut attempt = 0;
-    let (outcome, mut record) = loop {
+    let (outcome, record) = loop {
         attempt += 1;
         let (cas, mut record) = load(bucket, &key, &part.key, now)?;
-        // Frames an earlier request could not ship go first, in order.
-        ship_pending(bucket, s, &mut record).await;
         let outcome = match session::ingest(&mut record, &s.collector, blocked, &part.body, facts, now) {
             Ok(o) => o,
             Err(StepError::Batch(e)) => return Err(error(e.status(), e)),
@@ -208,15 +206,15 @@ async fn ingest_part(
             }
         }
     };
-    let shipped = ship_pending(bucket, s, &mut record).await;
-    if !shipped.is_empty() {
-        acknowledge(bucket, &key, &shipped);
+    // This request's frame, and any an earlier request could not ship.
+    if !record.pending.is_empty() {
+        ship_pending(bucket, s, &key).await;
     }
     Ok(outcome)
 }
 
 /// Reads a session's record for a compare-and-swap; a session seen for the first time
-/// (or a record this build cannot read) starts afresh under a new random epoch.
+/// (or a record this build cannot read) starts afresh with a new random frames id.
 fn load(bucket: &Bucket, key: &str, session: &[u8], now: u64) -> Result<(Cas, SessionRecord), Response> {
     let unavailable = |e: store::Error| {
         eprintln!("tally spin: read {key}: {e}");
@@ -225,8 +223,7 @@ fn load(bucket: &Bucket, key: &str, session: &[u8], now: u64) -> Result<(Cas, Se
     let cas = Cas::new(bucket, key).map_err(unavailable)?;
     let stored = cas.current().map_err(unavailable)?;
     let fresh = || {
-        let random = std::hash::RandomState::new().hash_one((session, now));
-        SessionRecord::new(session::epoch_from(random))
+        SessionRecord::new(std::hash::RandomState::new().hash_one((session, now)))
     };
     let record = match stored {
         None => fresh(),
@@ -263,8 +260,6 @@ fn acknowledge(bucket: &Bucket, key: &str, shipped: &[u64]) {
     }
 }
 
-/// Ships a record's pending frames in order until one fails, dropping each from the
-/// record once the merger has taken (or refused for good) it; returns their seqs.
 /// Where the blocked videos the merger last named are kept (JSON list).
 const BLOCKED_KEY: &str = "tally:blocked";
 
@@ -278,15 +273,79 @@ fn blocked_videos(bucket: &Bucket) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn ship_pending(bucket: &Bucket, s: &Settings, record: &mut SessionRecord) -> Vec<u64> {
+/// Gives the pending frames of the session at `key` their ids from the session's lane,
+/// saved in the record before any is posted (so a resend carries the same id); returns
+/// the record as saved, or `None` if the store failed or the session is gone.
+fn number_pending(bucket: &Bucket, s: &Settings, key: &str) -> Option<SessionRecord> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (cas, mut record) = stored_record(bucket, key)?;
+        if record.pending.iter().all(|p| p.slot.is_some()) {
+            return Some(record);
+        }
+        let frames_id = record.frames_id;
+        for p in record.pending.iter_mut().filter(|p| p.slot.is_none()) {
+            p.slot = Some(number_in_lane(bucket, s, frames_id, p.seq)?);
+        }
+        match atomics::swap(cas, &record.encode()) {
+            Ok(()) => return Some(record),
+            Err(CasError::CasFailed(_)) => continue,
+            Err(CasError::StoreError(e)) => {
+                eprintln!("tally spin: write {key}: {e}");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Numbers a frame in its session's lane (the same number again if the lane numbered
+/// it before); creates the lane, with a random epoch, on first use.
+fn number_in_lane(bucket: &Bucket, s: &Settings, frames_id: u64, seq: u64) -> Option<session::Slot> {
+    let key = format!("{LANE_PREFIX}{}", session::lane_of(frames_id, s.epoch_lanes));
+    let local = session::local_id(frames_id, seq);
+    for _ in 0..CAS_ATTEMPTS * 4 {
+        let cas = Cas::new(bucket, &key).ok()?;
+        let mut lane = cas
+            .current()
+            .ok()?
+            .and_then(|b| Lane::decode(&b))
+            .unwrap_or_else(|| Lane::new(session::epoch_from(std::hash::RandomState::new().hash_one((&key, frames_id)))));
+        let slot = lane.number(local);
+        match atomics::swap(cas, &lane.encode()) {
+            Ok(()) => return Some(slot),
+            Err(CasError::CasFailed(_)) => continue,
+            Err(CasError::StoreError(e)) => {
+                eprintln!("tally spin: write {key}: {e}");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Ships the pending frames of the session at `key` in order until one fails, then drops
+/// from the record those the merger took (or refused for good); returns how many.
+async fn ship_pending(bucket: &Bucket, s: &Settings, key: &str) -> usize {
+    let Some(record) = number_pending(bucket, s, key) else {
+        return 0;
+    };
     let mut shipped = Vec::new();
-    while let Some(p) = record.pending.first().cloned() {
+    for p in &record.pending {
+        let Some(slot) = p.slot else { break };
         let id = FrameId {
             edge_id: s.collector.edge_id.clone(),
-            epoch: record.epoch,
-            seq: p.seq,
+            epoch: slot.epoch,
+            seq: slot.seq,
         };
-        match post_frame(s, &id, p.bytes).await {
+        let bytes = match session::with_slot(&p.bytes, &id.edge_id, slot) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("tally spin: pending frame {id:?} is unreadable ({e}); dropped");
+                shipped.push(p.seq);
+                continue;
+            }
+        };
+        match post_frame(s, &id, bytes).await {
             Ok(blocked) => {
                 // the merger names the blocked videos in every acknowledgement
                 if let Some(b) = blocked
@@ -305,10 +364,12 @@ async fn ship_pending(bucket: &Bucket, s: &Settings, record: &mut SessionRecord)
                 break;
             }
         }
-        record.acknowledge(p.seq);
         shipped.push(p.seq);
     }
-    shipped
+    if !shipped.is_empty() {
+        acknowledge(bucket, key, &shipped);
+    }
+    shipped.len()
 }
 
 enum Ship {
@@ -462,20 +523,20 @@ async fn sweep(bucket: &Bucket, s: &Settings, now: u64) {
 
 /// Ships what a lapsed record still holds, then deletes it.
 async fn sweep_session(bucket: &Bucket, s: &Settings, key: &str, now: u64) {
-    let Some((cas, mut record)) = stored_record(bucket, key) else {
+    let Some((_, record)) = stored_record(bucket, key) else {
         return;
     };
     if !record.is_expired(now) {
         return;
     }
-    let shipped = ship_pending(bucket, s, &mut record).await;
-    if record.is_disposable(now) {
+    if !record.pending.is_empty() {
+        ship_pending(bucket, s, key).await;
+    }
+    if stored_record(bucket, key).is_some_and(|(_, r)| r.is_disposable(now)) {
         // Not conditional (the store has no compare-and-delete): a request of this
         // session landing in this instant would lose its new record. Its memory is void
         // anyway (the session had lapsed), and the request ships its frame itself; only
         // a frame that also failed to ship in that instant would be lost.
         let _ = bucket.delete(key);
-    } else if !shipped.is_empty() {
-        let _ = atomics::swap(cas, &record.encode());
     }
 }

@@ -19,6 +19,9 @@ pub struct Settings {
     pub stats_cache_ms: u64,
     /// Label of the key-value store.
     pub store: String,
+    /// Frame epochs (lanes) this app uses: the merger tracks this many (edge, epoch)
+    /// pairs for it, however many viewers it serves.
+    pub epoch_lanes: u32,
 }
 
 /// Why the settings are unusable; names the variable to fix.
@@ -100,6 +103,15 @@ impl Settings {
             client_addr_header: read("client_addr_header")?.map(|h| h.to_ascii_lowercase()),
             stats_cache_ms: number("stats_cache_ms", 1_000)?,
             store: read("kv_store")?.unwrap_or_else(|| "default".into()),
+            epoch_lanes: match number("epoch_lanes", 64)? {
+                n @ 1..=4096 => n as u32,
+                n => {
+                    return Err(SettingsError {
+                        name: "epoch_lanes",
+                        why: format!("{n} is not between 1 and 4096"),
+                    });
+                }
+            },
         })
     }
 }
@@ -133,6 +145,7 @@ mod tests {
         assert_eq!(s.country_header, "cf-ipcountry");
         assert_eq!(s.stats_cache_ms, 1_000);
         assert_eq!(s.store, "default");
+        assert_eq!(s.epoch_lanes, 64);
     }
 
     #[test]
@@ -151,6 +164,9 @@ mod tests {
         let mut v = vars(GOOD);
         v.insert("merger_url".into(), "127.0.0.1:1".into());
         assert_eq!(load(&v).unwrap_err().name, "merger_url");
+        let mut v = vars(GOOD);
+        v.insert("epoch_lanes".into(), "0".into());
+        assert_eq!(load(&v).unwrap_err().name, "epoch_lanes");
         let e = Settings::from_variables(|_| Err("provider down".into())).unwrap_err();
         assert_eq!(e.name, "merger_url");
     }
