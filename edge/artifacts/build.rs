@@ -37,7 +37,7 @@ fn main() {
         .to_path_buf();
     let wasm_target_dir = target_root.join("wasm-components");
 
-    for dir in ["wit", "edge/collector", "edge/component", "edge/spin", "edge/delta"] {
+    for dir in ["wit", "edge/collector", "edge/component", "edge/spin", "edge/delta", "web/sdk"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());

@@ -17,6 +17,10 @@ pub const DIMENSIONS: [&str; 7] = ["video", "channel", "category", "country", "d
 pub struct Filter {
     /// `(dimension, value)` equality filters; dimensions from [`DIMENSIONS`].
     pub eq: Vec<(&'static str, String)>,
+    /// `(dimension, values)`: the dimension is one of the values.
+    pub any: Vec<(&'static str, Vec<String>)>,
+    /// `(dimension, values)`: the dimension is none of the values.
+    pub not: Vec<(&'static str, Vec<String>)>,
     /// Start, ms since the Unix epoch (inclusive).
     pub from_ms: u64,
     /// End, ms since the Unix epoch (exclusive).
@@ -302,6 +306,13 @@ impl Analytics {
             sql.push_str(&format!(" AND {dim} = ?"));
             args.push(Value::Text(val.clone()));
         }
+        for (op, list) in [("IN", &f.any), ("NOT IN", &f.not)] {
+            for (dim, vals) in list {
+                let marks = vec!["?"; vals.len()].join(", ");
+                sql.push_str(&format!(" AND {dim} {op} ({marks})"));
+                args.extend(vals.iter().map(|v| Value::Text(v.clone())));
+            }
+        }
         exclude_videos(f, &mut sql, &mut args);
         Ok((sql, args))
     }
@@ -426,12 +437,44 @@ impl Analytics {
         by: &'static str,
         limit: usize,
     ) -> Result<Vec<Row>, duckdb::Error> {
+        self.breakdown_page_on(conn, f, by, limit, 0)
+    }
+
+    /// [`Analytics::breakdown_on`] from the `offset`th row (pagination).
+    pub fn breakdown_page_on(
+        &self,
+        conn: &Connection,
+        f: &Filter,
+        by: &'static str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Row>, duckdb::Error> {
         let (src, args) = self.source(conn, f, true)?;
         let sql = format!(
             "SELECT {by}, sum(views)::UBIGINT AS v, sum(watch_ms)::UBIGINT, sum(completions)::UBIGINT, sum(likes)::BIGINT,
                     sum(shares)::UBIGINT, sum(comments)::UBIGINT
-             FROM ({src}) GROUP BY 1 ORDER BY v DESC, 1 LIMIT {limit}"
+             FROM ({src}) GROUP BY 1 ORDER BY v DESC, 1 LIMIT {limit} OFFSET {offset}"
         );
         Self::run(conn, &sql, args, false)
+    }
+
+    /// Totals over the filter's range (one row, key `"total"`).
+    pub fn totals_on(&self, conn: &Connection, f: &Filter) -> Result<Row, duckdb::Error> {
+        let (src, args) = self.source(conn, f, true)?;
+        let sql = format!(
+            "SELECT 'total', coalesce(sum(views), 0)::UBIGINT, coalesce(sum(watch_ms), 0)::UBIGINT, coalesce(sum(completions), 0)::UBIGINT,
+                    coalesce(sum(likes), 0)::BIGINT, coalesce(sum(shares), 0)::UBIGINT, coalesce(sum(comments), 0)::UBIGINT
+             FROM ({src})"
+        );
+        let mut rows = Self::run(conn, &sql, args, false)?;
+        Ok(rows.pop().unwrap_or(Row {
+            key: serde_json::json!("total"),
+            views: 0,
+            watch_time_s: 0,
+            completions: 0,
+            likes: 0,
+            shares: 0,
+            comments: 0,
+        }))
     }
 }

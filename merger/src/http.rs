@@ -39,6 +39,8 @@ pub struct Api {
     pub feeds: Arc<crate::feeds::LiveFeeds>,
     /// Longest an analytics query may run before it is interrupted.
     pub query_timeout: std::time::Duration,
+    /// Concurrent viewers per stream and minute.
+    pub concurrency: Arc<crate::concurrency::Concurrency>,
     /// API keys for the read APIs that are not public.
     pub keys: Arc<crate::keys::KeyStore>,
     /// Whether `POST /v1/frames` is served on this listener (it carries an edge's
@@ -81,6 +83,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/analytics/breakdown", get(breakdown))
         .route("/v1/analytics/uniques", get(uniques))
         .route("/v1/analytics/bots", get(bots))
+        .route("/v1/analytics/aggregate", get(aggregate))
+        .route("/v1/analytics/concurrent", get(concurrent))
         .route(
             "/v1/frames",
             post(post_frame).layer(axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE)),
@@ -567,53 +571,159 @@ async fn query<T: Send + 'static>(
     }
 }
 
-/// Reads filters and range from query parameters (`from`/`to` in ms; default: last 24 h).
-fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
-    let num = |k: &str| -> Result<Option<u64>, ApiError> {
-        q.get(k)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    err(
-                        StatusCode::BAD_REQUEST,
-                        format!("`{k}` must be ms since the Unix epoch"),
-                    )
-                })
-            })
-            .transpose()
+/// Query parameters the analytics endpoints take besides the dimension filters.
+const PARAMS: [&str; 9] = ["from", "to", "date_range", "granularity", "by", "limit", "page", "format", "compare"];
+
+/// `date_range` shortcuts, ending now.
+const DATE_RANGES: [(&str, u64); 6] = [
+    ("60m", 3_600_000),
+    ("24h", 86_400_000),
+    ("7d", 7 * 86_400_000),
+    ("30d", 30 * 86_400_000),
+    ("12mo", 365 * 86_400_000),
+    ("all", MAX_TIME_MS),
+];
+
+/// A time parameter: ms since the Unix epoch, an RFC 3339 time with its offset
+/// (`2026-11-20T09:30:00+01:00`), or a date (`2026-11-20`, midnight UTC).
+fn time_param(k: &str, v: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("`{k}` must be ms since the Unix epoch, an ISO date (2026-11-20) or time with its zone (2026-11-20T09:30:00+01:00), not {v:?}"),
+        )
     };
-    let to_ms = num("to")?.unwrap_or_else(now_ms);
-    let from_ms = num("from")?.unwrap_or(to_ms.saturating_sub(86_400_000));
+    if let Ok(ms) = v.parse::<u64>() {
+        return Ok(ms);
+    }
+    let ms = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        t.timestamp_millis()
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0).ok_or_else(bad)?.and_utc().timestamp_millis()
+    } else {
+        return Err(bad());
+    };
+    u64::try_from(ms).map_err(|_| err(StatusCode::BAD_REQUEST, TIME_RANGE_ERROR))
+}
+
+/// Reads filters and range from query parameters: `from`/`to` (ms, ISO date, or RFC 3339
+/// time with zone) or `date_range` (60m, 24h, 7d, 30d, 12mo, all); default the last 24 h.
+/// A dimension filter is `country=DE` (is), `country=DE,FR` (in), `country=!US` or
+/// `country=!US,GB` (is not); filters on several dimensions all apply.
+fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
+    let now = now_ms();
+    let (from_ms, to_ms) = match q.get("date_range") {
+        Some(r) => {
+            if q.contains_key("from") || q.contains_key("to") {
+                return Err(err(StatusCode::BAD_REQUEST, "give `date_range` or `from`/`to`, not both"));
+            }
+            let span = DATE_RANGES.iter().find(|(name, _)| name == r).map(|(_, ms)| *ms).ok_or_else(|| {
+                let names: Vec<&str> = DATE_RANGES.iter().map(|(n, _)| *n).collect();
+                err(StatusCode::BAD_REQUEST, format!("`date_range` is one of {}", names.join(", ")))
+            })?;
+            (now.saturating_sub(span), now)
+        }
+        None => {
+            let to_ms = q.get("to").map(|v| time_param("to", v)).transpose()?.unwrap_or(now);
+            let from_ms = q
+                .get("from")
+                .map(|v| time_param("from", v))
+                .transpose()?
+                .unwrap_or(to_ms.saturating_sub(86_400_000));
+            (from_ms, to_ms)
+        }
+    };
     if to_ms > MAX_TIME_MS {
         return Err(err(StatusCode::BAD_REQUEST, TIME_RANGE_ERROR));
     }
     if from_ms >= to_ms {
         return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to`"));
     }
-    let mut eq = Vec::new();
+    let mut f = Filter {
+        from_ms,
+        to_ms,
+        ..Default::default()
+    };
     for dim in DIMENSIONS {
-        if let Some(v) = q.get(dim) {
-            let v = if dim == "country" {
-                v.to_ascii_uppercase()
-            } else {
-                v.clone()
-            };
-            eq.push((dim, v));
+        let Some(v) = q.get(dim) else { continue };
+        let (negated, v) = match v.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, v.as_str()),
+        };
+        let mut vals: Vec<String> = v
+            .split(',')
+            .map(|x| {
+                let x = x.trim();
+                if dim == "country" { x.to_ascii_uppercase() } else { x.to_owned() }
+            })
+            .collect();
+        if vals.iter().any(String::is_empty) || vals.len() > 100 {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                format!("`{dim}` takes a value, a comma-separated list (up to 100), or either after `!` (is not)"),
+            ));
+        }
+        match (negated, vals.len()) {
+            (false, 1) => f.eq.push((dim, vals.remove(0))),
+            (false, _) => f.any.push((dim, vals)),
+            (true, _) => f.not.push((dim, vals)),
         }
     }
     for k in q.keys() {
-        if !DIMENSIONS.contains(&k.as_str()) && !["from", "to", "granularity", "by", "limit"].contains(&k.as_str()) {
+        if !DIMENSIONS.contains(&k.as_str()) && !PARAMS.contains(&k.as_str()) {
             return Err(err(
                 StatusCode::BAD_REQUEST,
                 format!("unknown parameter `{k}`; filters are {}", DIMENSIONS.join(", ")),
             ));
         }
     }
-    Ok(Filter {
-        eq,
-        from_ms,
-        to_ms,
-        ..Default::default()
-    })
+    Ok(f)
+}
+
+/// The same filter over the period just before (same length), for `compare=previous`.
+fn previous_period(q: &HashMap<String, String>, f: &Filter) -> Result<Option<Filter>, ApiError> {
+    match q.get("compare").map(String::as_str) {
+        None => Ok(None),
+        Some("previous" | "previous_period") => {
+            let span = f.to_ms - f.from_ms;
+            Ok(Some(Filter {
+                from_ms: f.from_ms.saturating_sub(span),
+                to_ms: f.from_ms,
+                ..f.clone()
+            }))
+        }
+        Some(other) => Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("`compare` is `previous` (the period of the same length just before), not {other:?}"),
+        )),
+    }
+}
+
+/// Whether the answer is asked for as CSV (`format=csv`); `format=json` is the default.
+fn wants_csv(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match q.get("format").map(String::as_str) {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => Err(err(StatusCode::BAD_REQUEST, format!("`format` is json or csv, not {other:?}"))),
+    }
+}
+
+/// Rows as CSV, with a header line; `key` is the first column's name.
+fn csv(key: &str, rows: &[crate::analytics::Row]) -> Response {
+    let mut out = format!("{key},views,watch_time_s,completions,likes,shares,comments\n");
+    for r in rows {
+        let k = match &r.key {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        // quote every key: ids may not hold commas at the edge, but be safe for any
+        let k = format!("\"{}\"", k.replace('"', "\"\""));
+        out.push_str(&format!(
+            "{k},{},{},{},{},{},{}\n",
+            r.views, r.watch_time_s, r.completions, r.likes, r.shares, r.comments
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
 }
 
 /// A blocked video's counts are not shown: asking for one by name is refused, and every
@@ -631,9 +741,10 @@ async fn timeseries(
     State(api): State<Api>,
     headers: HeaderMap,
     Query(mut q): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     scoped_reader(&api, &headers, &mut q)?;
     let mut f = filter(&q)?;
+    let as_csv = wants_csv(&q)?;
     apply_blocks(&api, &mut f)?;
     let g = match q.get("granularity") {
         Some(g) => {
@@ -641,11 +752,90 @@ async fn timeseries(
         }
         None => Granularity::for_range(f.to_ms - f.from_ms),
     };
+    let prev = previous_period(&q, &f)?;
     let fc = f.clone();
     let rows = query(&api, move |a, c| a.timeseries_on(c, &fc, g)).await?;
-    Ok(Json(
-        json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows }),
-    ))
+    if as_csv {
+        return Ok(csv("bucket_ms", &rows));
+    }
+    let mut body = json!({ "from": f.from_ms, "to": f.to_ms, "granularity": g.as_str(), "points": rows });
+    if let Some(p) = prev {
+        let pc = p.clone();
+        let rows = query(&api, move |a, c| a.timeseries_on(c, &pc, g)).await?;
+        body["previous"] = json!({ "from": p.from_ms, "to": p.to_ms, "points": rows });
+    }
+    Ok(Json(body).into_response())
+}
+
+/// `GET /v1/analytics/aggregate`: totals over the range (views, unique viewers, watch
+/// time, average view duration, completions, likes, shares, comments), optionally with
+/// the previous period's.
+async fn aggregate(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(mut q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    scoped_reader(&api, &headers, &mut q)?;
+    let mut f = filter(&q)?;
+    if wants_csv(&q)? {
+        return Err(err(StatusCode::BAD_REQUEST, "`format=csv` is for tables: timeseries and breakdown"));
+    }
+    apply_blocks(&api, &mut f)?;
+    let prev = previous_period(&q, &f)?;
+    let totals = |f: Filter| {
+        let api = api.clone();
+        async move {
+            // unique viewers are kept per video: known for one video or for everything
+            let sketchable = f.any.is_empty() && f.not.is_empty() && f.eq.iter().all(|(d, _)| *d == "video");
+            let fc = f.clone();
+            let (row, uniques) = query(&api, move |a, c| {
+                let row = a.totals_on(c, &fc)?;
+                let u = if sketchable { Some(a.uniques_on(c, &fc)?.0.round() as u64) } else { None };
+                Ok((row, u))
+            })
+            .await?;
+            let avg = if row.views > 0 { row.watch_time_s as f64 / row.views as f64 } else { 0.0 };
+            Ok::<_, ApiError>(json!({
+                "from": f.from_ms, "to": f.to_ms,
+                "views": row.views, "uniques": uniques, "watch_time_s": row.watch_time_s,
+                "avg_view_duration_s": (avg * 10.0).round() / 10.0,
+                "completions": row.completions, "likes": row.likes, "shares": row.shares, "comments": row.comments,
+            }))
+        }
+    };
+    let mut body = totals(f).await?;
+    if let Some(p) = prev {
+        body["previous"] = totals(p).await?;
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v1/analytics/concurrent?stream=&from=&to=`: concurrent viewers of live streams
+/// per minute (the most seen watching in the minute), of one stream or of each.
+async fn concurrent(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    platform_reader(&api, &headers, "/v1/analytics/concurrent")?;
+    let now = now_ms();
+    let to = q.get("to").map(|v| time_param("to", v)).transpose()?.unwrap_or(now);
+    let from = q
+        .get("from")
+        .map(|v| time_param("from", v))
+        .transpose()?
+        .unwrap_or(to.saturating_sub(3_600_000));
+    if from >= to {
+        return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to`"));
+    }
+    let streams = api.concurrency.series(q.get("stream").map(String::as_str), from / 60_000, to.div_ceil(60_000));
+    Ok(Json(json!({
+        "from": from, "to": to,
+        "streams": streams.into_iter().map(|(s, pts)| json!({
+            "stream": s,
+            "points": pts.into_iter().map(|(m, w)| json!({"minute": m * 60_000, "watching": w})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 /// `GET /v1/analytics/uniques?from=&to=&video=`: distinct viewers over any window, of
@@ -718,7 +908,7 @@ async fn breakdown(
     State(api): State<Api>,
     headers: HeaderMap,
     Query(mut q): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     scoped_reader(&api, &headers, &mut q)?;
     let mut f = filter(&q)?;
     let by = q.get("by").ok_or_else(|| {
@@ -741,11 +931,39 @@ async fn breakdown(
             .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
         None => 20,
     };
+    let page = match q.get("page") {
+        Some(p) => p
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`page` is 1..100000"))?,
+        None => 1,
+    };
+    let as_csv = wants_csv(&q)?;
     // blocked videos are left out of every sum, not only of a breakdown by video
     apply_blocks(&api, &mut f)?;
+    let prev = previous_period(&q, &f)?;
     let fc = f.clone();
-    let rows = query(&api, move |a, c| a.breakdown_on(c, &fc, by, limit)).await?;
-    Ok(Json(
-        json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows }),
-    ))
+    // one row more than asked tells whether there is a next page
+    let mut rows = query(&api, move |a, c| a.breakdown_page_on(c, &fc, by, limit + 1, (page - 1) * limit)).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    if as_csv {
+        return Ok(csv(by, &rows));
+    }
+    let mut body = json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows, "page": page, "limit": limit, "more": more });
+    if let Some(mut p) = prev {
+        // the previous period's figures of the same keys
+        let keys: Vec<String> = rows.iter().filter_map(|r| r.key.as_str().map(str::to_owned)).collect();
+        if !keys.is_empty() {
+            p.any.push((by, keys));
+            let pc = p.clone();
+            let n = rows.len();
+            let prev_rows = query(&api, move |a, c| a.breakdown_page_on(c, &pc, by, n, 0)).await?;
+            body["previous"] = json!({ "from": p.from_ms, "to": p.to_ms, "rows": prev_rows });
+        } else {
+            body["previous"] = json!({ "from": p.from_ms, "to": p.to_ms, "rows": [] });
+        }
+    }
+    Ok(Json(body).into_response())
 }

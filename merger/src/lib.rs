@@ -5,6 +5,7 @@
 pub mod analytics;
 pub mod blocked;
 pub mod checkpoint;
+pub mod concurrency;
 pub mod edges;
 pub mod feeds;
 pub mod history;
@@ -324,7 +325,14 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         feeds: feeds::LiveFeeds::new(ingest.clone(), cfg.live_timeout_ms),
         query_timeout: std::time::Duration::from_millis(cfg.query_timeout_ms.max(1)),
         keys: Arc::new(keys::KeyStore::open(keys::path_in(&cfg.data_dir))),
+        concurrency: Arc::new(concurrency::Concurrency::default()),
     };
+    tokio::spawn(concurrency::sample(
+        api.concurrency.clone(),
+        ingest.clone(),
+        cfg.live_timeout_ms,
+        std::time::Duration::from_secs(5),
+    ));
     let app = http::router(http::Api {
         frames_allowed: cfg.http_frames,
         ..api.clone()

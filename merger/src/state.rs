@@ -437,6 +437,14 @@ impl State {
         }
     }
 
+    /// Live streams with sessions or gauges.
+    pub fn streams(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.sessions.keys().chain(self.live.keys()).cloned().collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// All-time totals of a video.
     pub fn video(&self, id: &str) -> Option<&VideoTotals> {
         self.videos.get(id)
@@ -463,7 +471,8 @@ impl State {
         for (_, m) in self.minutes.range(from..to) {
             for ((c, video), counts) in m {
                 if country.is_none_or(|want| want == *c) && counts.views > 0 {
-                    *views.entry(video).or_default() += counts.views;
+                    let v = views.entry(video).or_default();
+                    *v = v.saturating_add(counts.views);
                 }
             }
         }

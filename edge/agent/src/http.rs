@@ -62,9 +62,26 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/component", post(swap_component))
+        .route("/tally.js", get(sdk))
+        .route("/tally.mjs", get(sdk))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(cors)
         .with_state(agent)
+}
+
+/// `GET /tally.js` and `/tally.mjs`: the player SDK, cacheable for an hour.
+async fn sdk(uri: axum::http::Uri) -> Response {
+    match tally_sdk::asset(uri.path()) {
+        Some((body, content_type)) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => err(StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
 }
 
 /// The client address in a forwarding header: its right-most entry, the one the trusted

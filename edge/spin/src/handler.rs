@@ -35,6 +35,7 @@ async fn handle(req: Request) -> Response {
             let id = &p["/v1/videos/".len()..p.len() - "/stats".len()];
             stats(id).await
         }
+        (Method::Get, p) if tally_sdk::asset(p).is_some() => Ok(sdk(p)),
         (_, "/v1/events") => Err(error(405, "use POST for /v1/events")),
         _ => Err(error(404, "no such endpoint")),
     };
@@ -42,6 +43,17 @@ async fn handle(req: Request) -> Response {
     r.set_header("access-control-allow-origin", "*");
     r.set_header("vary", "origin");
     r
+}
+
+/// `GET /tally.js` and `/tally.mjs`: the player SDK.
+fn sdk(path: &str) -> Response {
+    let (body, content_type) = tally_sdk::asset(path).unwrap_or(("", "text/plain"));
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("cache-control", "public, max-age=3600")
+        .body(body)
+        .build()
 }
 
 /// An answer with a JSON body.

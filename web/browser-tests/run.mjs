@@ -1,0 +1,111 @@
+// The browser test, driven by cli/tests/browser.rs against a real `tally edge` and
+// `tally merger`: Debian's chromium (through playwright-core) opens a player page with a
+// real <video> playing clip.webm and tally.js attached, likes, reloads inside the
+// session, leaves; then opens the merger's dashboard and reads the counts from its DOM,
+// saving screenshots. Prints one JSON line with what it saw.
+//
+// Environment: AGENT, MERGER (base URLs), TOKEN_KEY (the edges' signing key), API_KEY
+// (a platform key), VIDEO (id to play), OUT (directory for screenshots).
+import { chromium } from "playwright-core";
+import { createHmac } from "node:crypto";
+import { readFileSync, mkdirSync } from "node:fs";
+
+const { AGENT, MERGER, TOKEN_KEY, API_KEY, VIDEO, OUT } = process.env;
+mkdirSync(OUT, { recursive: true });
+const clip = readFileSync(new URL("./clip.webm", import.meta.url));
+// The page comes from another origin than the edge (localhost vs 127.0.0.1), as a
+// platform's player page would: beacons cross origins.
+const player = AGENT.replace("127.0.0.1", "localhost") + "/player/";
+const b64 = (x) => Buffer.from(x).toString("base64url");
+
+/** Minting a playback token in Node without a library: an HS256 JWT. */
+function mint(sid) {
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const body = b64(JSON.stringify({ vid: VIDEO, ch: "ch-browser", cat: "music", sid, iat: now - 5, exp: now + 3600 }));
+  const sig = createHmac("sha256", TOKEN_KEY).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+const page_html = `<!doctype html><meta charset=utf-8><title>player</title>
+<video id=v src="${player}clip.webm" muted playsinline autoplay width=320></video>
+<button id=like>Like</button> views: <tally-views id=views video="${VIDEO}" endpoint="${AGENT}"></tally-views>
+<script src="${AGENT}/tally.js"></script>
+<script>
+  const v = document.getElementById("v");
+  window.tracker = Tally.attach(v, {
+    endpoint: "${AGENT}", videoId: "${VIDEO}", heartbeatSeconds: 1, flushSeconds: 1, debug: true,
+    token: (sid) => fetch("${player}token?sid=" + encodeURIComponent(sid)).then((r) => r.text()),
+  });
+  document.getElementById("like").onclick = () => tracker.like();
+</script>`;
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+const out = {};
+try {
+  // a desktop browser's User-Agent: a headless one is (rightly) refused as a bot
+  const context = await browser.newContext({
+    userAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
+  });
+  const warnings = [];
+  await context.route(player + "**", (route) => {
+    const url = new URL(route.request().url());
+    if (url.pathname.endsWith("/clip.webm")) return route.fulfill({ body: clip, contentType: "video/webm" });
+    if (url.pathname.endsWith("/token")) return route.fulfill({ body: mint(url.searchParams.get("sid")), contentType: "text/plain" });
+    return route.fulfill({ body: page_html, contentType: "text/html" });
+  });
+  const page = await context.newPage();
+  page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+  await page.goto(player);
+  await page.waitForFunction(() => document.getElementById("v").currentTime > 2.5, null, { timeout: 20000 });
+  out.session = await page.evaluate(() => Tally.sessionId());
+  await page.click("#like");
+  await page.waitForTimeout(1500);
+  // a reload inside the session: the same session, so no new view
+  await page.reload();
+  await page.waitForFunction(() => document.getElementById("v").currentTime > 1, null, { timeout: 20000 });
+  out.session_after_reload = await page.evaluate(() => Tally.sessionId());
+  await page.waitForTimeout(1200);
+  out.views_element = await page.evaluate(() => document.getElementById("views").getAttribute("views"));
+  await page.close({ runBeforeUnload: true });
+  out.refusals = warnings;
+
+  // the dashboard, with the key in the fragment (kept in the browser, not sent in URLs)
+  const dash = await context.newPage();
+  const want = Number(process.env.WANT_VIEWS || "1");
+  let shown = null;
+  for (let i = 0; i < 30 && shown !== String(want); i++) {
+    await dash.goto(`${MERGER}/#key=${API_KEY}`);
+    await dash.waitForFunction(() => document.body.dataset.loaded || document.getElementById("status").className === "error", null, { timeout: 15000 });
+    shown = await dash.evaluate(() => document.getElementById("kpi-views").dataset.value);
+    if (shown !== String(want)) await dash.waitForTimeout(1000);
+  }
+  out.dashboard = await dash.evaluate(() => ({
+    views: document.getElementById("kpi-views").dataset.value,
+    likes: document.getElementById("kpi-likes").dataset.value,
+    uniques: document.getElementById("kpi-uniques").dataset.value,
+    watch_s: document.getElementById("kpi-watch").dataset.value,
+    videos: [...document.querySelectorAll("#t-video tbody tr")].map((r) => r.dataset.key),
+    status: document.getElementById("status").textContent,
+  }));
+  // a filter by click: the video's row narrows everything to it
+  await dash.click(`#t-video tbody tr[data-key="${VIDEO}"]`);
+  await dash.waitForFunction(() => document.querySelectorAll("#filters .chip").length === 1, null, { timeout: 10000 });
+  await dash.waitForFunction(() => document.getElementById("status").textContent === "", null, { timeout: 10000 });
+  out.filtered_views = await dash.evaluate(() => document.getElementById("kpi-views").dataset.value);
+  await dash.setViewportSize({ width: 1280, height: 1100 });
+  await dash.screenshot({ path: `${OUT}/dashboard.png`, fullPage: true });
+  await dash.setViewportSize({ width: 390, height: 844 });
+  await dash.waitForTimeout(300);
+  out.phone_overflow = await dash.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+  await dash.screenshot({ path: `${OUT}/dashboard-phone.png` });
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));
