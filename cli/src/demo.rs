@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Run the collectors natively instead of as collector.wasm under wasmtime.
     #[arg(long)]
     native: bool,
+    /// After the report, keep the merger and edges running (until Ctrl-C) so the
+    /// dashboard can be browsed.
+    #[arg(long)]
+    stay: bool,
 }
 
 struct Stack {
@@ -135,6 +139,14 @@ struct View {
 async fn demo(a: DemoArgs) -> Result<()> {
     let mut stack = start_stack(&a).await?;
     let merger_http = format!("http://{}", stack.merger.http_addr);
+    // the demo reads /v1/top, and the dashboard reads analytics, with an API key of its own
+    let (_, api_key) = tally_merger::keys::create(
+        &tally_merger::keys::path_in(&a.data_dir),
+        "demo",
+        tally_merger::keys::Scope::Platform,
+        tally_merger::keys::DEFAULT_PER_MIN,
+    )?;
+    let dashboard = format!("{merger_http}/#key={api_key}");
     let mut urls: Vec<String> = stack
         .agents
         .iter()
@@ -157,6 +169,7 @@ async fn demo(a: DemoArgs) -> Result<()> {
         stack.spin.addr,
         a.duration
     );
+    eprintln!("tally demo: the creator dashboard is at {dashboard}");
     let secs = a.duration.as_millis() as u64;
     let plan = Plan {
         new_sessions_per_s: a.sessions_per_s,
@@ -176,13 +189,6 @@ async fn demo(a: DemoArgs) -> Result<()> {
         ..Plan::default()
     };
     let mut traffic = Traffic::new(plan, tally_edge::now_ms());
-    // the demo reads /v1/top with an API key of its own, like any client of the merger
-    let (_, api_key) = tally_merger::keys::create(
-        &tally_merger::keys::path_in(&a.data_dir),
-        "demo",
-        tally_merger::keys::Scope::Platform,
-        tally_merger::keys::DEFAULT_PER_MIN,
-    )?;
     let mut auth = reqwest::header::HeaderMap::new();
     auth.insert(
         reqwest::header::AUTHORIZATION,
@@ -282,6 +288,7 @@ async fn demo(a: DemoArgs) -> Result<()> {
         (views_before, before),
         live_report.unwrap_or_default(),
         &a.data_dir,
+        a.stay.then_some(dashboard.as_str()),
     )
     .await
 }
@@ -454,6 +461,7 @@ async fn finish(
     (views_before, before): (u64, tally_delta::Counts),
     live_report: Vec<String>,
     data_dir: &std::path::Path,
+    stay: Option<&str>,
 ) -> Result<()> {
     // Every agent flushes within a second; wait until every frame is acknowledged.
     drain_agents(&stack, Duration::from_secs(20)).await;
@@ -493,11 +501,6 @@ async fn finish(
         let got = stack.merger.ingest.read().video(v).map_or(0, |t| t.counts.views);
         per_video_diff += got.abs_diff(*n);
     }
-    for r in stack.agents {
-        r.shutdown(Duration::from_secs(2)).await;
-    }
-    drop(stack.spin);
-    stack.merger.shutdown().await;
     let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
     println!();
     println!("Ground truth (views the players produced, after their own retries, duplicates and reloads): {expected}");
@@ -557,5 +560,14 @@ async fn finish(
         "  cargo run -p tally -- query --data-dir {} \"select country, sum(views) as views from views group by country order by views desc\"",
         dir.display()
     );
+    if let Some(url) = stay {
+        println!("The merger and the edges keep running: the dashboard is at {url} (Ctrl-C stops).");
+        tokio::signal::ctrl_c().await?;
+    }
+    for r in stack.agents {
+        r.shutdown(Duration::from_secs(2)).await;
+    }
+    drop(stack.spin);
+    stack.merger.shutdown().await;
     Ok(())
 }

@@ -82,6 +82,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/analytics/timeseries", get(timeseries))
         .route("/v1/analytics/breakdown", get(breakdown))
         .route("/v1/analytics/uniques", get(uniques))
+        .route("/", get(crate::dashboard::serve))
+        .route("/dashboard/{*file}", get(crate::dashboard::serve))
         .route("/v1/analytics/bots", get(bots))
         .route("/v1/analytics/aggregate", get(aggregate))
         .route("/v1/analytics/concurrent", get(concurrent))

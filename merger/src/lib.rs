@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod blocked;
 pub mod checkpoint;
 pub mod concurrency;
+pub mod dashboard;
 pub mod edges;
 pub mod feeds;
 pub mod history;

@@ -9,13 +9,28 @@
 import { chromium } from "playwright-core";
 import { createHmac } from "node:crypto";
 import { readFileSync, mkdirSync } from "node:fs";
+import { createServer } from "node:http";
 
 const { AGENT, MERGER, TOKEN_KEY, API_KEY, VIDEO, OUT } = process.env;
 mkdirSync(OUT, { recursive: true });
 const clip = readFileSync(new URL("./clip.webm", import.meta.url));
-// The page comes from another origin than the edge (localhost vs 127.0.0.1), as a
-// platform's player page would: beacons cross origins.
-const player = AGENT.replace("127.0.0.1", "localhost") + "/player/";
+// The platform's player page, from its own server on loopback (another origin than the
+// edge, as a platform's page would be: beacons cross origins).
+const server = createServer((req, res) => {
+  const url = new URL(req.url, "http://x");
+  if (url.pathname === "/clip.webm") {
+    res.writeHead(200, { "content-type": "video/webm" });
+    return res.end(clip);
+  }
+  if (url.pathname === "/token") {
+    res.writeHead(200, { "content-type": "text/plain" });
+    return res.end(mint(url.searchParams.get("sid")));
+  }
+  res.writeHead(200, { "content-type": "text/html" });
+  res.end(page_html_of(player));
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const player = `http://127.0.0.1:${server.address().port}/`;
 const b64 = (x) => Buffer.from(x).toString("base64url");
 
 /** Minting a playback token in Node without a library: an HS256 JWT. */
@@ -27,7 +42,7 @@ function mint(sid) {
   return `${head}.${body}.${sig}`;
 }
 
-const page_html = `<!doctype html><meta charset=utf-8><title>player</title>
+const page_html_of = (player) => `<!doctype html><meta charset=utf-8><title>player</title>
 <video id=v src="${player}clip.webm" muted playsinline autoplay width=320></video>
 <button id=like>Like</button> views: <tally-views id=views video="${VIDEO}" endpoint="${AGENT}"></tally-views>
 <script src="${AGENT}/tally.js"></script>
@@ -54,16 +69,17 @@ try {
     userAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
   });
   const warnings = [];
-  await context.route(player + "**", (route) => {
-    const url = new URL(route.request().url());
-    if (url.pathname.endsWith("/clip.webm")) return route.fulfill({ body: clip, contentType: "video/webm" });
-    if (url.pathname.endsWith("/token")) return route.fulfill({ body: mint(url.searchParams.get("sid")), contentType: "text/plain" });
-    return route.fulfill({ body: page_html, contentType: "text/html" });
-  });
   const page = await context.newPage();
-  page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+  const problems = [];
+  page.on("console", (m) => {
+    if (m.type() === "warning") warnings.push(m.text());
+    if (m.type() === "error") problems.push(m.text());
+  });
+  page.on("pageerror", (e) => problems.push(String(e)));
+  page.on("requestfailed", (r) => problems.push(`${r.url()}: ${r.failure()?.errorText}`));
   await page.goto(player);
   await page.waitForFunction(() => document.getElementById("v").currentTime > 2.5, null, { timeout: 20000 });
+  if (await page.evaluate(() => typeof Tally === "undefined")) throw new Error("tally.js did not load: " + problems.join("; "));
   out.session = await page.evaluate(() => Tally.sessionId());
   await page.click("#like");
   await page.waitForTimeout(1500);
@@ -75,6 +91,7 @@ try {
   out.views_element = await page.evaluate(() => document.getElementById("views").getAttribute("views"));
   await page.close({ runBeforeUnload: true });
   out.refusals = warnings;
+  out.problems = problems;
 
   // the dashboard, with the key in the fragment (kept in the browser, not sent in URLs)
   const dash = await context.newPage();
@@ -107,5 +124,6 @@ try {
   await dash.screenshot({ path: `${OUT}/dashboard-phone.png` });
 } finally {
   await browser.close();
+  server.close();
 }
 console.log(JSON.stringify(out));

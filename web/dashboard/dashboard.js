@@ -150,6 +150,14 @@
         {
           width: width,
           height: 220,
+          scales: {
+            x: {
+              time: true,
+              range: function () {
+                return [t.from / 1000, t.to / 1000];
+              },
+            },
+          },
           series: [
             {},
             { label: "views", stroke: "#2563eb", fill: "rgba(37,99,235,.08)", spanGaps: true },
