@@ -701,6 +701,18 @@ fn previous_period(q: &HashMap<String, String>, f: &Filter) -> Result<Option<Fil
     }
 }
 
+/// A whole-number parameter in `1..=max` (`default` when absent).
+fn count_param(q: &HashMap<String, String>, name: &str, max: usize, default: usize) -> Result<usize, ApiError> {
+    match q.get(name) {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("`{name}` is 1..{max}"))),
+        None => Ok(default),
+    }
+}
+
 /// Whether the answer is asked for as CSV (`format=csv`); `format=json` is the default.
 fn wants_csv(q: &HashMap<String, String>) -> Result<bool, ApiError> {
     match q.get("format").map(String::as_str) {
@@ -925,22 +937,8 @@ async fn breakdown(
             format!("`by` must be one of {}", DIMENSIONS.join(", ")),
         )
     })?;
-    let limit = match q.get("limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`limit` is 1..1000"))?,
-        None => 20,
-    };
-    let page = match q.get("page") {
-        Some(p) => p
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100_000).contains(n))
-            .ok_or_else(|| err(StatusCode::BAD_REQUEST, "`page` is 1..100000"))?,
-        None => 1,
-    };
+    let limit = count_param(&q, "limit", 1_000, 20)?;
+    let page = count_param(&q, "page", 100_000, 1)?;
     let as_csv = wants_csv(&q)?;
     // blocked videos are left out of every sum, not only of a breakdown by video
     apply_blocks(&api, &mut f)?;

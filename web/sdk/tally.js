@@ -306,61 +306,64 @@
   // <tally-live stream="live-1" endpoint="https://edge.example">: concurrent viewers, by SSE.
   // <tally-views video="v42" endpoint="https://edge.example">: a video's public view count.
   if (root.customElements && root.HTMLElement && !root.customElements.get("tally-live")) {
-    var fmt = function (n) {
-      return typeof n === "number" && root.Intl ? new root.Intl.NumberFormat().format(n) : String(n);
+    var show = function (el, attr, n) {
+      el.setAttribute(attr, n);
+      el.textContent = typeof n === "number" && root.Intl ? new root.Intl.NumberFormat().format(n) : String(n);
     };
-    var Live = function () {
-      return Reflect.construct(root.HTMLElement, [], Live);
-    };
-    Live.prototype = Object.create(root.HTMLElement.prototype);
-    Live.prototype.connectedCallback = function () {
-      var el = this;
-      var url =
-        (el.getAttribute("endpoint") || "").replace(/\/$/, "") +
-        "/v1/live/" +
-        encodeURIComponent(el.getAttribute("stream") || "") +
-        "/events";
-      el.source = new root.EventSource(url);
-      el.source.onmessage = function (m) {
-        try {
-          var j = JSON.parse(m.data);
-          el.setAttribute("watching", j.watching);
-          el.textContent = fmt(j.watching);
-        } catch (e) {
-          /* not a gauge */
-        }
+    /** Defines <name>: `connect(el, url)` runs when it is added, with the edge URL of `path(id)`. */
+    var element = function (name, idAttr, path, connect, disconnect) {
+      var El = function () {
+        return Reflect.construct(root.HTMLElement, [], El);
       };
+      El.prototype = Object.create(root.HTMLElement.prototype);
+      El.prototype.connectedCallback = function () {
+        var base = (this.getAttribute("endpoint") || "").replace(/\/$/, "");
+        connect(this, base + path(encodeURIComponent(this.getAttribute(idAttr) || "")));
+      };
+      El.prototype.disconnectedCallback = function () {
+        if (disconnect) disconnect(this);
+      };
+      Object.setPrototypeOf(El, root.HTMLElement);
+      root.customElements.define(name, El);
     };
-    Live.prototype.disconnectedCallback = function () {
-      if (this.source) this.source.close();
-    };
-    Object.setPrototypeOf(Live, root.HTMLElement);
-    root.customElements.define("tally-live", Live);
-
-    var Views = function () {
-      return Reflect.construct(root.HTMLElement, [], Views);
-    };
-    Views.prototype = Object.create(root.HTMLElement.prototype);
-    Views.prototype.connectedCallback = function () {
-      var el = this;
-      var url =
-        (el.getAttribute("endpoint") || "").replace(/\/$/, "") +
-        "/v1/videos/" +
-        encodeURIComponent(el.getAttribute("video") || "") +
-        "/stats";
-      root
-        .fetch(url)
-        .then(function (r) {
-          return r.status === 404 ? { views: 0 } : r.json();
-        })
-        .then(function (j) {
-          el.setAttribute("views", j.views);
-          el.textContent = fmt(j.views);
-        })
-        .catch(function () {});
-    };
-    Object.setPrototypeOf(Views, root.HTMLElement);
-    root.customElements.define("tally-views", Views);
+    element(
+      "tally-live",
+      "stream",
+      function (id) {
+        return "/v1/live/" + id + "/events";
+      },
+      function (el, url) {
+        el.source = new root.EventSource(url);
+        el.source.onmessage = function (m) {
+          try {
+            show(el, "watching", JSON.parse(m.data).watching);
+          } catch (e) {
+            /* not a gauge */
+          }
+        };
+      },
+      function (el) {
+        if (el.source) el.source.close();
+      }
+    );
+    element(
+      "tally-views",
+      "video",
+      function (id) {
+        return "/v1/videos/" + id + "/stats";
+      },
+      function (el, url) {
+        root
+          .fetch(url)
+          .then(function (r) {
+            return r.status === 404 ? { views: 0 } : r.json();
+          })
+          .then(function (j) {
+            show(el, "views", j.views);
+          })
+          .catch(function () {});
+      }
+    );
   }
 
   root.Tally = Tally;

@@ -298,16 +298,25 @@ fn number_pending(bucket: &Bucket, s: &Settings, key: &str) -> Option<SessionRec
         for p in record.pending.iter_mut().filter(|p| p.slot.is_none()) {
             p.slot = Some(number_in_lane(bucket, s, frames_id, p.seq)?);
         }
-        match atomics::swap(cas, &record.encode()) {
-            Ok(()) => return Some(record),
-            Err(CasError::CasFailed(_)) => continue,
-            Err(CasError::StoreError(e)) => {
-                eprintln!("tally spin: write {key}: {e}");
-                return None;
-            }
+        match swap(cas, &record.encode(), key)? {
+            true => return Some(record),
+            false => continue,
         }
     }
     None
+}
+
+/// A compare-and-swap write: `Some(true)` written, `Some(false)` another request wrote
+/// first (redo), `None` the store failed (logged).
+fn swap(cas: Cas, bytes: &[u8], key: &str) -> Option<bool> {
+    match atomics::swap(cas, bytes) {
+        Ok(()) => Some(true),
+        Err(CasError::CasFailed(_)) => Some(false),
+        Err(CasError::StoreError(e)) => {
+            eprintln!("tally spin: write {key}: {e}");
+            None
+        }
+    }
 }
 
 /// Numbers a frame in its session's lane (the same number again if the lane numbered
@@ -323,13 +332,8 @@ fn number_in_lane(bucket: &Bucket, s: &Settings, frames_id: u64, seq: u64) -> Op
             .and_then(|b| Lane::decode(&b))
             .unwrap_or_else(|| Lane::new(session::epoch_from(std::hash::RandomState::new().hash_one((&key, frames_id)))));
         let slot = lane.number(local);
-        match atomics::swap(cas, &lane.encode()) {
-            Ok(()) => return Some(slot),
-            Err(CasError::CasFailed(_)) => continue,
-            Err(CasError::StoreError(e)) => {
-                eprintln!("tally spin: write {key}: {e}");
-                return None;
-            }
+        if swap(cas, &lane.encode(), &key)? {
+            return Some(slot);
         }
     }
     None
