@@ -158,3 +158,62 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
     assert_eq!(series["streams"][0]["stream"], "live-x");
     assert_eq!(series["streams"][0]["points"][0]["watching"], 1, "{series}");
 }
+
+/// Both OpenAPI documents are generated from the handlers: every documented GET answers
+/// (no "no such endpoint"), the analytics need an API key, and the edge's document has
+/// the beacon endpoint with its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_documents_match_what_the_servers_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(&dir.path().join("m"));
+    let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let http = reqwest::Client::new();
+    let (_, merger_doc) = m.get("/openapi.json").await;
+    let edge_doc: Value = http.get(fra.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for (doc, base, want) in [
+        (
+            &merger_doc,
+            format!("http://{}", m.http),
+            vec![
+                "/", "/healthz", "/metrics", "/v1/top", "/v1/frames", "/v1/videos/{id}/stats", "/v1/videos/{id}/block",
+                "/v1/live/{stream}", "/v1/live/{stream}/events", "/v1/analytics/timeseries", "/v1/analytics/breakdown",
+                "/v1/analytics/aggregate", "/v1/analytics/uniques", "/v1/analytics/bots", "/v1/analytics/concurrent",
+            ],
+        ),
+        (
+            &edge_doc,
+            format!("http://{}", fra.http),
+            vec![
+                "/v1/events", "/v1/videos/{id}/stats", "/v1/live/{stream}", "/v1/live/{stream}/events", "/healthz",
+                "/metrics", "/admin/component", "/tally.js", "/tally.mjs",
+            ],
+        ),
+    ] {
+        let paths = doc["paths"].as_object().unwrap_or_else(|| panic!("{doc}"));
+        let mut have: Vec<&str> = paths.keys().map(String::as_str).collect();
+        have.sort();
+        let mut want = want;
+        want.sort();
+        assert_eq!(have, want, "documented paths of {base}");
+        for (path, item) in paths {
+            if item.get("get").is_none() || path.ends_with("/events") {
+                continue;
+            }
+            let url = format!("{base}{}", path.replace("{id}", "v1").replace("{stream}", "s1"));
+            let r = http.get(&url).bearer_auth(&m.key).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            assert!(!body.contains("no such endpoint"), "{url} is documented but not served: {status} {body}");
+        }
+    }
+    let analytics = &merger_doc["paths"]["/v1/analytics/breakdown"]["get"];
+    assert_eq!(analytics["security"][0]["api_key"], json!([]), "{analytics}");
+    let params: Vec<&str> = analytics["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for p in ["by", "page", "date_range", "compare", "country", "format"] {
+        assert!(params.contains(&p), "{p} in {params:?}");
+    }
+    assert!(merger_doc["paths"]["/v1/videos/{id}/stats"]["get"]["security"].is_null(), "per-video counts stay public");
+    let events = &edge_doc["paths"]["/v1/events"]["post"];
+    assert!(events["requestBody"]["content"]["text/plain"]["schema"]["$ref"].as_str().unwrap().ends_with("Beacon"), "{events}");
+    assert!(edge_doc["components"]["schemas"]["BeaconEvent"]["properties"]["token"].is_object());
+}

@@ -74,9 +74,10 @@ impl Granularity {
 }
 
 /// One row of a result: a label (bucket time or dimension value) and the measures.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Row {
     /// Bucket start (ms) for time series, dimension value for breakdowns.
+    #[schema(value_type = Object)]
     pub key: serde_json::Value,
     /// Views.
     pub views: u64,

@@ -35,6 +35,7 @@ const FILES: [(&str, &str, &str); 6] = [
 ];
 
 /// The dashboard file at the request's path (404 for others under `/dashboard/`).
+#[utoipa::path(get, path = "/", tag = "dashboard", summary = "The creator dashboard (HTML; its scripts, styles and uPlot are under /dashboard/)", responses((status = 200, description = "HTML", content_type = "text/html")))]
 pub async fn serve(uri: Uri) -> Response {
     match FILES.iter().find(|(p, _, _)| *p == uri.path()) {
         Some((_, body, content_type)) => (

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -67,35 +67,40 @@ const TIME_RANGE_ERROR: &str = "`from` and `to` must be before the year 10000 (m
 
 /// The router.
 pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    use utoipa::OpenApi;
+    use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+    use utoipa_axum::routes;
+    let frames_limit = axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE);
+    let (router, doc) = OpenApiRouter::with_openapi(crate::apidoc::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(video_stats))
+        .routes(routes!(block, unblock))
+        .routes(routes!(live))
+        .routes(routes!(live_sse))
+        .routes(routes!(top))
+        .routes(routes!(timeseries))
+        .routes(routes!(breakdown))
+        .routes(routes!(aggregate))
+        .routes(routes!(uniques))
+        .routes(routes!(bots))
+        .routes(routes!(concurrent))
+        .routes(routes!(post_frame).layer(frames_limit))
+        .routes(routes!(crate::dashboard::serve))
+        .split_for_parts();
+    let doc: Arc<str> = Arc::from(doc.to_pretty_json().unwrap_or_default());
+    router
+        .route("/dashboard/{*file}", get(crate::dashboard::serve))
         .route(
             "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .route("/v1/videos/{id}/stats", get(video_stats))
-        .route("/v1/videos/{id}/block", put(block).delete(unblock))
-        .route("/v1/live/{stream}", get(live))
-        .route("/v1/live/{stream}/events", get(live_sse))
-        .route("/v1/top", get(top))
-        .route("/v1/analytics/timeseries", get(timeseries))
-        .route("/v1/analytics/breakdown", get(breakdown))
-        .route("/v1/analytics/uniques", get(uniques))
-        .route("/", get(crate::dashboard::serve))
-        .route("/dashboard/{*file}", get(crate::dashboard::serve))
-        .route("/v1/analytics/bots", get(bots))
-        .route("/v1/analytics/aggregate", get(aggregate))
-        .route("/v1/analytics/concurrent", get(concurrent))
-        .route(
-            "/v1/frames",
-            post(post_frame).layer(axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE)),
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()) }
+            }),
         )
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json") })
         .with_state(api)
 }
-
-const OPENAPI: &str = include_str!("openapi.json");
 
 /// The stats body of a video, `None` when nothing is recorded for it.
 pub fn video_json(s: &crate::state::State, id: &str) -> Option<serde_json::Value> {
@@ -121,12 +126,14 @@ pub fn live_json(s: &crate::state::State, stream: &str, timeout_ms: u64) -> serd
     json!({ "stream": stream, "watching": v.watching, "connected": v.connected, "peak": v.peak })
 }
 
+#[utoipa::path(get, path = "/v1/videos/{id}/stats", tag = "public", summary = "A video's all-time counts (public; a blocked video shows only `blocked`)", params(("id" = String, Path, description = "Video id")), responses((status = 200, description = "{video, channel, category, views, uniques, watch_time_s, completions, likes, shares, comments}", content_type = "application/json"), (status = 404, description = "no views recorded", body = crate::apidoc::Problem)))]
 async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let body = video_json(&api.ingest.read(), &id)
         .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}")))?;
     Ok(([(header::CACHE_CONTROL, "public, max-age=1")], Json(body)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/live/{stream}", tag = "public", summary = "Concurrent viewers of a live stream now (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "{stream, watching, connected, peak}", content_type = "application/json")))]
 async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, "public, max-age=1")],
@@ -134,6 +141,7 @@ async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoRe
     )
 }
 
+#[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "public", summary = "The live gauge as server-sent events, at most one a second (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream of {stream, watching, connected, peak}", content_type = "text/event-stream"), (status = 503, description = "too many streams followed", body = crate::apidoc::Problem)))]
 async fn live_sse(
     State(api): State<Api>,
     Path(stream): Path<String>,
@@ -161,14 +169,20 @@ async fn live_sse(
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TopQuery {
+    /// Two-letter country code.
     country: Option<String>,
+    /// Start, ms since the Unix epoch (default: an hour ago).
     from: Option<u64>,
+    /// End, ms since the Unix epoch (default: a minute from now).
     to: Option<u64>,
+    /// How many, 1 to 1000 (default 10).
     k: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/top", tag = "analytics", summary = "The most viewed videos over a window, exact", params(TopQuery), security(("api_key" = [])), responses((status = 200, description = "{from, to, k, error_bound: 0, exact: true, items: [{video, views}]}", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn top(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -321,10 +335,12 @@ fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(put, path = "/v1/videos/{id}/block", tag = "operator", summary = "Blocks a video: edges refuse its events, its counts are hidden", params(("id" = String, Path, description = "Video id")), security(("operator" = [])), responses((status = 200, description = "{video, blocked: true}", content_type = "application/json"), (status = 401, description = "operator token required", body = crate::apidoc::Problem)))]
 async fn block(api: State<Api>, headers: HeaderMap, id: Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     set_blocked(api, headers, id, true)
 }
 
+#[utoipa::path(delete, path = "/v1/videos/{id}/block", tag = "operator", summary = "Unblocks a video", params(("id" = String, Path, description = "Video id")), security(("operator" = [])), responses((status = 200, description = "{video, blocked: false}", content_type = "application/json"), (status = 401, description = "operator token required", body = crate::apidoc::Problem)))]
 async fn unblock(api: State<Api>, headers: HeaderMap, id: Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     set_blocked(api, headers, id, false)
 }
@@ -359,6 +375,7 @@ fn set_blocked(
 
 /// Frames over HTTP for edges that cannot speak QUIC: `X-Tally-Edge` names the edge,
 /// `Authorization: Bearer <secret>` authenticates it, the body is one encoded frame.
+#[utoipa::path(post, path = "/v1/frames", tag = "edges", summary = "One encoded delta frame from an edge (HTTPS only; for edges without QUIC such as the Spin app)", params(("x-tally-edge" = String, Header, description = "The edge id"), ("idempotency-key" = Option<String>, Header, description = "edge/epoch/seq")), security(("edge" = [])), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, description = "acknowledged (also a duplicate); names the blocked videos", content_type = "application/json"), (status = 400, description = "refused for good", body = crate::apidoc::Problem), (status = 401, description = "unknown edge or wrong secret", body = crate::apidoc::Problem), (status = 403, description = "frames over plain HTTP", body = crate::apidoc::Problem), (status = 413, description = "frame too large", body = crate::apidoc::Problem), (status = 429, description = "too many failed authentications", body = crate::apidoc::Problem), (status = 503, description = "not durable now; resend", body = crate::apidoc::Problem)))]
 async fn post_frame(
     State(api): State<Api>,
     extensions: axum::http::Extensions,
@@ -410,6 +427,7 @@ async fn post_frame(
 }
 
 /// 200 while frames can be made durable; 503 once the frame log broke.
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Readiness", responses((status = 200, description = "ready", content_type = "application/json"), (status = 503, description = "not ready", content_type = "application/json")))]
 async fn healthz(State(api): State<Api>) -> Response {
     if api.ingest.read().counters.log_broken {
         let body = json!({ "status": "failing", "error": "the frame log could not be restored after a write failure; frames are refused until the merger is restarted" });
@@ -418,6 +436,7 @@ async fn healthz(State(api): State<Api>) -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let s = api.ingest.read();
     let c = s.counters;
@@ -751,6 +770,7 @@ fn apply_blocks(api: &Api, f: &mut Filter) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(get, path = "/v1/analytics/timeseries", tag = "analytics", summary = "Views, watch time, completions, likes, shares and comments per bucket", params(crate::apidoc::RangeParams, crate::apidoc::DimensionParams, crate::apidoc::GranularityParams, crate::apidoc::TableParams), security(("api_key" = [])), responses((status = 200, description = "{from, to, granularity, points: [Row], previous?: {from, to, points}}, or CSV", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn timeseries(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -784,6 +804,7 @@ async fn timeseries(
 /// `GET /v1/analytics/aggregate`: totals over the range (views, unique viewers, watch
 /// time, average view duration, completions, likes, shares, comments), optionally with
 /// the previous period's.
+#[utoipa::path(get, path = "/v1/analytics/aggregate", tag = "analytics", summary = "Totals: views, unique viewers (unfiltered or by video), watch time, average view duration, completions, likes, shares, comments", params(crate::apidoc::RangeParams, crate::apidoc::DimensionParams), security(("api_key" = [])), responses((status = 200, description = "{from, to, views, uniques, watch_time_s, avg_view_duration_s, completions, likes, shares, comments, previous?}", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn aggregate(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -826,6 +847,7 @@ async fn aggregate(
 
 /// `GET /v1/analytics/concurrent?stream=&from=&to=`: concurrent viewers of live streams
 /// per minute (the most seen watching in the minute), of one stream or of each.
+#[utoipa::path(get, path = "/v1/analytics/concurrent", tag = "analytics", summary = "Concurrent viewers of live streams per minute (the most seen watching in the minute; the last 24 h, in memory)", params(("stream" = Option<String>, Query, description = "One stream (default: each)"), ("from" = Option<String>, Query, description = "Start, as in the other analytics; default `to` less 1 h"), ("to" = Option<String>, Query, description = "End; default now")), security(("api_key" = [])), responses((status = 200, description = "{from, to, streams: [{stream, points: [{minute, watching}]}]}", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn concurrent(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -854,6 +876,7 @@ async fn concurrent(
 
 /// `GET /v1/analytics/uniques?from=&to=&video=`: distinct viewers over any window, of
 /// one video or of all, from the stored sketches.
+#[utoipa::path(get, path = "/v1/analytics/uniques", tag = "analytics", summary = "Distinct viewers over any window, of one video or of all, from the stored sketches (about 1.6 percent error at high counts)", params(("video" = Option<String>, Query, description = "One video (a channel key must name one of its videos)"), ("from" = Option<String>, Query, description = "Start"), ("to" = Option<String>, Query, description = "End")), security(("api_key" = [])), responses((status = 200, description = "{from, to, video, uniques, sketches, relative_error}", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn uniques(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -893,6 +916,7 @@ async fn uniques(
 
 /// `GET /v1/analytics/bots?from=&to=`: events the edges refused as bots, by POP and
 /// per minute, so that what was filtered is visible.
+#[utoipa::path(get, path = "/v1/analytics/bots", tag = "analytics", summary = "Events edges refused as bots, by POP and per minute (a platform key)", params(("from" = Option<String>, Query, description = "Start"), ("to" = Option<String>, Query, description = "End")), security(("api_key" = [])), responses((status = 200, description = "{from, to, bot_events, by_pop: [{pop, bot_events}], minutes: [{minute, bot_events}]}", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn bots(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -918,6 +942,7 @@ async fn bots(
     })))
 }
 
+#[utoipa::path(get, path = "/v1/analytics/breakdown", tag = "analytics", summary = "The measures per value of one dimension, most viewed first, paged", params(crate::apidoc::BreakdownParams, crate::apidoc::RangeParams, crate::apidoc::DimensionParams, crate::apidoc::TableParams), security(("api_key" = [])), responses((status = 200, description = "{from, to, by, rows: [Row], page, limit, more, previous?}, or CSV", content_type = "application/json"), (status = 400, description = "bad parameters, named in the error", body = crate::apidoc::Problem), (status = 401, description = "no valid API key", body = crate::apidoc::Problem), (status = 403, description = "outside the key's scope, or a blocked video", body = crate::apidoc::Problem), (status = 429, description = "the key is over its rate limit", body = crate::apidoc::Problem), (status = 503, description = "analytics busy; retry", body = crate::apidoc::Problem), (status = 504, description = "the query ran over its time and was stopped", body = crate::apidoc::Problem)))]
 async fn breakdown(
     State(api): State<Api>,
     headers: HeaderMap,

@@ -3,6 +3,7 @@
 //! counts over HTTP.
 
 pub mod analytics;
+pub mod apidoc;
 pub mod blocked;
 pub mod checkpoint;
 pub mod concurrency;

@@ -7,7 +7,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use std::convert::Infallible;
@@ -47,31 +47,56 @@ fn retry(code: StatusCode, msg: impl Into<String>, after_s: u64) -> ApiError {
     ApiError(code, msg.into(), Some(after_s))
 }
 
-/// The router.
+/// The router, and the OpenAPI document generated from its handlers.
 pub fn router(agent: Arc<Agent>) -> Router {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(Duration::from_secs(86_400));
-    Router::new()
-        .route("/v1/events", post(events))
-        .route("/v1/videos/{id}/stats", get(video_stats))
-        .route("/v1/live/{stream}", get(live))
-        .route("/v1/live/{stream}/events", get(live_sse))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/admin/component", post(swap_component))
-        .route("/tally.js", get(sdk))
-        .route("/tally.mjs", get(sdk))
-        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
+    let (router, doc) = OpenApiRouter::with_openapi(crate::apidoc::ApiDoc::openapi())
+        .routes(routes!(events))
+        .routes(routes!(video_stats))
+        .routes(routes!(live))
+        .routes(routes!(live_sse))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(swap_component))
+        .routes(routes!(sdk_js))
+        .routes(routes!(sdk_mjs))
+        .split_for_parts();
+    let doc: Arc<str> = Arc::from(doc.to_pretty_json().unwrap_or_default());
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()) }
+            }),
+        )
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json") })
         .layer(cors)
         .with_state(agent)
 }
 
-/// `GET /tally.js` and `/tally.mjs`: the player SDK, cacheable for an hour.
-async fn sdk(uri: axum::http::Uri) -> Response {
-    match tally_sdk::asset(uri.path()) {
+/// `GET /tally.js`: the player SDK (script tag).
+#[utoipa::path(get, path = "/tally.js", tag = "sdk", summary = "The player SDK, script-tag form (sets window.Tally)", responses((status = 200, description = "JavaScript", content_type = "text/javascript")))]
+async fn sdk_js() -> Response {
+    sdk("/tally.js")
+}
+
+/// `GET /tally.mjs`: the player SDK (ES module).
+#[utoipa::path(get, path = "/tally.mjs", tag = "sdk", summary = "The player SDK, ES module", responses((status = 200, description = "JavaScript", content_type = "text/javascript")))]
+async fn sdk_mjs() -> Response {
+    sdk("/tally.mjs")
+}
+
+/// An SDK file, cacheable for an hour.
+fn sdk(path: &str) -> Response {
+    match tally_sdk::asset(path) {
         Some((body, content_type)) => (
             [
                 (header::CONTENT_TYPE, content_type),
@@ -122,6 +147,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
+#[utoipa::path(post, path = "/v1/events", tag = "beacons", summary = "Beacons from players: counted exactly once, answered 202 once durable", request_body(content = crate::apidoc::Beacon, content_type = "text/plain", description = "JSON, as text/plain (sendBeacon) or application/json"), responses((status = 202, description = "accepted (some events may be refused, each with its reason)", body = crate::apidoc::Answer), (status = 400, description = "nothing accepted, or malformed JSON", body = crate::apidoc::Answer), (status = 403, description = "the request came from a bot: every event refused with the reason `bot`", body = crate::apidoc::Answer), (status = 413, description = "body or batch over the limit", body = crate::apidoc::Problem), (status = 415, description = "another media type", body = crate::apidoc::Problem), (status = 429, description = "over a rate limit (Retry-After)", body = crate::apidoc::Problem), (status = 503, description = "the edge cannot make beacons durable now (Retry-After)", body = crate::apidoc::Problem)))]
 async fn events(
     State(a): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -255,6 +281,7 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(get, path = "/v1/videos/{id}/stats", tag = "reads", summary = "A video's all-time counts, as the merger pushed them", params(("id" = String, Path, description = "Video id")), responses((status = 200, description = "the merger's stats JSON", content_type = "application/json"), (status = 400, description = "not a video id", body = crate::apidoc::Problem), (status = 404, description = "no views recorded", body = crate::apidoc::Problem), (status = 429, description = "this address asks for too many new videos (Retry-After)", body = crate::apidoc::Problem), (status = 503, description = "no count yet (Retry-After)", body = crate::apidoc::Problem)))]
 async fn video_stats(
     State(a): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -300,6 +327,7 @@ async fn stream_rx(a: &Agent, stream: &str) -> Result<tokio::sync::watch::Receiv
     Ok(rx)
 }
 
+#[utoipa::path(get, path = "/v1/live/{stream}", tag = "reads", summary = "Concurrent viewers of a live stream now", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "{stream, watching, connected, peak}", content_type = "application/json"), (status = 429, description = "too many new streams from this address", body = crate::apidoc::Problem), (status = 503, description = "no count yet", body = crate::apidoc::Problem)))]
 async fn live(
     State(a): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -312,6 +340,7 @@ async fn live(
     Ok(json_body(body))
 }
 
+#[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "reads", summary = "The live gauge as server-sent events, at most one a second", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
 async fn live_sse(
     State(a): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -341,6 +370,7 @@ async fn live_sse(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Status: POP, spool, mergers", responses((status = 200, description = "{status, pop, edge, spool_frames, spool_full, mergers}", content_type = "application/json")))]
 async fn healthz(State(a): State<Arc<Agent>>) -> Json<serde_json::Value> {
     let mergers: Vec<_> = a
         .shipping
@@ -355,6 +385,7 @@ async fn healthz(State(a): State<Arc<Agent>>) -> Json<serde_json::Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(a): State<Arc<Agent>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -363,6 +394,7 @@ async fn metrics(State(a): State<Arc<Agent>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(post, path = "/admin/component", tag = "operations", summary = "Swaps collector.wasm while running (the body is the component)", security(("admin" = [])), request_body(content = Vec<u8>, content_type = "application/wasm"), responses((status = 200, description = "swapped", content_type = "application/json"), (status = 401, description = "admin token required", body = crate::apidoc::Problem), (status = 403, description = "no admin token configured", body = crate::apidoc::Problem), (status = 422, description = "the component does not compile or instantiate; nothing changed", body = crate::apidoc::Problem)))]
 async fn swap_component(
     State(a): State<Arc<Agent>>,
     headers: HeaderMap,

@@ -15,6 +15,7 @@
 //! (a session whose dedup memory is gone) carry their identity, and the merger counts
 //! them once.
 
+pub mod apidoc;
 pub mod config;
 pub mod http;
 pub mod limits;
