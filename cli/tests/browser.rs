@@ -86,6 +86,7 @@ async fn a_real_browser_plays_likes_and_reloads_and_the_dashboard_shows_it() {
     assert_eq!((d["views"].as_str(), d["likes"].as_str(), d["uniques"].as_str()), (Some("1"), Some("1"), Some("1")), "{seen}");
     assert!(d["watch_s"].as_str().unwrap().parse::<u64>().unwrap() >= 2, "{seen}");
     assert_eq!(d["status"], "", "{seen}");
+    assert_eq!((d["map_de"].as_str(), d["map_fr"].as_str()), (Some("1"), Some("")), "the map colours the viewer's country: {seen}");
     assert_eq!(seen["filtered_views"], "1", "{seen}");
     assert_eq!(seen["phone_overflow"], false, "the dashboard fits a phone screen: {seen}");
     for shot in ["dashboard.png", "dashboard-phone.png"] {

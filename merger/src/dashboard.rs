@@ -1,11 +1,12 @@
 //! The creator dashboard, served at `/` from files embedded in the binary
-//! (`web/dashboard`, with uPlot 1.6.32 vendored from npm): nothing is fetched from a CDN.
+//! (`web/dashboard`, with uPlot 1.6.32 and a world map from @svg-maps/world vendored
+//! from npm): nothing is fetched from a CDN.
 //! The page reads only the merger's public HTTP API, with an API key the browser keeps.
 
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-const FILES: [(&str, &str, &str); 6] = [
+const FILES: [(&str, &str, &str); 8] = [
     ("/", include_str!("../../web/dashboard/index.html"), "text/html; charset=utf-8"),
     (
         "/dashboard/dashboard.js",
@@ -26,6 +27,16 @@ const FILES: [(&str, &str, &str); 6] = [
         "/dashboard/vendor/uPlot.min.css",
         include_str!("../../web/dashboard/vendor/uPlot.min.css"),
         "text/css; charset=utf-8",
+    ),
+    (
+        "/dashboard/vendor/world-map.json",
+        include_str!("../../web/dashboard/vendor/world-map.json"),
+        "application/json",
+    ),
+    (
+        "/dashboard/vendor/world-map.LICENSE.md",
+        include_str!("../../web/dashboard/vendor/world-map.LICENSE.md"),
+        "text/plain; charset=utf-8",
     ),
     (
         "/dashboard/vendor/uPlot.LICENSE",

@@ -68,6 +68,10 @@ try {
   const context = await browser.newContext({
     userAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
   });
+  // what the CDN in front of the edge would add to beacons: the viewer's country
+  await context.route(`${AGENT}/v1/events`, (route) =>
+    route.continue({ headers: { ...route.request().headers(), "cf-ipcountry": "DE" } })
+  );
   const warnings = [];
   const page = await context.newPage();
   const problems = [];
@@ -110,6 +114,8 @@ try {
     watch_s: document.getElementById("kpi-watch").dataset.value,
     videos: [...document.querySelectorAll("#t-video tbody tr")].map((r) => r.dataset.key),
     status: document.getElementById("status").textContent,
+    map_de: document.querySelector('#map path[data-country="DE"]')?.dataset.views,
+    map_fr: document.querySelector('#map path[data-country="FR"]')?.dataset.views,
   }));
   // a filter by click: the video's row narrows everything to it
   await dash.click(`#t-video tbody tr[data-key="${VIDEO}"]`);

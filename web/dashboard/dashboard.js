@@ -236,6 +236,58 @@
     });
   }
 
+  // The countries' choropleth: the map is fetched once, then coloured by views.
+  var worldMap = null;
+  function loadMap() {
+    var box = document.getElementById("map");
+    if (!box) return Promise.resolve();
+    var map = worldMap
+      ? Promise.resolve(worldMap)
+      : fetch("/dashboard/vendor/world-map.json")
+          .then(function (r) {
+            return r.json();
+          })
+          .then(function (m) {
+            worldMap = m;
+            var ns = "http://www.w3.org/2000/svg";
+            var svg = document.createElementNS(ns, "svg");
+            svg.setAttribute("viewBox", m.viewBox);
+            svg.setAttribute("role", "img");
+            svg.setAttribute("aria-label", "Views by country");
+            m.locations.forEach(function (l) {
+              var p = document.createElementNS(ns, "path");
+              p.setAttribute("d", l.path);
+              p.dataset.country = l.id.toUpperCase();
+              p.dataset.name = l.name;
+              p.appendChild(document.createElementNS(ns, "title"));
+              p.onclick = function () {
+                if (p.dataset.views) addFilter("country", p.dataset.country);
+              };
+              svg.appendChild(p);
+            });
+            box.appendChild(svg);
+            return m;
+          });
+    return map.then(function () {
+      return api("/v1/analytics/breakdown", { by: "country", limit: 300 }).then(function (b) {
+        var views = {};
+        var top = 1;
+        b.rows.forEach(function (r) {
+          views[r.key] = r.views;
+          top = Math.max(top, r.views);
+        });
+        Array.prototype.forEach.call(box.querySelectorAll("path"), function (p) {
+          var v = views[p.dataset.country] || 0;
+          p.dataset.views = v ? String(v) : "";
+          // log scale: a long tail of small countries stays visible beside the largest
+          var t = v ? Math.log(1 + v) / Math.log(1 + top) : 0;
+          p.style.fill = v ? "rgba(37,99,235," + (0.15 + 0.85 * t).toFixed(3) + ")" : "";
+          p.querySelector("title").textContent = p.dataset.name + ": " + fmt.format(v) + " views";
+        });
+      });
+    });
+  }
+
   function addFilter(dim, value) {
     if (
       !state.filters.some(function (f) {
@@ -337,7 +389,7 @@
   function refresh() {
     drawFilters();
     status("Loading…");
-    var jobs = [loadTotals(), loadChart(), loadLive()].concat(
+    var jobs = [loadTotals(), loadChart(), loadLive(), loadMap()].concat(
       DIMS.map(function (d) {
         return table(d[0], d[1]);
       })
