@@ -86,6 +86,19 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
         assert_eq!(rows(&j), want, "{q}");
     }
 
+    // unique viewers per video in a breakdown by video (sketches are per video), not
+    // where another dimension filters the rows
+    let (_, j) = m.get("/v1/analytics/breakdown?by=video&date_range=24h").await;
+    let uniques: Vec<(String, u64)> = j["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["key"].as_str().unwrap().to_owned(), r["uniques"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(uniques, vec![s("va", 4), s("vb", 2), s("live-x", 1)], "{j}");
+    let (_, j) = m.get("/v1/analytics/breakdown?by=video&date_range=24h&country=DE").await;
+    assert!(j["rows"][0]["uniques"].is_null(), "{j}");
+
     // ranges: ISO dates and times with zones, shortcuts; bad ones named
     let today = chrono::Utc::now().date_naive();
     let tomorrow = today.succ_opt().unwrap();

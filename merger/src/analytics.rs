@@ -5,7 +5,7 @@
 use crate::tiers::{date_of_day, month_days, partition_days};
 use duckdb::Connection;
 use duckdb::types::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -361,6 +361,47 @@ impl Analytics {
     /// merged).
     pub fn uniques_on(&self, conn: &Connection, f: &Filter) -> Result<(f64, usize), duckdb::Error> {
         let video = f.eq.iter().find(|(d, _)| *d == "video").map(|(_, v)| v.clone());
+        let (sql, args) = self.sketches_sql(f, video.as_slice());
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(duckdb::params_from_iter(args))?;
+        let mut all = tally_delta::UniqueSketch::new();
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let bytes: Vec<u8> = r.get(1)?;
+            // sketches were validated before they were stored; an unreadable one is skipped
+            if all.merge_bytes(&bytes).is_ok() {
+                n += 1;
+            }
+        }
+        Ok((all.estimate(), n))
+    }
+
+    /// Distinct viewers of each of `videos` over the filter's range (the union of each
+    /// video's stored sketches, as [`Analytics::uniques_on`]).
+    pub fn uniques_per_video_on(
+        &self,
+        conn: &Connection,
+        f: &Filter,
+        videos: &[String],
+    ) -> Result<HashMap<String, f64>, duckdb::Error> {
+        if videos.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (sql, args) = self.sketches_sql(f, videos);
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(duckdb::params_from_iter(args))?;
+        let mut per: HashMap<String, tally_delta::UniqueSketch> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let video: String = r.get(0)?;
+            let bytes: Vec<u8> = r.get(1)?;
+            let _ = per.entry(video).or_default().merge_bytes(&bytes);
+        }
+        Ok(per.into_iter().map(|(v, s)| (v, s.estimate())).collect())
+    }
+
+    /// `(video, sketch)` of every stored sketch overlapping the range (minutes from hot,
+    /// hours from warm, days from cold), of `videos` only unless empty.
+    fn sketches_sql(&self, f: &Filter, videos: &[String]) -> (String, Vec<Value>) {
         let (lo_m, hi_m) = ((f.from_ms / 60_000) as i64, f.to_ms.div_ceil(60_000) as i64);
         let (lo_h, hi_h) = (lo_m.div_euclid(60), (hi_m + 59).div_euclid(60));
         let (lo_d, hi_d) = (lo_h.div_euclid(24), (hi_h + 23).div_euclid(24));
@@ -378,25 +419,14 @@ impl Analytics {
             });
             parts.push(format!("SELECT video, sketch FROM read_parquet({})", paths(files)));
         }
-        let mut sql = format!("SELECT sketch FROM ({}) WHERE true", parts.join(" UNION ALL "));
+        let mut sql = format!("SELECT video, sketch FROM ({}) WHERE true", parts.join(" UNION ALL "));
         let mut args = Vec::new();
-        if let Some(v) = video {
-            sql.push_str(" AND video = ?");
-            args.push(Value::Text(v));
+        if !videos.is_empty() {
+            sql.push_str(&format!(" AND video IN ({})", vec!["?"; videos.len()].join(", ")));
+            args.extend(videos.iter().map(|v| Value::Text(v.clone())));
         }
         exclude_videos(f, &mut sql, &mut args);
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(duckdb::params_from_iter(args))?;
-        let mut all = tally_delta::UniqueSketch::new();
-        let mut n = 0;
-        while let Some(r) = rows.next()? {
-            let bytes: Vec<u8> = r.get(0)?;
-            // sketches were validated before they were stored; an unreadable one is skipped
-            if all.merge_bytes(&bytes).is_ok() {
-                n += 1;
-            }
-        }
-        Ok((all.estimate(), n))
+        (sql, args)
     }
 
     /// Events refused as bots in the filter's range: totals by POP, and per minute.

@@ -977,6 +977,22 @@ async fn breakdown(
         return Ok(csv(by, &rows));
     }
     let mut body = json!({ "from": f.from_ms, "to": f.to_ms, "by": by, "rows": rows, "page": page, "limit": limit, "more": more });
+    // Unique viewers per row where the sketches allow it: they are kept per video, so a
+    // breakdown by video, filtered at most by what a video is (its channel, category).
+    let video_attr = |d: &&str| matches!(*d, "video" | "channel" | "category");
+    let per_video = by == "video"
+        && f.eq.iter().map(|(d, _)| d).all(video_attr)
+        && f.any.iter().map(|(d, _)| d).all(video_attr)
+        && f.not.iter().map(|(d, _)| d).all(video_attr);
+    if per_video {
+        let videos: Vec<String> = rows.iter().filter_map(|r| r.key.as_str().map(str::to_owned)).collect();
+        let fc = f.clone();
+        let uniques = query(&api, move |a, c| a.uniques_per_video_on(c, &fc, &videos)).await?;
+        for (i, r) in rows.iter().enumerate() {
+            let u = r.key.as_str().and_then(|v| uniques.get(v)).map_or(0, |e| e.round() as u64);
+            body["rows"][i]["uniques"] = json!(u);
+        }
+    }
     if let Some(mut p) = prev {
         // the previous period's figures of the same keys
         let keys: Vec<String> = rows.iter().filter_map(|r| r.key.as_str().map(str::to_owned)).collect();
