@@ -139,15 +139,7 @@
     this.timer = null;
     this.listeners = [];
     var self = this;
-    var tok = opts.token;
-    this.token =
-      typeof tok === "function"
-        ? Promise.resolve(tok(this.session)).then(String)
-        : Promise.resolve(tok === undefined ? "" : String(tok));
-    this.token.then(function (t) {
-      self.tokenText = t;
-      self.flush();
-    });
+    this.fetchToken();
     var on = function (target, ev, fn) {
       if (!target || !target.addEventListener) return;
       target.addEventListener(ev, fn);
@@ -192,6 +184,19 @@
     }, opts.flushSeconds ? opts.flushSeconds * 1000 : 5000);
   }
 
+  /** Gets the token for the current session (a function is called with its id). */
+  Tracker.prototype.fetchToken = function () {
+    var self = this;
+    var tok = this.opts.token;
+    var session = this.session;
+    this.tokenText = undefined;
+    Promise.resolve(typeof tok === "function" ? tok(session) : tok === undefined ? "" : tok).then(function (t) {
+      if (self.session !== session) return; // rotated again meanwhile
+      self.tokenText = String(t);
+      self.flush();
+    });
+  };
+
   Tracker.prototype.position = function () {
     var p = this.media && typeof this.media.currentTime === "number" ? this.media.currentTime : 0;
     return Math.round(p * 10) / 10;
@@ -200,7 +205,15 @@
   /** Queues one event of `type` now, with the current playback position. */
   Tracker.prototype.track = function (type) {
     var at = now();
-    sessionId(at); // keeps the session alive
+    var sid = this.opts.sessionId || sessionId(at); // keeps the session alive
+    if (sid !== this.session) {
+      // 30 idle minutes: a new session, so a new view, with a token for its id; what was
+      // queued goes first with the old session's token
+      this.flush();
+      this.session = sid;
+      this.started = type === "play";
+      this.fetchToken();
+    }
     var e = {
       event_id: randomId(),
       session_id: this.session,

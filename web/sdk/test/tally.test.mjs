@@ -116,6 +116,33 @@ test("the token is minted for the SDK's session id", async () => {
   assert.equal(e.token, "jwt-for-" + t.session);
 });
 
+test("after 30 idle minutes the tracker moves to a new session with a token for it", async () => {
+  const asked = [];
+  const v = new FakeMedia();
+  const t = attach(v, { token: async (sid) => { asked.push(sid); return "jwt-for-" + sid; } });
+  await tick();
+  v.fire("play");
+  await t.flush();
+  const realNow = Date.now;
+  try {
+    Date.now = () => realNow() + 31 * 60 * 1000;
+    v.fire("pause");
+    v.fire("play");
+    await tick(20);
+    await t.flush();
+  } finally {
+    Date.now = realNow;
+  }
+  const ev = await sent();
+  assert.equal(asked.length, 2);
+  assert.notEqual(asked[0], asked[1]);
+  const first = ev.filter((e) => e.session_id === asked[0]);
+  const second = ev.filter((e) => e.session_id === asked[1]);
+  assert.deepEqual(first.map((e) => e.type), ["play"]);
+  assert.ok(first.every((e) => e.token === "jwt-for-" + asked[0]));
+  assert.ok(second.length >= 1 && second.every((e) => e.token === "jwt-for-" + asked[1]), JSON.stringify(second));
+});
+
 test("without sendBeacon it falls back to fetch with keepalive", async () => {
   beaconWorks = false;
   const v = new FakeMedia();
