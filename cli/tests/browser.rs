@@ -40,7 +40,8 @@ async fn a_real_browser_plays_likes_and_reloads_and_the_dashboard_shows_it() {
     let m = Merger::start(&dir.path().join("m"));
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
-    let video = "v-browser";
+    // a live stream, so that the page's <tally-live> element has a viewer to show
+    let video = "live-browser";
     let node = tokio::task::spawn_blocking({
         let (agent, merger, key, out_dir) = (
             format!("http://{}", fra.http),
@@ -67,6 +68,7 @@ async fn a_real_browser_plays_likes_and_reloads_and_the_dashboard_shows_it() {
     .await
     .unwrap();
     let seen: serde_json::Value = serde_json::from_str(node.lines().last().unwrap_or("")).expect(&node);
+    eprintln!("browser run: {seen}");
     assert!(seen["refusals"].as_array().unwrap().is_empty(), "the edge refused events: {seen}");
     assert_eq!(seen["session"], seen["session_after_reload"], "a reload keeps the session: {seen}");
     // the merger: one view (the reload added none), watch time, the like
@@ -82,6 +84,7 @@ async fn a_real_browser_plays_likes_and_reloads_and_the_dashboard_shows_it() {
     assert_eq!(stats["views"], 1, "{stats}");
     // what the page's <tally-views> element and the dashboard showed
     assert_eq!(seen["views_element"], "1", "{seen}");
+    assert_eq!(seen["live_element"], "1", "<tally-live> shows the one viewer watching: {seen}");
     let d = &seen["dashboard"];
     assert_eq!((d["views"].as_str(), d["likes"].as_str(), d["uniques"].as_str()), (Some("1"), Some("1"), Some("1")), "{seen}");
     assert!(d["watch_s"].as_str().unwrap().parse::<u64>().unwrap() >= 2, "{seen}");

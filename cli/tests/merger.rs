@@ -872,6 +872,17 @@ async fn every_sse_client_of_a_stream_shares_one_feed() {
     let (da, db) = (da.expect("an event for a"), db.expect("an event for b"));
     assert!(da.contains("\"stream\":\"live-1\""), "{da}");
     assert_eq!(da, db);
+    // an idle stream sends its gauge once, then nothing until it changes (an earlier
+    // build sent the same event again and again, millions a second)
+    let mut idle = http.get(&url).send().await.unwrap();
+    let mut text = String::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(2_500);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, idle.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        assert!(text.len() < 10_000, "the idle stream floods: {} bytes", text.len());
+    }
+    assert_eq!(text.matches("event: live").count(), 1, "{text}");
+    drop(idle);
     // two clients of live-1, one of live-2: two feeds
     let (status, e) = m.get("/v1/live/x%20y%20z%20aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/events").await;
     assert_eq!(status, 400, "{e}");

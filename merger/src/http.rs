@@ -156,12 +156,17 @@ async fn live_sse(
             "too many live streams are followed on this merger; retry later",
         )
     })?;
-    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+    // The current gauge first (if the feed has one), then each change: after an event
+    // the stream waits for the feed to change, so an idle stream sends nothing.
+    let s = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first {
+            rx.changed().await.ok()?;
+        }
         loop {
             let body = rx.borrow_and_update().clone();
             if let Some(body) = body {
                 let ev = Event::default().event("live").data(body);
-                return Some((Ok(ev), rx));
+                return Some((Ok(ev), (rx, false)));
             }
             rx.changed().await.ok()?;
         }

@@ -37,7 +37,7 @@ const b64 = (x) => Buffer.from(x).toString("base64url");
 function mint(sid) {
   const now = Math.floor(Date.now() / 1000);
   const head = b64(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64(JSON.stringify({ vid: VIDEO, ch: "ch-browser", cat: "music", sid, iat: now - 5, exp: now + 3600 }));
+  const body = b64(JSON.stringify({ vid: VIDEO, ch: "ch-browser", cat: "music", live: VIDEO.startsWith("live"), sid, iat: now - 5, exp: now + 3600 }));
   const sig = createHmac("sha256", TOKEN_KEY).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${sig}`;
 }
@@ -45,6 +45,7 @@ function mint(sid) {
 const page_html_of = (player) => `<!doctype html><meta charset=utf-8><title>player</title>
 <video id=v src="${player}clip.webm" muted playsinline autoplay width=320></video>
 <button id=like>Like</button> views: <tally-views id=views video="${VIDEO}" endpoint="${AGENT}"></tally-views>
+watching now: <tally-live id=live stream="${VIDEO}" endpoint="${AGENT}"></tally-live>
 <script src="${AGENT}/tally.js"></script>
 <script>
   const v = document.getElementById("v");
@@ -62,7 +63,9 @@ const browser = await chromium.launch({
     "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
   ],
 });
-const out = {};
+const out = { ms: {} };
+const t0 = Date.now();
+const mark = (what) => (out.ms[what] = Date.now() - t0);
 try {
   // a desktop browser's User-Agent: a headless one is (rightly) refused as a bot
   const context = await browser.newContext({
@@ -84,7 +87,14 @@ try {
   await page.goto(player);
   await page.waitForFunction(() => document.getElementById("v").currentTime > 2.5, null, { timeout: 20000 });
   if (await page.evaluate(() => typeof Tally === "undefined")) throw new Error("tally.js did not load: " + problems.join("; "));
+  mark("played");
   out.session = await page.evaluate(() => Tally.sessionId());
+  // the live viewer count, by SSE from the edge (the merger pushes the stream's gauge)
+  await page
+    .waitForFunction(() => document.getElementById("live").getAttribute("watching") === "1", null, { timeout: 15000 })
+    .catch(() => {});
+  out.live_element = await page.evaluate(() => document.getElementById("live").getAttribute("watching"));
+  mark("live");
   await page.click("#like");
   await page.waitForTimeout(1500);
   // a reload inside the session: the same session, so no new view
@@ -95,6 +105,7 @@ try {
   out.views_element = await page.evaluate(() => document.getElementById("views").getAttribute("views"));
   await page.close({ runBeforeUnload: true });
   out.refusals = warnings;
+  mark("left");
   out.problems = problems;
 
   // the dashboard, with the key in the fragment (kept in the browser, not sent in URLs)
@@ -107,6 +118,7 @@ try {
     shown = await dash.evaluate(() => document.getElementById("kpi-views").dataset.value);
     if (shown !== String(want)) await dash.waitForTimeout(1000);
   }
+  mark("dashboard");
   out.dashboard = await dash.evaluate(() => ({
     views: document.getElementById("kpi-views").dataset.value,
     likes: document.getElementById("kpi-likes").dataset.value,
@@ -122,6 +134,7 @@ try {
   await dash.waitForFunction(() => document.querySelectorAll("#filters .chip").length === 1, null, { timeout: 10000 });
   await dash.waitForFunction(() => document.getElementById("status").textContent === "", null, { timeout: 10000 });
   out.filtered_views = await dash.evaluate(() => document.getElementById("kpi-views").dataset.value);
+  mark("filtered");
   await dash.setViewportSize({ width: 1280, height: 1100 });
   await dash.screenshot({ path: `${OUT}/dashboard.png`, fullPage: true });
   await dash.setViewportSize({ width: 390, height: 844 });

@@ -338,6 +338,17 @@
       {
         width: Math.max(260, $("#live").clientWidth || 600),
         height: 140,
+        // the last hour, whatever the points: a range of a few seconds (a stream just
+        // started) would make the time axis draw thousands of ticks on every update
+        scales: {
+          x: {
+            time: true,
+            range: function () {
+              var now = Date.now() / 1000;
+              return [now - 3600, now + 60];
+            },
+          },
+        },
         series: [{}, { label: "watching", stroke: "#15803d", fill: "rgba(21,128,61,.08)" }],
         axes: [{}, { size: 40 }],
       },
@@ -347,7 +358,8 @@
     if (!feeds[name] && window.EventSource) {
       // live updates: one event a second at most, shared by every viewer of the stream
       var es = new EventSource("/v1/live/" + encodeURIComponent(name) + "/events");
-      es.onmessage = function (ev) {
+      // the merger names its events `live`
+      es.addEventListener("live", function (ev) {
         try {
           var g = JSON.parse(ev.data);
           box.querySelector(".now").textContent = fmt.format(g.watching) + " watching now";
@@ -365,7 +377,7 @@
         } catch (e) {
           /* not a gauge */
         }
-      };
+      });
       feeds[name] = es;
     }
   }

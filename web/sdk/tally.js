@@ -347,13 +347,14 @@
       },
       function (el, url) {
         el.source = new root.EventSource(url);
-        el.source.onmessage = function (m) {
+        // the edges name their events `live`
+        el.source.addEventListener("live", function (m) {
           try {
             show(el, "watching", JSON.parse(m.data).watching);
           } catch (e) {
             /* not a gauge */
           }
-        };
+        });
       },
       function (el) {
         if (el.source) el.source.close();
