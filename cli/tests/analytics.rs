@@ -226,6 +226,16 @@ async fn the_openapi_documents_match_what_the_servers_answer() {
         assert!(params.contains(&p), "{p} in {params:?}");
     }
     assert!(merger_doc["paths"]["/v1/videos/{id}/stats"]["get"]["security"].is_null(), "per-video counts stay public");
+    // the dashboard's files are gzipped for browsers that ask
+    let r = http
+        .get(format!("http://{}/dashboard/vendor/world-map.json", m.http))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+    let gz = r.bytes().await.unwrap().len();
+    assert!((50_000..300_000).contains(&gz), "{gz} bytes gzipped");
     let events = &edge_doc["paths"]["/v1/events"]["post"];
     assert!(events["requestBody"]["content"]["text/plain"]["schema"]["$ref"].as_str().unwrap().ends_with("Beacon"), "{events}");
     assert!(edge_doc["components"]["schemas"]["BeaconEvent"]["properties"]["token"].is_object());

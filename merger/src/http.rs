@@ -99,6 +99,9 @@ pub fn router(api: Api) -> Router {
             }),
         )
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json") })
+        // gzip for clients that ask (the dashboard's map is 0.8 MB, 0.15 MB gzipped);
+        // tower-http's default predicate leaves SSE streams and tiny bodies alone
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(api)
 }
 
