@@ -226,6 +226,11 @@ async fn the_openapi_documents_match_what_the_servers_answer() {
         assert!(params.contains(&p), "{p} in {params:?}");
     }
     assert!(merger_doc["paths"]["/v1/videos/{id}/stats"]["get"]["security"].is_null(), "per-video counts stay public");
+    for code in ["400", "401", "403", "429", "503", "504"] {
+        let r = &analytics["responses"][code];
+        assert!(r["description"].is_string(), "{code}: {analytics}");
+        assert!(r["content"]["application/json"]["schema"]["$ref"].as_str().unwrap_or("").ends_with("Problem"), "{code}: {r}");
+    }
     // the dashboard's files are gzipped for browsers that ask
     let r = http
         .get(format!("http://{}/dashboard/vendor/world-map.json", m.http))

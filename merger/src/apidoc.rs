@@ -49,6 +49,30 @@ pub struct Problem {
     pub error: String,
 }
 
+/// The error answers every analytics endpoint may give (each a [`Problem`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AnalyticsErrors {
+    /// bad parameters, named in the error
+    #[response(status = 400)]
+    BadRequest(Problem),
+    /// no valid API key
+    #[response(status = 401)]
+    Unauthorized(Problem),
+    /// outside the key's scope, or a blocked video
+    #[response(status = 403)]
+    Forbidden(Problem),
+    /// the key is over its rate limit
+    #[response(status = 429)]
+    TooManyRequests(Problem),
+    /// analytics busy; retry
+    #[response(status = 503)]
+    Busy(Problem),
+    /// the query ran over its time and was stopped
+    #[response(status = 504)]
+    TimedOut(Problem),
+}
+
 /// The range of an analytics query.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

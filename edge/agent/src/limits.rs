@@ -70,23 +70,25 @@ impl Limits {
             Sessions::Unknown => return false,
         };
         let now = Instant::now();
-        let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+        let flagged = || self.flagged.lock().unwrap_or_else(|p| p.into_inner());
         let mut bot = false;
         for id in ids {
-            match flagged.get(id) {
-                Some(until) if *until > now => bot = true,
-                _ => {
-                    if bursts.check_key(&id.to_vec()).is_err() {
-                        if flagged.len() >= MAX_FLAGGED {
-                            flagged.retain(|_, until| *until > now);
-                            if flagged.len() >= MAX_FLAGGED {
-                                flagged.clear();
-                            }
-                        }
-                        flagged.insert(id.to_vec(), now + BURST_FLAG);
-                        bot = true;
+            // the shared map is locked only to look up and to flag, not around the
+            // (lock-free) rate check every beacon of every worker makes
+            if flagged().get(id).is_some_and(|until| *until > now) {
+                bot = true;
+                continue;
+            }
+            if bursts.check_key(&id.to_vec()).is_err() {
+                let mut flagged = flagged();
+                if flagged.len() >= MAX_FLAGGED {
+                    flagged.retain(|_, until| *until > now);
+                    if flagged.len() >= MAX_FLAGGED {
+                        flagged.clear();
                     }
                 }
+                flagged.insert(id.to_vec(), now + BURST_FLAG);
+                bot = true;
             }
         }
         bot
