@@ -106,7 +106,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
 /// A write-ahead log file: its covering frame, then two beacons.
 pub fn wal_seed() -> Vec<u8> {
     let mut out = Vec::new();
-    let covers = tally_edge::wal::Covers { epoch: 7, seq: 1 };
+    let covers = tally_agent::wal::Covers { epoch: 7, seq: 1 };
     tally_records::put(&mut out, &postcard::to_allocvec(&covers).expect("encodes"));
     for body in beacon_seeds().into_iter().take(2) {
         // the fields of `wal::Logged`, in order
@@ -118,7 +118,7 @@ pub fn wal_seed() -> Vec<u8> {
 
 /// A checkpoint of a state that applied the seed frames.
 pub fn checkpoint_seed() -> Vec<u8> {
-    let mut state = tally_merger::state::State::new(tally_delta::FactConfig::default(), 10_000);
+    let mut state = tally_merger::state::LiveState::new(tally_delta::FactConfig::default(), 10_000);
     for f in frame_seeds() {
         if let Ok(mut f) = DeltaFrame::decode(&f) {
             state.apply(&mut f, T0);
@@ -244,7 +244,7 @@ pub fn targets() -> Vec<Target> {
             name: "wal",
             seeds: vec![wal_seed()],
             run: Box::new(|b| {
-                let _ = tally_edge::wal::parse(std::path::Path::new("fuzz.wal"), b);
+                let _ = tally_agent::wal::parse(std::path::Path::new("fuzz.wal"), b);
             }),
         },
         Target {

@@ -48,7 +48,7 @@ fn the_harness_catches_a_panicking_parser() {
 
 #[test]
 fn the_seeds_are_valid_inputs_so_mutations_start_from_real_structure() {
-    let (covers, beacons) = tally_edge::wal::parse(std::path::Path::new("seed.wal"), &fuzz::wal_seed()).unwrap();
+    let (covers, beacons) = tally_agent::wal::parse(std::path::Path::new("seed.wal"), &fuzz::wal_seed()).unwrap();
     assert_eq!((covers.map(|c| c.epoch), beacons.len()), (Some(7), 2));
     let (mark, state) =
         tally_merger::checkpoint::decode(std::path::Path::new("seed.ckpt"), &fuzz::checkpoint_seed()).unwrap();

@@ -37,9 +37,8 @@ fn main() {
         .to_path_buf();
     let wasm_target_dir = target_root.join("wasm-components");
 
-    for dir in ["wit", "edge/collector", "edge/component", "edge/spin", "edge/delta", "web/sdk"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
-    }
+    // Rebuild when the lockfile or the workspace manifest changes; which sources the
+    // components are made of comes from cargo's own dep-info, after the nested build.
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.toml").display());
 
@@ -79,6 +78,20 @@ fn main() {
         );
     }
 
+    // Every source file (and WIT file) the components were built from, as cargo's
+    // dep-info (`<artifact>.d`: `target: dep dep ...`) lists them: a new crate or folder
+    // the components come to depend on is watched without editing this file.
+    for (pkg, built, _) in COMPONENTS {
+        let dep_info = wasm_target_dir.join("wasm32-wasip2/wasm").join(built).with_extension("d");
+        let text = std::fs::read_to_string(&dep_info)
+            .unwrap_or_else(|e| panic!("reading cargo's dep-info {} for {pkg}: {e}", dep_info.display()));
+        for dep in dep_info_paths(&text) {
+            if dep.starts_with(workspace) {
+                println!("cargo:rerun-if-changed={}", dep.display());
+            }
+        }
+    }
+
     let mut consts = String::new();
     for (pkg, built, name) in COMPONENTS {
         let src = wasm_target_dir.join("wasm32-wasip2/wasm").join(built);
@@ -93,4 +106,32 @@ fn main() {
         ));
     }
     std::fs::write(out_dir.join("components.rs"), consts).unwrap();
+}
+
+/// The prerequisites of a make-style dep-info file (`target: a b\ c`), spaces in paths
+/// escaped with a backslash.
+fn dep_info_paths(text: &str) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for line in text.lines() {
+        let Some((_, deps)) = line.split_once(": ") else {
+            continue;
+        };
+        let mut current = String::new();
+        let mut chars = deps.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => current.extend(chars.next()),
+                ' ' => {
+                    if !current.is_empty() {
+                        paths.push(PathBuf::from(std::mem::take(&mut current)));
+                    }
+                }
+                c => current.push(c),
+            }
+        }
+        if !current.is_empty() {
+            paths.push(current.into());
+        }
+    }
+    paths
 }

@@ -1,12 +1,12 @@
 //! Checkpoints of the live state, so that a start reads one file and the log behind it
 //! instead of every frame ever accepted, and so that the log can be compacted.
 //!
-//! A checkpoint is the serialised [`State`] as it was right after the frame at log
+//! A checkpoint is the serialised [`LiveState`] as it was right after the frame at log
 //! position `pos` was applied, plus `tier_pos`: the last frame before it that went to
 //! the tiers. It is written only once the tiers' watermark has reached `tier_pos`, so
 //! a start from it replays to the tiers exactly the frames they lack, resolved as the
 //! first time (replay from a checkpoint decides as the live run did: see
-//! [`State::apply`]).
+//! [`LiveState::apply`]).
 //!
 //! Files are `checkpoint/<segment>-<offset>.ckpt`:
 //! `[magic "TALLYCKP"][version u32 LE][len u64 LE][crc32 u32 LE][postcard payload]`,
@@ -16,7 +16,7 @@
 //! between still there.
 
 use crate::log::LogPos;
-use crate::state::State;
+use crate::state::LiveState;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Write};
@@ -24,8 +24,10 @@ use std::path::{Path, PathBuf};
 use tally_delta::FactConfig;
 
 const MAGIC: &[u8; 8] = b"TALLYCKP";
-/// Version 2 added the bot-event counter to the ingest counters.
-const VERSION: u32 = 2;
+/// Version 2 added the bot-event counter to the ingest counters; version 3 keeps only
+/// the applied frames' sums in the state (the process's telemetry moved to
+/// [`crate::metrics`]).
+const VERSION: u32 = 3;
 const HEAD: usize = 8 + 4 + 8 + 4;
 /// Checkpoints kept.
 pub const KEEP: usize = 2;
@@ -70,18 +72,18 @@ pub struct Mark {
 #[derive(Serialize)]
 struct Out<'a> {
     mark: Mark,
-    state: &'a State,
+    state: &'a LiveState,
 }
 
 #[derive(Deserialize)]
 struct In {
     mark: Mark,
-    state: State,
+    state: LiveState,
 }
 
 /// Serialises the state for a checkpoint (the caller holds the state's lock only for
 /// this; writing the file happens elsewhere).
-pub fn encode(mark: Mark, state: &State) -> Vec<u8> {
+pub fn encode(mark: Mark, state: &LiveState) -> Vec<u8> {
     let payload = postcard::to_allocvec(&Out { mark, state }).unwrap_or_else(|e| {
         // every type in the state serialises; this would be a bug, not bad input
         unreachable!("serialising the state: {e}")
@@ -96,7 +98,7 @@ pub fn encode(mark: Mark, state: &State) -> Vec<u8> {
 }
 
 /// Reads a checkpoint's bytes (`path` names it in errors).
-pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Mark, State), CheckpointError> {
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Mark, LiveState), CheckpointError> {
     let bad = |why: String| CheckpointError::Damaged {
         path: path.to_owned(),
         why,
@@ -149,7 +151,7 @@ pub fn list(dir: &Path) -> Result<Vec<(LogPos, PathBuf)>, CheckpointError> {
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// The checkpoint started from, with its state (settings applied).
-    pub start: Option<(Mark, State)>,
+    pub start: Option<(Mark, LiveState)>,
     /// Checkpoints that could not be read (each logged).
     pub damaged: usize,
     /// Checkpoints passed over because the tiers are behind them.
@@ -175,8 +177,7 @@ pub fn load(
                     out.skipped += 1;
                     continue;
                 }
-                let mut state = state.restored(facts, live_timeout_ms);
-                state.counters.log_broken = false;
+                let state = state.restored(facts, live_timeout_ms);
                 out.start = Some((mark, state));
                 return Ok(out);
             }
@@ -226,14 +227,14 @@ mod tests {
     #[test]
     fn newest_readable_checkpoint_not_ahead_of_the_tiers_is_used() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = State::default();
-        s.counters.frames_applied = 1;
+        let mut s = LiveState::default();
+        s.sums.frames = 1;
         let m1 = Mark {
             pos: pos(1, 100),
             tier_pos: Some(pos(1, 90)),
         };
         write(dir.path(), m1.pos, &encode(m1, &s)).unwrap();
-        s.counters.frames_applied = 2;
+        s.sums.frames = 2;
         let m2 = Mark {
             pos: pos(2, 50),
             tier_pos: Some(pos(2, 50)),
@@ -243,7 +244,7 @@ mod tests {
         let fc = FactConfig::default();
         let l = load(dir.path(), Some(pos(3, 0)), fc, 0).unwrap();
         let (mark, state) = l.start.unwrap();
-        assert_eq!((mark, state.counters.frames_applied), (m2, 2));
+        assert_eq!((mark, state.sums.frames), (m2, 2));
         // tiers only at (2, 0): the newest would leave a hole, the older one is used
         let l = load(dir.path(), Some(pos(2, 0)), fc, 0).unwrap();
         assert_eq!((l.start.unwrap().0, l.skipped), (m1, 1));
@@ -271,7 +272,7 @@ mod tests {
             pos: pos(1, 1),
             tier_pos: None,
         };
-        let bytes = encode(m, &State::default());
+        let bytes = encode(m, &LiveState::default());
         fs::write(dir.path().join(file_name(m.pos)), &bytes[..bytes.len() - 3]).unwrap();
         fs::write(dir.path().join(file_name(pos(0, 5))), b"hello").unwrap();
         let l = load(dir.path(), None, FactConfig::default(), 0).unwrap();

@@ -2,7 +2,8 @@
 //! in each minute, per stream, sampled from the live state every few seconds and kept
 //! for the last 24 hours in memory (`GET /v1/analytics/concurrent`).
 
-use crate::ingest::{Ingest, now_ms};
+use crate::ingest::Ingest;
+use tally_delta::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,6 +4,58 @@
 use std::collections::HashMap;
 use tally_delta::DeltaFrame;
 
+/// Why an edge was not let in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown edge or wrong secret (one answer for both, so neither is revealed).
+    #[error("unknown edge or wrong secret for edge {edge}")]
+    Refused {
+        /// The edge id it claimed.
+        edge: String,
+    },
+    /// Too many failed attempts from this address in the window.
+    #[error("too many failed attempts from this address; retry in {retry_in_s} s")]
+    Throttled {
+        /// Seconds until the window ends.
+        retry_in_s: u64,
+    },
+}
+
+/// Why a frame from an authenticated edge cannot be true.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameBoundsError {
+    /// It names another POP than its edge may speak for.
+    #[error("edge {edge} may not send frames for POP {pop}")]
+    ForeignPop {
+        /// The authenticated edge.
+        edge: String,
+        /// The POP the frame names.
+        pop: String,
+    },
+    /// It ends after the merger's clock plus the allowed skew.
+    #[error("frame ends at {end_ms} ms, more than {skew_ms} ms after the merger's clock ({now_ms} ms)")]
+    FromTheFuture {
+        /// The frame's interval end.
+        end_ms: u64,
+        /// The allowed skew.
+        skew_ms: u64,
+        /// The merger's clock.
+        now_ms: u64,
+    },
+    /// A row's minute lies outside what its edge could have accepted.
+    #[error("a row's minute {minute} is outside what the edge could accept ({lo}..={hi}) for a frame ending at {end_ms} ms")]
+    MinuteOutOfBounds {
+        /// The row's minute.
+        minute: u32,
+        /// The first minute allowed.
+        lo: u64,
+        /// The last minute allowed.
+        hi: u64,
+        /// The frame's interval end.
+        end_ms: u64,
+    },
+}
+
 /// The edges a merger knows and the bounds their frames must keep.
 #[derive(Debug, Clone, Default)]
 pub struct EdgePolicy {
@@ -24,7 +76,7 @@ impl EdgePolicy {
     /// The secret is compared in constant time (digests of both, folded byte by byte),
     /// and an unknown edge and a wrong secret get the same answer, so neither timing nor
     /// wording tells an attacker which edge ids exist; the log says which it was.
-    pub fn authenticate(&self, edge_id: &str, secret: &str) -> Result<(), String> {
+    pub fn authenticate(&self, edge_id: &str, secret: &str) -> Result<(), AuthError> {
         use sha2::{Digest, Sha256};
         let given = Sha256::digest(secret.as_bytes());
         let (known, want) = match self.secrets.get(edge_id) {
@@ -41,7 +93,9 @@ impl EdgePolicy {
             reason = if known { "wrong secret" } else { "unknown edge" },
             "edge refused"
         );
-        Err(format!("unknown edge or wrong secret for edge {edge_id}"))
+        Err(AuthError::Refused {
+            edge: edge_id.to_owned(),
+        })
     }
 
     /// Whether `edge` may send frames for `pop`.
@@ -57,16 +111,20 @@ impl EdgePolicy {
     /// lies outside what its edge could have accepted (its interval end minus the
     /// lateness bound, to the end plus skew). A frame may arrive any time after it was
     /// made (edges spool through outages); only its contents are bounded.
-    pub fn check_frame(&self, edge: &str, frame: &DeltaFrame, now_ms: u64) -> Result<(), String> {
+    pub fn check_frame(&self, edge: &str, frame: &DeltaFrame, now_ms: u64) -> Result<(), FrameBoundsError> {
         let h = &frame.header;
         if !self.may_speak_for(edge, &h.pop_id) {
-            return Err(format!("edge {edge} may not send frames for POP {}", h.pop_id));
+            return Err(FrameBoundsError::ForeignPop {
+                edge: edge.to_owned(),
+                pop: h.pop_id.clone(),
+            });
         }
         if h.interval_end_ms > now_ms.saturating_add(self.skew_ms) {
-            return Err(format!(
-                "frame ends at {} ms, more than {} ms after the merger's clock ({now_ms} ms)",
-                h.interval_end_ms, self.skew_ms
-            ));
+            return Err(FrameBoundsError::FromTheFuture {
+                end_ms: h.interval_end_ms,
+                skew_ms: self.skew_ms,
+                now_ms,
+            });
         }
         let lo = h.interval_end_ms.saturating_sub(self.lateness_ms + self.skew_ms) / 60_000;
         let hi = h.interval_end_ms.saturating_add(self.skew_ms) / 60_000;
@@ -77,10 +135,12 @@ impl EdgePolicy {
             .chain(frame.uniques.iter().map(|u| u.minute));
         for m in minutes {
             if u64::from(m) < lo || u64::from(m) > hi {
-                return Err(format!(
-                    "a row's minute {m} is outside what the edge could accept ({lo}..={hi}) for a frame ending at {} ms",
-                    h.interval_end_ms
-                ));
+                return Err(FrameBoundsError::MinuteOutOfBounds {
+                    minute: m,
+                    lo,
+                    hi,
+                    end_ms: h.interval_end_ms,
+                });
             }
         }
         Ok(())
@@ -108,12 +168,11 @@ impl AuthThrottle {
     }
 
     /// Whether `ip` may try now.
-    pub fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), String> {
+    pub fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), AuthError> {
         match self.lock().get(&ip) {
-            Some(&(n, since)) if n >= MAX_FAILURES && now_ms < since + FAILURE_WINDOW_MS => Err(format!(
-                "too many failed attempts from this address; retry in {} s",
-                (since + FAILURE_WINDOW_MS - now_ms).div_ceil(1000)
-            )),
+            Some(&(n, since)) if n >= MAX_FAILURES && now_ms < since + FAILURE_WINDOW_MS => Err(AuthError::Throttled {
+                retry_in_s: (since + FAILURE_WINDOW_MS - now_ms).div_ceil(1000),
+            }),
             _ => Ok(()),
         }
     }
@@ -197,22 +256,24 @@ mod tests {
         assert!(p.check_frame("fra-1", &frame("fra", old, old / MIN - 600), now).is_ok());
         // another POP's name
         let e = p.check_frame("fra-1", &frame("ams", now, now / MIN), now).unwrap_err();
-        assert!(e.contains("POP ams"), "{e}");
+        assert!(matches!(&e, FrameBoundsError::ForeignPop { pop, .. } if pop == "ams"), "{e}");
+        assert!(e.to_string().contains("POP ams"), "{e}");
         assert!(p.check_frame("odd", &frame("ams", now, now / MIN), now).is_ok());
         // from the future
         let e = p
             .check_frame("fra-1", &frame("fra", now + 60 * MIN, now / MIN), now)
             .unwrap_err();
-        assert!(e.contains("after the merger's clock"), "{e}");
+        assert!(matches!(e, FrameBoundsError::FromTheFuture { .. }), "{e}");
+        assert!(e.to_string().contains("after the merger's clock"), "{e}");
         // a row far from its frame's time (a day of watch time aimed at one old minute)
         let e = p
             .check_frame("fra-1", &frame("fra", now, now / MIN - 3 * 24 * 60), now)
             .unwrap_err();
-        assert!(e.contains("outside"), "{e}");
+        assert!(matches!(e, FrameBoundsError::MinuteOutOfBounds { .. }), "{e}");
         let e = p
             .check_frame("fra-1", &frame("fra", now, now / MIN + 60), now)
             .unwrap_err();
-        assert!(e.contains("outside"), "{e}");
+        assert!(matches!(e, FrameBoundsError::MinuteOutOfBounds { .. }), "{e}");
     }
 
     #[test]
@@ -223,7 +284,7 @@ mod tests {
             assert!(t.check(a, 1_000).is_ok());
             t.record(a, false, 1_000);
         }
-        assert!(t.check(a, 2_000).unwrap_err().contains("too many failed attempts"));
+        assert_eq!(t.check(a, 2_000), Err(AuthError::Throttled { retry_in_s: 59 }));
         assert!(t.check(b, 2_000).is_ok(), "other addresses are not affected");
         assert!(t.check(a, 1_000 + FAILURE_WINDOW_MS).is_ok(), "the window ends");
         t.record(a, true, 1_000 + FAILURE_WINDOW_MS);
@@ -236,6 +297,7 @@ mod tests {
         assert!(p.authenticate("fra-1", "s3cret-123").is_ok());
         let a = p.authenticate("fra-1", "wrong").unwrap_err();
         let b = p.authenticate("nope", "s3cret-123").unwrap_err();
-        assert_eq!(a.replace("fra-1", "X"), b.replace("nope", "X"));
+        assert!(matches!(a, AuthError::Refused { .. }) && matches!(b, AuthError::Refused { .. }));
+        assert_eq!(a.to_string().replace("fra-1", "X"), b.to_string().replace("nope", "X"));
     }
 }

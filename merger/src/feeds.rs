@@ -2,7 +2,7 @@
 //! are computed once a second however many viewers follow it, and the feed stops when
 //! its last client leaves.
 
-use crate::http::live_json;
+use crate::api::public::LiveGauge;
 use crate::ingest::Ingest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ impl LiveFeeds {
                         return;
                     }
                 }
-                let now = live_json(&me.ingest.read(), &stream, me.live_timeout_ms).to_string();
+                let now = LiveGauge::of(&me.ingest.read(), &stream, me.live_timeout_ms).to_json();
                 tx.send_if_modified(|old| {
                     let changed = old.as_deref() != Some(now.as_str());
                     if changed {

@@ -125,11 +125,7 @@ fn write(path: &Path, file: &KeyFile) -> Result<(), KeysError> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use tally_delta::now_ms;
 
 fn random(n: usize) -> Result<Vec<u8>, KeysError> {
     let mut b = vec![0u8; n];

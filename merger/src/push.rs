@@ -5,8 +5,9 @@
 //! Interest arrives as changes to a set, and big sets and snapshots go in several
 //! messages, so that no message nears the limit however many ids an edge follows.
 
-use crate::http::{live_json, video_json};
-use crate::ingest::{Ingest, now_ms};
+use crate::api::public::{LiveGauge, VideoStats};
+use crate::ingest::Ingest;
+use tally_delta::now_ms;
 use quinn::Connection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -139,14 +140,14 @@ fn changes(
     };
     let state = ingest.read();
     for v in &want.videos {
-        let body = video_json(&state, v).map(|j| j.to_string());
+        let body = VideoStats::of(&state, v).map(|j| j.to_json());
         if sent.get(&(false, v.clone())) != Some(&body) {
             sent.insert((false, v.clone()), body.clone());
             snap.videos.push((v.clone(), body));
         }
     }
     for s in &want.streams {
-        let body = live_json(&state, s, live_timeout_ms).to_string();
+        let body = LiveGauge::of(&state, s, live_timeout_ms).to_json();
         if sent.get(&(true, s.clone())).and_then(|b| b.as_ref()) != Some(&body) {
             sent.insert((true, s.clone()), Some(body.clone()));
             snap.live.push((s.clone(), body));

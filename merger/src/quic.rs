@@ -1,8 +1,44 @@
 //! The QUIC endpoint edges ship frames to.
 
+use crate::edges::AuthError;
 use crate::ingest::Ingest;
+use crate::metrics::Outcome;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use tally_link::protocol::{self, Ack, Hello, HelloReply, MAX_MESSAGE, REFUSED};
+use tally_link::protocol::{self, Ack, Hello, HelloReply, MAX_MESSAGE, NOT_DURABLE, REFUSED};
+
+/// Why a connection's edge was not let in.
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    /// No hello stream within [`HELLO_TIMEOUT`].
+    #[error("no hello within 10 s")]
+    Timeout,
+    /// The connection ended before its hello.
+    #[error("no hello: {0}")]
+    NoStream(#[from] quinn::ConnectionError),
+    /// The hello stream could not be read.
+    #[error("bad hello: {0}")]
+    Unreadable(#[from] quinn::ReadToEndError),
+    /// The hello is not a [`Hello`].
+    #[error("malformed hello: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The edge is unknown, its secret wrong, or its address throttled.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl HelloError {
+    /// The application error code the connection is closed with.
+    fn close_code(&self) -> u32 {
+        match self {
+            // the edge is told why in the hello reply (or the close reason) either way
+            HelloError::Timeout
+            | HelloError::NoStream(_)
+            | HelloError::Unreadable(_)
+            | HelloError::Malformed(_)
+            | HelloError::Auth(AuthError::Refused { .. } | AuthError::Throttled { .. }) => REFUSED,
+        }
+    }
+}
 
 /// Accepts connections until the endpoint closes.
 /// `live_timeout_ms` is passed to the count pushes (see [`crate::push`]).
@@ -25,14 +61,14 @@ async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
     let remote = conn.remote_address();
     let said = tokio::time::timeout(HELLO_TIMEOUT, hello(&conn, &ingest, remote.ip()))
         .await
-        .unwrap_or_else(|_| Err("no hello within 10 s".to_string()));
+        .unwrap_or(Err(HelloError::Timeout));
     let edge = match said {
         Ok(edge) => edge,
         Err(why) => {
             tracing::warn!(%remote, reason = %why, "edge refused");
             // Give the edge a moment to read the refusal before the connection goes.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
-            conn.close(REFUSED.into(), why.as_bytes());
+            conn.close(why.close_code().into(), why.to_string().as_bytes());
             return;
         }
     };
@@ -62,28 +98,43 @@ async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
     }
 }
 
-async fn hello(conn: &Connection, ingest: &Ingest, ip: std::net::IpAddr) -> Result<String, String> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| format!("no hello: {e}"))?;
-    let bytes = recv.read_to_end(4096).await.map_err(|e| format!("bad hello: {e}"))?;
-    let h: Hello = protocol::decode(&bytes).map_err(|e| format!("malformed hello: {e}"))?;
+async fn hello(conn: &Connection, ingest: &Ingest, ip: std::net::IpAddr) -> Result<String, HelloError> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let bytes = recv.read_to_end(4096).await?;
+    let h: Hello = protocol::decode(&bytes)?;
     let verdict = ingest.authenticate(ip, &h.edge_id, &h.secret);
     let reply = match &verdict {
         Ok(()) => HelloReply::Welcome,
-        Err(why) => HelloReply::Refused(why.clone()),
+        Err(why) => HelloReply::Refused(why.to_string()),
     };
     let _ = send.write_all(&protocol::encode(&reply)).await;
     let _ = send.finish();
-    verdict.map(|()| h.edge_id)
+    verdict?;
+    Ok(h.edge_id)
 }
 
-async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Ingest, edge: &str) -> anyhow::Result<()> {
+/// Why a frame stream ended before its answer was sent (the edge resends the frame).
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// The frame could not be read.
+    #[error("reading the frame: {0}")]
+    Read(#[from] quinn::ReadToEndError),
+    /// The answer could not be written.
+    #[error("writing the answer: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream was already closed.
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+}
+
+async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Ingest, edge: &str) -> Result<(), StreamError> {
     let bytes = match recv.read_to_end(MAX_MESSAGE).await {
         Ok(b) => b,
         Err(quinn::ReadToEndError::TooLong) => {
             // Not wrong, but not takeable as one frame: say so (the edge keeps it; Tally
             // edges split such frames before sending).
             tracing::error!(edge, limit = MAX_MESSAGE, "frame too large; the edge must split it");
-            ingest.write().counters.frames_too_large += 1;
+            ingest.metrics().frames(Outcome::TooLarge, 1);
             let _ = recv.stop(0u32.into());
             let why = format!("frame too large: over {MAX_MESSAGE} bytes; split it into frames under the limit");
             send.write_all(&protocol::encode(&Ack::Later(why))).await?;
@@ -105,7 +156,7 @@ async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Inges
         // Not durable: reset the stream without an ack; the edge resends.
         Err(why) => {
             tracing::error!(edge, reason = %why, "frame not made durable");
-            send.reset(2u32.into())?;
+            send.reset(NOT_DURABLE.into())?;
         }
     }
     Ok(())

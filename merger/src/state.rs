@@ -128,21 +128,12 @@ pub struct LiveView {
     pub peak: u64,
 }
 
-/// Counters of the ingest path, for `/metrics`.
+/// What the applied frames added up to: part of the state (checkpointed and replayed
+/// with it), unlike the process's telemetry in [`crate::metrics`].
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct IngestCounters {
+pub struct AppliedTotals {
     /// Frames applied.
-    pub frames_applied: u64,
-    /// Resent frames acknowledged and ignored.
-    pub frames_duplicate: u64,
-    /// Frames refused (corrupt, wrong edge).
-    pub frames_rejected: u64,
-    /// Frames not taken now (a version this merger does not read yet); edges keep them.
-    pub frames_later: u64,
-    /// Frames refused because their id was applied before with other content.
-    pub frames_conflict: u64,
-    /// Frames over the message limit, answered "too large" (kept by their edge).
-    pub frames_too_large: u64,
+    pub frames: u64,
     /// Events counted by edges in applied frames.
     pub events_accepted: u64,
     /// Events edges refused because their request came from a bot.
@@ -151,28 +142,12 @@ pub struct IngestCounters {
     pub counter_rows: u64,
     /// Latest frame end time seen (edge clock, ms).
     pub last_frame_end_ms: u64,
-    /// Group commits of the frame log that failed (nothing of them was acknowledged).
-    pub log_write_failures: u64,
-    /// Damaged regions found in the frame log at start (kept, not cut).
-    pub log_damaged: u64,
-    /// The frame log could not be restored after a failure and takes no more frames.
-    pub log_broken: bool,
-    /// Checkpoints written by this process.
-    pub checkpoints: u64,
-    /// Checkpoints that could not be written (the log keeps everything).
-    pub checkpoint_failures: u64,
-    /// Size of the last checkpoint.
-    pub checkpoint_bytes: u64,
-    /// Checkpoints found damaged at start (an older one or the log was used).
-    pub checkpoints_damaged: u64,
-    /// Log bytes deleted behind checkpoints and the tiers.
-    pub log_bytes_freed: u64,
 }
 
 /// The merged state. Serialisable: the merger checkpoints it (see [`crate::checkpoint`]);
 /// the settings and the blocked videos (kept in their own file) are not part of it.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct State {
+pub struct LiveState {
     applied: HashMap<(String, u64), SeqTracker>,
     videos: HashMap<String, VideoTotals>,
     /// Views per minute, country and video, for recent top-K and series.
@@ -193,8 +168,8 @@ pub struct State {
     /// Where every copy of a counted fact meets: views, completions, shares and comments
     /// count once by their keys, likes are one per (user, video).
     pub facts: FactIndex,
-    /// Ingest counters.
-    pub counters: IngestCounters,
+    /// What the applied frames added up to.
+    pub sums: AppliedTotals,
     /// How far the log applied to this state goes (not checkpointed: it is the
     /// checkpoint's position).
     #[serde(skip)]
@@ -213,19 +188,19 @@ pub struct LogProgress {
     pub bytes: u64,
 }
 
-impl State {
+impl LiveState {
     /// An empty state whose fact sets remember keys as `facts` says, and whose peaks
     /// leave out edges silent for `live_timeout_ms`.
-    pub fn new(facts: FactConfig, live_timeout_ms: u64) -> State {
-        State {
+    pub fn new(facts: FactConfig, live_timeout_ms: u64) -> LiveState {
+        LiveState {
             facts: FactIndex::new(facts),
             live_timeout_ms,
-            ..State::default()
+            ..LiveState::default()
         }
     }
 
     /// The state a checkpoint holds, with this merger's settings.
-    pub fn restored(mut self, facts: FactConfig, live_timeout_ms: u64) -> State {
+    pub fn restored(mut self, facts: FactConfig, live_timeout_ms: u64) -> LiveState {
         self.facts = std::mem::take(&mut self.facts).with_config(facts);
         self.live_timeout_ms = live_timeout_ms;
         self
@@ -255,7 +230,7 @@ impl State {
 
     /// Applies a frame that is in the frame log at `pos` (live or at replay): applies it
     /// exactly once, remembers its checksum (`digest`, see [`frame_digest`]) and moves
-    /// [`State::progress`]. Returns whether it was applied (and must go to the tiers).
+    /// [`LiveState::progress`]. Returns whether it was applied (and must go to the tiers).
     pub fn apply_logged(&mut self, frame: &mut DeltaFrame, digest: u32, pos: crate::log::LogPos, now_ms: u64) -> bool {
         let applied = self.apply(frame, now_ms);
         self.progress.pos = Some(pos);
@@ -292,21 +267,21 @@ impl State {
         let tracker = self.applied.entry((id.edge_id.clone(), id.epoch)).or_default();
         tracker.last_ms = tracker.last_ms.max(now_ms);
         if !tracker.insert(id.seq) {
-            self.counters.frames_duplicate += 1;
             return false;
         }
-        self.counters.frames_applied += 1;
-        if self.counters.frames_applied.is_multiple_of(PRUNE_EVERY) {
+        self.sums.frames += 1;
+        if self.sums.frames.is_multiple_of(PRUNE_EVERY) {
             self.prune_trackers(now_ms);
         }
         self.facts.resolve(frame);
         let frame = &*frame;
         let id = &frame.header.id;
         let counted = frame.intake.accepted.saturating_sub(frame.intake.duplicates);
-        self.counters.events_accepted = self.counters.events_accepted.saturating_add(counted);
-        self.counters.bot_events = self.counters.bot_events.saturating_add(frame.intake.bots);
-        self.counters.counter_rows += frame.counters.len() as u64;
-        self.counters.last_frame_end_ms = self.counters.last_frame_end_ms.max(frame.header.interval_end_ms);
+        let t = &mut self.sums;
+        t.events_accepted = t.events_accepted.saturating_add(counted);
+        t.bot_events = t.bot_events.saturating_add(frame.intake.bots);
+        t.counter_rows += frame.counters.len() as u64;
+        t.last_frame_end_ms = t.last_frame_end_ms.max(frame.header.interval_end_ms);
         let newest = frame.counters.iter().map(|r| r.minute).max().unwrap_or(0);
         for r in &frame.counters {
             let video = frame.str(r.video);
@@ -528,7 +503,7 @@ mod tests {
 
     #[test]
     fn gaps_saturate_instead_of_overflowing() {
-        let mut s = State::default();
+        let mut s = LiveState::default();
         s.apply(&mut gauges("a", u64::MAX - 1, &[]), 0);
         s.apply(&mut gauges("b", u64::MAX - 1, &[]), 0);
         assert_eq!(s.gaps(), u64::MAX, "two trackers near u64::MAX do not overflow");
@@ -578,7 +553,7 @@ mod tests {
 
     #[test]
     fn an_edges_frame_replaces_only_its_own_gauges() {
-        let mut s = State::new(FactConfig::default(), 0);
+        let mut s = LiveState::new(FactConfig::default(), 0);
         s.apply(&mut gauges("a", 1, &[("s1", 3), ("s2", 1)]), 0);
         s.apply(&mut gauges("b", 1, &[("s1", 2)]), 0);
         assert_eq!(s.live("s1", 0, 10).watching, 5);
@@ -612,7 +587,7 @@ mod tests {
     #[test]
     fn live_sessions_count_once_across_edges_and_expire_on_the_mergers_clock() {
         use LiveStatus::*;
-        let mut s = State::new(FactConfig::default(), 10_000);
+        let mut s = LiveState::new(FactConfig::default(), 10_000);
         let t = 1_000_000;
         s.apply(
             &mut beats("a", 1, t, &[(1, Watching), (2, Watching), (3, Connected)]),
@@ -631,14 +606,14 @@ mod tests {
         let later = t + 2_000 + LIVE_SESSION_TIMEOUT_MS + 1;
         assert_eq!(s.live("s1", later, 10_000).connected, 0);
         // a replayed old frame does not bring sessions back
-        let mut s2 = State::new(FactConfig::default(), 10_000);
+        let mut s2 = LiveState::new(FactConfig::default(), 10_000);
         s2.apply(&mut beats("a", 1, t, &[(1, Watching)]), later);
         assert_eq!(s2.live("s1", later, 10_000).watching, 0);
     }
 
     #[test]
     fn trackers_of_silent_epochs_are_dropped_and_busy_ones_kept() {
-        let mut s = State::new(FactConfig::default(), 0);
+        let mut s = LiveState::new(FactConfig::default(), 0);
         let day = 24 * 3600 * 1000;
         s.apply(&mut gauges("old", 1, &[]), 0);
         s.apply(&mut gauges("busy", 1, &[]), 0);

@@ -1,4 +1,4 @@
-// The browser test, driven by cli/tests/browser.rs against a real `tally edge` and
+// The browser test, driven by cli/tests/all/browser.rs against a real `tally edge` and
 // `tally merger`: Debian's chromium (through playwright-core) opens a player page with a
 // real <video> playing clip.webm and tally.js attached, likes, reloads inside the
 // session, leaves; then opens the merger's dashboard and reads the counts from its DOM,

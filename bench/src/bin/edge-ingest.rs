@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tally_bench::traffic::{self, Shape};
-use tally_edge::config::{AgentConfig, MergerTarget};
+use tally_agent::config::{AgentConfig, MergerTarget};
 
 const SECRET: &str = "bench-edge-secret";
 
@@ -71,11 +71,11 @@ async fn run(
         addr_beacons_per_s: 10_000_000,
         ..AgentConfig::default()
     };
-    let agent = tally_edge::start(cfg).await?;
+    let agent = tally_agent::start(cfg).await?;
     // Beacons spread over the run, arrival times from now (the agent stamps real ones).
     let per_conn = 200_000 / connections;
     let shape = Shape {
-        t0: tally_edge::now_ms(),
+        t0: tally_agent::now_ms(),
         ..shape.clone()
     };
     let beacons = Arc::new(traffic::generate(&shape, per_conn * connections, seconds, 42));

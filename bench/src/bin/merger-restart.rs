@@ -138,10 +138,10 @@ async fn fill(dir: &Path, days: u64, beacons_per_day: usize, frames_per_day: u64
         "{}",
         serde_json::json!({
             "frames": frames.len(),
-            "events": s.counters.events_accepted,
+            "events": s.sums.events_accepted,
             "views": s.total_views(),
             "fill_s": started.elapsed().as_secs_f64(),
-            "checkpoint_bytes": s.counters.checkpoint_bytes,
+            "checkpoint_bytes": running.ingest.metrics().last_checkpoint_bytes(),
         })
     );
     Ok(())
@@ -153,8 +153,8 @@ async fn start(dir: &Path, how: &str) -> Result<()> {
     let views = match how {
         "old" => {
             let (_log, records) = tally_merger::log::FrameLog::open(&dir.join("log"))?;
-            let mut state = tally_merger::state::State::new(Default::default(), 10_000);
-            let now = tally_merger::ingest::now_ms();
+            let mut state = tally_merger::state::LiveState::new(Default::default(), 10_000);
+            let now = tally_delta::now_ms();
             for (_, r) in records {
                 let mut f = tally_delta::DeltaFrame::decode(&r)?;
                 state.apply(&mut f, now);

@@ -140,7 +140,7 @@ fn admit_read(a: &Agent, headers: &HeaderMap, peer: SocketAddr, id: &str, stream
     }
     a.limits
         .check_new_interest(&client_of(a, headers, peer))
-        .map_err(|why| retry(StatusCode::TOO_MANY_REQUESTS, why, 60))
+        .map_err(|why| retry(StatusCode::TOO_MANY_REQUESTS, why.to_string(), 60))
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
@@ -155,7 +155,7 @@ async fn events(
     body: Body,
 ) -> Result<Response, ApiError> {
     let arrival_ms = crate::now_ms();
-    a.counters.beacons.fetch_add(1, Ordering::Relaxed);
+    a.metrics.beacons.fetch_add(1, Ordering::Relaxed);
     if let Some(why) = answer::refused_media_type(header_str(&headers, "content-type")) {
         return Err(a.refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, why));
     }
@@ -176,18 +176,16 @@ async fn events(
     let client = client_of(&a, &headers, peer);
     let sessions = route::sessions(&bytes);
     if let Err(why) = a.limits.check(&client, &sessions) {
-        a.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return Err(a.refuse_retry(StatusCode::TOO_MANY_REQUESTS, why, 1));
+        a.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(a.refuse_retry(StatusCode::TOO_MANY_REQUESTS, why.to_string(), 1));
     }
     let user_agent = header_str(&headers, "user-agent");
     let bot = a
         .bots
         .classify(user_agent, |name| headers.get(name).and_then(|v| v.to_str().ok()))
         .or_else(|| a.limits.bursting(&sessions).then(|| "burst".to_owned()));
-    if let Some(kind) = &bot
-        && let Some(i) = crate::BOT_KINDS.iter().position(|k| k == kind)
-    {
-        a.counters.bot_beacons[i].fetch_add(1, Ordering::Relaxed);
+    if let Some(kind) = &bot {
+        a.metrics.bot(kind);
     }
     let facts = RequestFacts {
         country: header_str(&headers, &a.cfg.country_header).to_owned(),
@@ -210,7 +208,9 @@ async fn events(
                 5,
             ));
         }
-        Err(IngestFailure::Trap(e)) => return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e @ (IngestFailure::Trap(_) | IngestFailure::NoInstance(_))) => {
+            return Err(a.refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+        }
     };
     // 202 means durable: wait for the write-ahead log's fsync (shared with every beacon
     // written before it).
@@ -225,18 +225,18 @@ async fn events(
             }
         }
     }
-    a.counters
+    a.metrics
         .events_accepted
         .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-    a.counters
+    a.metrics
         .events_rejected
         .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
-    a.counters
+    a.metrics
         .bytes_accepted
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let (code, body) = outcome.answer();
     if code != 202 {
-        a.counters.refused.fetch_add(1, Ordering::Relaxed);
+        a.metrics.refused.fetch_add(1, Ordering::Relaxed);
     }
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
     Ok((code, Json(body)).into_response())
@@ -244,12 +244,12 @@ async fn events(
 
 impl Agent {
     fn refuse(&self, code: StatusCode, msg: impl Into<String>) -> ApiError {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refused.fetch_add(1, Ordering::Relaxed);
         err(code, msg)
     }
 
     fn refuse_retry(&self, code: StatusCode, msg: impl Into<String>, after_s: u64) -> ApiError {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refused.fetch_add(1, Ordering::Relaxed);
         retry(code, msg, after_s)
     }
 }
@@ -389,7 +389,7 @@ async fn healthz(State(a): State<Arc<Agent>>) -> Json<serde_json::Value> {
 async fn metrics(State(a): State<Arc<Agent>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        a.metrics_text().await,
+        crate::metrics::render(&a),
     )
         .into_response()
 }
@@ -421,7 +421,7 @@ async fn swap_component(
     let n = bytes.len();
     a.swap_component(bytes.to_vec())
         .await
-        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     Ok(Json(json!({ "swapped": true, "bytes": n })))
 }
 

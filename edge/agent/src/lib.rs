@@ -19,6 +19,7 @@ pub mod apidoc;
 pub mod config;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod reads;
 pub mod ship;
@@ -26,21 +27,32 @@ pub mod spool;
 pub mod wal;
 
 use config::AgentConfig;
-use pool::{Epochs, Kind, Pool};
+use metrics::AgentMetrics;
+use pool::{Epochs, Pool};
 use reads::ReadCache;
 use ship::Shipping;
 use spool::{Spool, SpoolError};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+pub use tally_delta::now_ms;
+
+/// Why the collector component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    /// The component file could not be read.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// wasmtime could not compile or instantiate it.
+    #[error(transparent)]
+    Host(#[from] tally_wasm_host::HostError),
 }
 
 /// Why the agent could not start.
@@ -49,42 +61,50 @@ pub enum StartError {
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The spool directory could not be made.
+    #[error("creating spool dir {path}: {source}")]
+    SpoolDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The write-ahead log could not be read back.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] wal::WalError),
     /// The component could not be loaded or instantiated.
     #[error("collector component: {0}")]
-    Component(String),
+    Component(#[from] ComponentError),
+    /// The collector instances could not start.
+    #[error(transparent)]
+    Pool(#[from] pool::PoolError),
     /// The listen address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    /// Other local I/O.
-    #[error("{0}")]
-    Io(String),
+    /// Start-up was interrupted (its blocking task panicked or was cancelled).
+    #[error("start-up was interrupted")]
+    Interrupted,
 }
 
-/// Beacon counters.
-#[derive(Default)]
-pub struct HttpCounters {
-    /// Beacons received.
-    pub beacons: AtomicU64,
-    /// Beacons refused (any non-202 answer).
-    pub refused: AtomicU64,
-    /// Beacons refused by a rate limit.
-    pub rate_limited: AtomicU64,
-    /// Events accepted (duplicates included).
-    pub events_accepted: AtomicU64,
-    /// Events refused.
-    pub events_rejected: AtomicU64,
-    /// Body bytes of accepted beacons.
-    pub bytes_accepted: AtomicU64,
-    /// Beacons classified as bots, by what gave them away: user-agent, CDN verified
-    /// bot, CDN score, burst.
-    pub bot_beacons: [AtomicU64; 4],
+/// Why a component swap did not happen (the running component keeps counting).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The new component could not be loaded, compiled or instantiated.
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    /// The new component could not be compiled or instantiated.
+    #[error(transparent)]
+    Host(#[from] tally_wasm_host::HostError),
+    /// Some instances could not be replaced.
+    #[error(transparent)]
+    Pool(#[from] pool::PoolError),
+    /// The swap's blocking task panicked or was cancelled.
+    #[error("the swap was interrupted")]
+    Interrupted,
 }
-
-/// The labels of [`HttpCounters::bot_beacons`], in order.
-pub const BOT_KINDS: [&str; 4] = ["user-agent", "cdn-verified", "cdn-score", "burst"];
 
 /// One running agent's shared parts.
 pub struct Agent {
@@ -102,13 +122,12 @@ pub struct Agent {
     pub limits: limits::Limits,
     /// Bot classification by User-Agent and CDN headers.
     pub bots: tally_collector::bots::Classifier,
-    /// Beacon counters.
-    pub counters: HttpCounters,
+    /// The agent's telemetry.
+    pub metrics: Arc<AgentMetrics>,
     /// The spool refused the last frames: beacons are refused until it has room.
     pub spool_full: AtomicBool,
     /// Frames taken from the collectors that the spool has not taken yet.
     unspooled: Mutex<Vec<pool::Flushed>>,
-    frames_spooled: AtomicU64,
     swap_lock: tokio::sync::Mutex<()>,
 }
 
@@ -166,7 +185,7 @@ impl Agent {
                 let logs: Vec<std::path::PathBuf> = waiting.drain(..).filter_map(|(_, w)| w).collect();
                 drop(waiting);
                 wal::delete(&logs);
-                self.frames_spooled.fetch_add(n as u64, Ordering::Relaxed);
+                self.metrics.frames_spooled.fetch_add(n as u64, Ordering::Relaxed);
                 self.shipping.enqueue(entries);
                 if self.spool_full.swap(false, Ordering::Relaxed) {
                     tracing::info!("spool has room again; taking beacons");
@@ -186,16 +205,17 @@ impl Agent {
 
     /// Replaces the collector in every instance by the component `wasm`, without losing
     /// accepted events: each old instance's last frame is spooled.
-    pub async fn swap_component(&self, wasm: Vec<u8>) -> Result<(), String> {
+    pub async fn swap_component(&self, wasm: Vec<u8>) -> Result<(), SwapError> {
         let _one_at_a_time = self.swap_lock.lock().await;
         let cfg = self.cfg.clone();
-        let kind = tokio::task::spawn_blocking(move || -> Result<Kind, String> {
-            let kind = Kind::wasm(&wasm, &cfg).map_err(|e| e.to_string())?;
-            kind.check(&cfg.collector_config(0, 1))?;
-            Ok(kind)
+        let kind = tokio::task::spawn_blocking(move || {
+            let kind = pool::kind_of(&wasm, &cfg)?;
+            // it must make a collector from this agent's config before anything changes
+            kind.instantiate(&cfg.collector_config(0, 1))?;
+            Ok::<_, tally_wasm_host::HostError>(kind)
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|_| SwapError::Interrupted)??;
         let (frames, result) = self.pool.swap(kind, now_ms());
         self.spool_frames(frames);
         result?;
@@ -204,7 +224,7 @@ impl Agent {
     }
 
     /// Reloads the configured component (or the embedded one): what SIGHUP does.
-    pub async fn reload_component(&self) -> Result<(), String> {
+    pub async fn reload_component(&self) -> Result<(), SwapError> {
         let bytes = component_bytes(&self.cfg)?;
         self.swap_component(bytes).await
     }
@@ -213,196 +233,15 @@ impl Agent {
     pub fn pending_frames(&self) -> usize {
         self.spool.pending() + self.unspooled.lock().map_or(0, |w| w.len())
     }
-
-    /// Prometheus text.
-    pub async fn metrics_text(&self) -> String {
-        let c = &self.counters;
-        let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        put(
-            "tally_edge_beacons_total",
-            "counter",
-            "Beacons received.",
-            c.beacons.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_beacons_refused_total",
-            "counter",
-            "Beacons answered with an error.",
-            c.refused.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_rate_limited_total",
-            "counter",
-            "Beacons refused by a rate limit.",
-            c.rate_limited.load(Ordering::Relaxed),
-        );
-        {
-            let name = "tally_edge_bot_beacons_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Beacons classified as bots (refused with the reason bot), by what gave them away.\n# TYPE {name} counter"
-            );
-            for (kind, n) in BOT_KINDS.iter().zip(&c.bot_beacons) {
-                let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {}", n.load(Ordering::Relaxed));
-            }
-        }
-        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        put(
-            "tally_edge_events_accepted_total",
-            "counter",
-            "Events accepted (duplicates included).",
-            c.events_accepted.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_events_rejected_total",
-            "counter",
-            "Events refused.",
-            c.events_rejected.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_beacon_bytes_total",
-            "counter",
-            "Body bytes of accepted beacons.",
-            c.bytes_accepted.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_push_resubscribes_total",
-            "counter",
-            "Count-push subscriptions opened again after a merger ended the push stream.",
-            self.cache.resubscribes.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_frames_spooled_total",
-            "counter",
-            "Frames written to the spool.",
-            self.frames_spooled.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_spool_frames",
-            "gauge",
-            "Frames not yet acknowledged by every merger.",
-            self.pending_frames() as u64,
-        );
-        put(
-            "tally_edge_spool_bytes",
-            "gauge",
-            "Bytes the spool holds on disk.",
-            self.spool.bytes(),
-        );
-        put(
-            "tally_edge_spool_max_bytes",
-            "gauge",
-            "The spool's bound.",
-            self.spool.max_bytes(),
-        );
-        put(
-            "tally_edge_spool_full",
-            "gauge",
-            "1 while the spool refuses frames (beacons get 503).",
-            self.spool_full.load(Ordering::Relaxed) as u64,
-        );
-        put(
-            "tally_edge_instance_traps_total",
-            "counter",
-            "Collector calls that trapped (instance replaced).",
-            self.pool.counters.traps.load(Ordering::Relaxed),
-        );
-        put(
-            "tally_edge_component_swaps_total",
-            "counter",
-            "Collector component swaps.",
-            self.pool.counters.swaps.load(Ordering::Relaxed),
-        );
-        let stats = self.pool.stats();
-        let sum = |f: fn(&tally_collector::Stats) -> u64| stats.iter().map(|(s, _)| f(s)).sum::<u64>();
-        put(
-            "tally_edge_duplicates_total",
-            "counter",
-            "Accepted events recognised as duplicates (current instances).",
-            sum(|s| s.duplicates),
-        );
-        put(
-            "tally_edge_views_total",
-            "counter",
-            "Views counted (current instances).",
-            sum(|s| s.views),
-        );
-        put(
-            "tally_edge_dedup_entries",
-            "gauge",
-            "Entries in the dedup tables.",
-            sum(|s| s.dedup_entries),
-        );
-        put(
-            "tally_edge_dedup_evictions_total",
-            "counter",
-            "Dedup entries evicted by the memory budget.",
-            sum(|s| s.dedup_evictions),
-        );
-        put(
-            "tally_edge_instance_memory_bytes",
-            "gauge",
-            "Memory of the collector instances.",
-            stats.iter().map(|(_, m)| m).sum(),
-        );
-        type MergerValue = fn(&ship::MergerStatus) -> u64;
-        let per_merger: [(&str, &str, &str, MergerValue); 6] = [
-            (
-                "tally_edge_frames_deferred_total",
-                "counter",
-                "Frames a merger deferred (a frame version it cannot read yet): kept and resent; upgrade the merger.",
-                |m| m.deferred.load(Ordering::Relaxed),
-            ),
-            (
-                "tally_edge_spool_read_errors_total",
-                "counter",
-                "Spooled frames that could not be read back for a merger (each retried).",
-                |m| m.read_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "tally_edge_merger_connected",
-                "gauge",
-                "1 while connected to the merger.",
-                |m| m.connected.load(Ordering::Relaxed) as u64,
-            ),
-            (
-                "tally_edge_frames_acked_total",
-                "counter",
-                "Frames a merger acknowledged.",
-                |m| m.acked.load(Ordering::Relaxed),
-            ),
-            (
-                "tally_edge_wire_bytes_total",
-                "counter",
-                "Frame bytes a merger acknowledged.",
-                |m| m.bytes.load(Ordering::Relaxed),
-            ),
-            (
-                "tally_edge_merger_backlog",
-                "gauge",
-                "Frames waiting for a merger.",
-                |m| m.backlog.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, value) in per_merger {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for m in &self.shipping.status {
-                let _ = writeln!(out, "{name}{{merger=\"{}\"}} {}", m.addr, value(m));
-            }
-        }
-        out
-    }
 }
 
 /// The component the config names, or the one built into this binary.
-pub fn component_bytes(cfg: &AgentConfig) -> Result<Vec<u8>, String> {
+pub fn component_bytes(cfg: &AgentConfig) -> Result<Vec<u8>, ComponentError> {
     match &cfg.component {
-        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read component {}: {e}", p.display())),
+        Some(p) => std::fs::read(p).map_err(|source| ComponentError::Read {
+            path: p.clone(),
+            source,
+        }),
         None => Ok(tally_wasm_artifacts::COLLECTOR_WASM.to_vec()),
     }
 }
@@ -477,7 +316,7 @@ fn replay_wal(
         }
         done.push(file.path);
     }
-    pool.sync_wal().map_err(StartError::Io)?;
+    pool.sync_wal()?;
     wal::delete(&done);
     Ok(n)
 }
@@ -486,8 +325,10 @@ fn replay_wal(
 /// starts the instances, the shippers, the flush loop and the HTTP endpoint.
 pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.spool_dir)
-        .map_err(|e| StartError::Io(format!("creating spool dir {}: {e}", cfg.spool_dir.display())))?;
+    std::fs::create_dir_all(&cfg.spool_dir).map_err(|source| StartError::SpoolDir {
+        path: cfg.spool_dir.clone(),
+        source,
+    })?;
     let (spool, held) = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
     if !held.is_empty() {
         tracing::info!(frames = held.len(), "resending frames left in the spool");
@@ -495,28 +336,28 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
     let epochs = Arc::new(Mutex::new(Epochs::new()));
     let kind = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || -> Result<Kind, String> {
+        tokio::task::spawn_blocking(move || {
             if cfg.native {
-                return Ok(Kind::Native);
+                return Ok(tally_wasm_host::CollectorKind::Native);
             }
-            Kind::wasm(&component_bytes(&cfg)?, &cfg).map_err(|e| e.to_string())
+            Ok::<_, ComponentError>(pool::kind_of(&component_bytes(&cfg)?, &cfg)?)
         })
         .await
-        .map_err(|e| StartError::Component(e.to_string()))?
-        .map_err(StartError::Component)?
+        .map_err(|_| StartError::Interrupted)??
     };
     let logged = if cfg.wal {
-        wal::read_all(&cfg.spool_dir.join("wal")).map_err(|e| StartError::Io(e.to_string()))?
+        wal::read_all(&cfg.spool_dir.join("wal"))?
     } else {
         Vec::new()
     };
-    let pool = Pool::start(kind, &cfg, epochs).map_err(StartError::Component)?;
+    let metrics = Arc::new(AgentMetrics::default());
+    let pool = Pool::start(kind, &cfg, epochs, metrics.clone())?;
     let replayed = replay_wal(&cfg, &pool, logged, &held)?;
     if replayed > 0 {
         tracing::info!(beacons = replayed, "replayed accepted beacons from the write-ahead log");
     }
     let spool = Arc::new(spool);
-    let cache = Arc::new(ReadCache::default());
+    let cache = Arc::new(ReadCache::new(tally_link::protocol::MAX_INTEREST, metrics.clone()));
     let shipping = Shipping::start(
         &cfg,
         spool.clone(),
@@ -526,7 +367,7 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| StartError::Bind(cfg.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Bind(cfg.listen, e))?;
     let agent = Arc::new(Agent {
         limits: limits::Limits::new(&cfg),
         bots: tally_collector::bots::Classifier::new(cfg.bots.clone()),
@@ -535,10 +376,9 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
         spool,
         shipping,
         cache,
-        counters: HttpCounters::default(),
+        metrics,
         spool_full: AtomicBool::new(false),
         unspooled: Mutex::new(Vec::new()),
-        frames_spooled: AtomicU64::new(0),
         swap_lock: tokio::sync::Mutex::new(()),
     });
     // blocked videos pushed by the mergers go to every collector instance

@@ -7,6 +7,35 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 use tally_collector::route::Sessions;
 
+/// Which limit a request is over (answered `429` with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Limited {
+    /// Beacons per second from one address.
+    #[error("too many beacons from {addr}; slow down")]
+    Address {
+        /// The client address.
+        addr: String,
+    },
+    /// Events per second of one session.
+    #[error("too many events from session {session}; slow down")]
+    Session {
+        /// The session id.
+        session: String,
+    },
+    /// Beacons without a readable session id from one address.
+    #[error("too many beacons without a readable session_id from {addr}; slow down")]
+    UnknownSession {
+        /// The client address.
+        addr: String,
+    },
+    /// New videos and streams followed by one address.
+    #[error("{addr} asks for too many different videos and streams; slow down")]
+    Interest {
+        /// The client address.
+        addr: String,
+    },
+}
+
 /// Events a beacon whose session could not be found is charged as.
 const UNKNOWN_SESSION_EVENTS: u32 = 10;
 
@@ -95,25 +124,24 @@ impl Limits {
     }
 
     /// Takes one new video or stream to follow for `addr`, or says it asks for too many.
-    pub fn check_new_interest(&self, addr: &str) -> Result<(), String> {
+    pub fn check_new_interest(&self, addr: &str) -> Result<(), Limited> {
         self.interest
             .check_key(&addr.to_owned())
-            .map_err(|_| format!("{addr} asks for too many different videos and streams; slow down"))
+            .map_err(|_| Limited::Interest { addr: addr.to_owned() })
     }
 
     /// Takes one beacon from `addr` with the events of `sessions`, or says which limit
     /// it is over.
-    pub fn check(&self, addr: &str, sessions: &Sessions<'_>) -> Result<(), String> {
+    pub fn check(&self, addr: &str, sessions: &Sessions<'_>) -> Result<(), Limited> {
         if self.addrs.check_key(&addr.to_owned()).is_err() {
-            return Err(format!("too many beacons from {addr}; slow down"));
+            return Err(Limited::Address { addr: addr.to_owned() });
         }
-        let over = |s: &[u8], n: u32| -> Result<(), String> {
+        let over = |s: &[u8], n: u32| -> Result<(), Limited> {
             match self.sessions.check_key_n(&s.to_vec(), nz(n)) {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(format!(
-                    "too many events from session {}; slow down",
-                    String::from_utf8_lossy(s)
-                )),
+                _ => Err(Limited::Session {
+                    session: String::from_utf8_lossy(s).into_owned(),
+                }),
             }
         };
         match sessions {
@@ -131,9 +159,7 @@ impl Limits {
                 let key = [b"?unknown-session@".as_slice(), addr.as_bytes()].concat();
                 match self.sessions.check_key_n(&key, nz(UNKNOWN_SESSION_EVENTS)) {
                     Ok(Ok(())) => Ok(()),
-                    _ => Err(format!(
-                        "too many beacons without a readable session_id from {addr}; slow down"
-                    )),
+                    _ => Err(Limited::UnknownSession { addr: addr.to_owned() }),
                 }
             }
         }
@@ -178,7 +204,8 @@ mod tests {
         assert!(l.check("1.2.3.4", &s).is_ok());
         assert!(l.check("1.2.3.4", &s).is_ok());
         let e = l.check("1.2.3.4", &s).unwrap_err();
-        assert!(e.contains("session s1"), "{e}");
+        assert_eq!(e, Limited::Session { session: "s1".into() });
+        assert!(e.to_string().contains("session s1"), "{e}");
         let other = Sessions::One {
             session: b"s2",
             events: 10,
@@ -200,7 +227,7 @@ mod tests {
             .count();
         assert_eq!(ok, 2, "a burst of 20 events, ten a beacon");
         let e = l.check("7.7.7.7", &Sessions::Unknown).unwrap_err();
-        assert!(e.contains("session_id"), "{e}");
+        assert!(matches!(e, Limited::UnknownSession { .. }), "{e}");
         assert!(l.check("6.6.6.6", &Sessions::Unknown).is_ok(), "per address");
     }
 

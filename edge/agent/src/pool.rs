@@ -6,13 +6,13 @@
 //! agent or one that lost its spool directory never reuses a frame id.
 
 use crate::config::AgentConfig;
+use crate::metrics::AgentMetrics;
 use crate::wal::{Covers, Ticket, Wal};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tally_collector::route::{self, Sessions, worker_of};
-use tally_collector::{BatchError, Collector, IngestOutcome, RequestFacts, Stats};
-use tally_wasm_host::{CollectorEngine, EpochTicker, HostError, WasmCollector};
+use tally_collector::{BatchError, IngestOutcome, RequestFacts, Stats};
+use tally_wasm_host::{AnyCollector, CollectorKind, HostError};
 
 /// Epochs that never repeat, without local state: the high bits are the wall clock in
 /// milliseconds, the low 22 bits random (two agents started in the same millisecond
@@ -51,105 +51,11 @@ impl Default for Epochs {
     }
 }
 
-/// A compiled collector, native or wasm.
-#[derive(Clone)]
-pub enum Kind {
-    /// The collector core compiled into the agent.
-    Native,
-    /// A `collector.wasm` compiled by wasmtime.
-    Wasm(Arc<WasmKind>),
-}
-
-/// A compiled component and the ticker that enforces its call deadline.
-pub struct WasmKind {
-    engine: CollectorEngine,
-    _ticker: EpochTicker,
-}
-
-impl Kind {
-    /// Compiles a component with the instance limits of `cfg`.
-    pub fn wasm(bytes: &[u8], cfg: &AgentConfig) -> Result<Kind, HostError> {
-        let engine = match cfg.call_deadline_ms {
-            0 => CollectorEngine::new(bytes)?,
-            ms => CollectorEngine::with_call_deadline(bytes, std::time::Duration::from_millis(ms))?,
-        }
-        .with_memory_limit(cfg.instance_memory_bytes as usize);
-        let ticker = engine.start_ticker();
-        Ok(Kind::Wasm(Arc::new(WasmKind {
-            engine,
-            _ticker: ticker,
-        })))
-    }
-
-    fn instantiate(&self, cfg: &tally_collector::Config) -> Result<Instance, String> {
-        match self {
-            Kind::Native => Collector::new(cfg.clone())
-                .map(|c| Instance::Native(Box::new(c)))
-                .map_err(|e| e.to_string()),
-            Kind::Wasm(w) => w
-                .engine
-                .instantiate(cfg)
-                .map(|c| Instance::Wasm(Box::new(c)))
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    /// Checks that a collector can be made from this kind with `cfg`.
-    pub fn check(&self, cfg: &tally_collector::Config) -> Result<(), String> {
-        self.instantiate(cfg).map(|_| ())
-    }
-}
-
-enum Instance {
-    Native(Box<Collector>),
-    Wasm(Box<WasmCollector>),
-}
-
-impl Instance {
-    fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> Result<Result<IngestOutcome, BatchError>, HostError> {
-        match self {
-            Instance::Native(c) => Ok(c.ingest(body, facts)),
-            Instance::Wasm(w) => w.ingest(body, facts),
-        }
-    }
-
-    fn flush(&mut self, now: u64) -> Result<Vec<u8>, HostError> {
-        match self {
-            Instance::Native(c) => Ok(c.flush(now).encode()),
-            Instance::Wasm(w) => w.flush(now),
-        }
-    }
-
-    fn export_state(&mut self) -> Result<Vec<u8>, HostError> {
-        match self {
-            Instance::Native(c) => Ok(c.export_state()),
-            Instance::Wasm(w) => w.export_state(),
-        }
-    }
-
-    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
-        match self {
-            Instance::Native(c) => c.import_state(state).map_err(|e| e.to_string()),
-            Instance::Wasm(w) => w.import_state(state).map_err(|e| e.to_string())?,
-        }
-    }
-
-    fn set_blocked(&mut self, videos: &[String]) -> Result<(), HostError> {
-        match self {
-            Instance::Native(c) => {
-                c.set_blocked(videos.to_vec());
-                Ok(())
-            }
-            Instance::Wasm(w) => w.set_blocked(videos),
-        }
-    }
-
-    fn stats(&mut self) -> Result<(Stats, u64), HostError> {
-        match self {
-            Instance::Native(c) => Ok((c.stats(), c.memory_bytes() as u64)),
-            Instance::Wasm(w) => Ok((w.stats()?, w.linear_memory_bytes() as u64)),
-        }
-    }
+/// How the agent makes its collectors (see [`tally_wasm_host::CollectorKind`]), with
+/// the instance limits of its config.
+pub fn kind_of(bytes: &[u8], cfg: &AgentConfig) -> Result<CollectorKind, HostError> {
+    let deadline = (cfg.call_deadline_ms > 0).then(|| std::time::Duration::from_millis(cfg.call_deadline_ms));
+    CollectorKind::wasm(bytes, deadline, cfg.instance_memory_bytes as usize)
 }
 
 /// Whether encoded frame bytes are an idle interval's empty frame (they are small, so
@@ -159,14 +65,28 @@ fn is_empty_frame(bytes: &[u8]) -> bool {
 }
 
 /// Why a beacon could not be taken at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum IngestFailure {
+    /// No collector instance could be made.
+    #[error("no collector instance is available: {0}")]
+    NoInstance(HostError),
     /// The collector instance failed on it (and was replaced).
-    #[error("{0}")]
-    Trap(String),
+    #[error("the collector failed on this beacon: {0}")]
+    Trap(HostError),
     /// The write-ahead log could not take it: nothing was counted.
     #[error("{0}")]
-    Wal(String),
+    Wal(#[from] crate::wal::WalError),
+}
+
+/// Why the pool could not start, sync or swap.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A collector instance could not be made.
+    #[error("collector instance: {0}")]
+    Instance(#[from] HostError),
+    /// A write-ahead log could not be opened or synced.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] crate::wal::WalError),
 }
 
 /// The answer to one ingest: the collector's verdict, or `Err` when it could not run.
@@ -176,34 +96,28 @@ pub type IngestReply = Result<Result<IngestOutcome, BatchError>, IngestFailure>;
 /// (delete that once the frame is spooled).
 pub type Flushed = (Vec<u8>, Option<PathBuf>);
 
-/// Counters of the pool itself.
-#[derive(Default)]
-pub struct PoolCounters {
-    /// Calls that trapped (the instance was replaced).
-    pub traps: AtomicU64,
-    /// Component swaps done.
-    pub swaps: AtomicU64,
-}
-
 /// The instances. Each sits behind its own lock and is called on the thread that takes
 /// the beacon (a call is microseconds, bounded by the call deadline), so a beacon costs
 /// no thread hand-off.
 pub struct Pool {
     workers: Vec<Mutex<Worker>>,
     blocked: Arc<Mutex<Vec<String>>>,
-    /// Counters.
-    pub counters: Arc<PoolCounters>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Pool {
     /// Starts `cfg.workers` instances of `kind`.
-    pub fn start(kind: Kind, cfg: &AgentConfig, epochs: Arc<Mutex<Epochs>>) -> Result<Pool, String> {
-        let counters = Arc::new(PoolCounters::default());
+    pub fn start(
+        kind: CollectorKind,
+        cfg: &AgentConfig,
+        epochs: Arc<Mutex<Epochs>>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Result<Pool, PoolError> {
         let blocked = Arc::new(Mutex::new(Vec::new()));
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
             let wal = if cfg.wal {
-                Some(Wal::open(&cfg.spool_dir.join("wal"), i).map_err(|e| e.to_string())?)
+                Some(Wal::open(&cfg.spool_dir.join("wal"), i)?)
             } else {
                 None
             };
@@ -211,7 +125,7 @@ impl Pool {
                 index: i,
                 cfg: cfg.clone(),
                 epochs: epochs.clone(),
-                counters: counters.clone(),
+                metrics: metrics.clone(),
                 kind: kind.clone(),
                 instance: None,
                 covers: Covers { epoch: 0, seq: 1 },
@@ -226,7 +140,7 @@ impl Pool {
         Ok(Pool {
             workers,
             blocked,
-            counters,
+            metrics,
         })
     }
 
@@ -286,20 +200,20 @@ impl Pool {
     }
 
     /// Makes everything in the write-ahead logs durable now.
-    pub fn sync_wal(&self) -> Result<(), String> {
+    pub fn sync_wal(&self) -> Result<(), PoolError> {
         for i in 0..self.workers.len() {
             if let Some(w) = self.worker(i).wal.as_mut() {
-                w.sync().map_err(|e| e.to_string())?;
+                w.sync()?;
             }
         }
         Ok(())
     }
 
-    /// Replaces every instance by one of `kind` (check it with [`Kind::check`] first),
+    /// Replaces every instance by one of `kind` (check that it instantiates first),
     /// handing each old instance's memory to its replacement. Returns the old instances'
     /// last frames, which must be shipped whatever happened, and whether every instance
     /// was replaced.
-    pub fn swap(&self, kind: Kind, now: u64) -> (Vec<Flushed>, Result<(), String>) {
+    pub fn swap(&self, kind: CollectorKind, now: u64) -> (Vec<Flushed>, Result<(), PoolError>) {
         let mut frames = Vec::new();
         let mut result = Ok(());
         for i in 0..self.workers.len() {
@@ -310,7 +224,7 @@ impl Pool {
             }
         }
         if result.is_ok() {
-            self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+            AgentMetrics::inc(&self.metrics.component_swaps);
         }
         (frames, result)
     }
@@ -318,7 +232,11 @@ impl Pool {
     /// Each instance's stats and memory bytes.
     pub fn stats(&self) -> Vec<(Stats, u64)> {
         (0..self.workers.len())
-            .filter_map(|i| self.worker(i).instance.as_mut()?.stats().ok())
+            .filter_map(|i| {
+                let mut w = self.worker(i);
+                let inst = w.instance.as_mut()?;
+                Some((inst.stats().ok()?, inst.memory_bytes()))
+            })
             .collect()
     }
 }
@@ -327,9 +245,9 @@ struct Worker {
     index: usize,
     cfg: AgentConfig,
     epochs: Arc<Mutex<Epochs>>,
-    counters: Arc<PoolCounters>,
-    kind: Kind,
-    instance: Option<Instance>,
+    metrics: Arc<AgentMetrics>,
+    kind: CollectorKind,
+    instance: Option<AnyCollector>,
     /// The frame the instance's next flush makes (its epoch and sequence number).
     covers: Covers,
     wal: Option<Wal>,
@@ -340,16 +258,16 @@ struct Worker {
 }
 
 impl Worker {
-    fn fresh_of(&self, kind: &Kind) -> Result<(Instance, u64), String> {
+    fn fresh_of(&self, kind: &CollectorKind) -> Result<(AnyCollector, u64), HostError> {
         let epoch = self.epochs.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok((kind.instantiate(&self.cfg.collector_config(self.index, epoch))?, epoch))
     }
 
-    fn fresh(&self) -> Result<(Instance, u64), String> {
+    fn fresh(&self) -> Result<(AnyCollector, u64), HostError> {
         self.fresh_of(&self.kind)
     }
 
-    fn set_instance(&mut self, inst: Instance, epoch: u64) {
+    fn set_instance(&mut self, inst: AnyCollector, epoch: u64) {
         self.instance = Some(inst);
         self.covers = Covers { epoch, seq: 1 };
         self.apply_blocked();
@@ -365,14 +283,14 @@ impl Worker {
     }
 
     /// The instance, made anew if the last one failed.
-    fn instance(&mut self) -> Result<&mut Instance, String> {
+    fn instance(&mut self) -> Result<&mut AnyCollector, HostError> {
         if self.instance.is_none() {
             let (inst, epoch) = self.fresh()?;
             self.set_instance(inst, epoch);
         }
         self.instance
             .as_mut()
-            .ok_or_else(|| "no collector instance is available".to_string())
+            .ok_or_else(|| HostError::Config("no collector instance is available".into()))
     }
 
     /// After a trap the instance cannot be entered again: drop it (the next call makes a
@@ -380,7 +298,7 @@ impl Worker {
     /// log file that holds it stays on disk (no frame will cover it) and is replayed at
     /// the next start.
     fn failed(&mut self, what: &str, e: &HostError) {
-        self.counters.traps.fetch_add(1, Ordering::Relaxed);
+        AgentMetrics::inc(&self.metrics.instance_traps);
         tracing::error!(worker = self.index, error = %e, "collector {what} failed; replacing the instance");
         self.instance = None;
         if let Some(w) = self.wal.as_mut() {
@@ -389,7 +307,7 @@ impl Worker {
     }
 
     fn ingest(&mut self, body: &[u8], facts: &RequestFacts, tickets: &mut Vec<Ticket>) -> IngestReply {
-        self.instance().map_err(IngestFailure::Trap)?;
+        self.instance().map_err(IngestFailure::NoInstance)?;
         // A bot's beacon is refused whole (the collector only counts it as filtered), so
         // there is nothing to make durable: it is not logged, and a replay cannot count it.
         if let Some(w) = self.wal.as_mut().filter(|_| facts.bot.is_none()) {
@@ -406,15 +324,15 @@ impl Worker {
                     if !std::mem::replace(&mut self.wal_failing, true) {
                         tracing::error!(worker = self.index, error = %e, "write-ahead log append failed; refusing beacons (503) until it works");
                     }
-                    return Err(IngestFailure::Wal(e.to_string()));
+                    return Err(IngestFailure::Wal(e));
                 }
             }
         }
-        match self.instance().map_err(IngestFailure::Trap)?.ingest(body, facts) {
+        match self.instance().map_err(IngestFailure::NoInstance)?.ingest(body, facts) {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.failed("ingest", &e);
-                Err(IngestFailure::Trap(format!("the collector failed on this beacon: {e}")))
+                Err(IngestFailure::Trap(e))
             }
         }
     }
@@ -438,7 +356,7 @@ impl Worker {
     /// The old instance keeps running if no new one can be made. Its last frame goes to
     /// the spool whatever happens; its dedup and session memory goes to the new one, so
     /// views in progress do not count again.
-    fn swap(&mut self, kind: &Kind, now: u64) -> (Option<Flushed>, Result<(), String>) {
+    fn swap(&mut self, kind: &CollectorKind, now: u64) -> (Option<Flushed>, Result<(), PoolError>) {
         let (last, state) = match self.instance.as_mut() {
             Some(inst) => (inst.flush(now).ok(), inst.export_state().ok()),
             None => (None, None),
@@ -463,7 +381,7 @@ impl Worker {
             self.set_instance(new, epoch);
             self.kind = kind.clone();
         });
-        (last, r)
+        (last, r.map_err(PoolError::from))
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use tally_link::protocol::{InterestSet, Snapshot};
 use tokio::sync::watch;
 
@@ -38,26 +38,26 @@ pub struct ReadCache {
     interest_gen: watch::Sender<u64>,
     snapshots: watch::Sender<u64>,
     max_entries: usize,
-    /// Interest streams opened again after a merger ended the push stream.
-    pub resubscribes: AtomicU64,
+    metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Default for ReadCache {
     fn default() -> Self {
-        ReadCache::new(tally_link::protocol::MAX_INTEREST)
+        ReadCache::new(tally_link::protocol::MAX_INTEREST, Default::default())
     }
 }
 
 impl ReadCache {
-    /// A cache of at most `max_entries` videos and as many streams.
-    pub fn new(max_entries: usize) -> ReadCache {
+    /// A cache of at most `max_entries` videos and as many streams, counting its
+    /// resubscriptions in `metrics`.
+    pub fn new(max_entries: usize, metrics: std::sync::Arc<crate::metrics::AgentMetrics>) -> ReadCache {
         ReadCache {
             inner: Mutex::new(Inner::default()),
             blocked: watch::channel(Vec::new()).0,
             interest_gen: watch::channel(0).0,
             snapshots: watch::channel(0).0,
             max_entries,
-            resubscribes: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -185,7 +185,7 @@ pub async fn subscribe(conn: quinn::Connection, cache: std::sync::Arc<ReadCache>
         if conn.close_reason().is_some() {
             return;
         }
-        cache.resubscribes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::AgentMetrics::inc(&cache.metrics.push_resubscribes);
         tracing::info!("the merger ended the count push; subscribing again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -236,6 +236,7 @@ async fn session(conn: &quinn::Connection, cache: &std::sync::Arc<ReadCache>) {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use tally_link::protocol::{Interest, read_msg, write_msg};
 
     /// A QUIC server standing in for a merger: the edge's connection and the merger's.
@@ -320,7 +321,7 @@ mod tests {
         })
         .await
         .expect("the new push stream is applied");
-        assert_eq!(cache.resubscribes.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.metrics.push_resubscribes.load(Ordering::Relaxed), 1);
         merger.close(0u32.into(), b"done");
         tokio::time::timeout(Duration::from_secs(5), sub)
             .await

@@ -25,6 +25,17 @@ const SPOOL_READ_RETRY: Duration = Duration::from_millis(500);
 /// were split at `max_frame_bytes`) goes as its parts, which are deterministic: a resend
 /// makes the same parts and the merger takes each once. The answer is the first that is
 /// neither applied nor duplicate, else applied if any part was.
+/// Why a spooled frame was not delivered this time (it stays spooled).
+#[derive(Debug, thiserror::Error)]
+enum NotSent {
+    /// The spool could not read it back (a transient failure such as EMFILE or EIO).
+    #[error("cannot read the spooled frame: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    /// The merger connection failed.
+    #[error(transparent)]
+    Link(#[from] ClientError),
+}
+
 async fn send_sized(client: &MergerClient, bytes: &[u8]) -> Result<Ack, ClientError> {
     use tally_link::protocol::MAX_MESSAGE;
     if bytes.len() <= MAX_MESSAGE {
@@ -223,11 +234,14 @@ impl Link {
                 let spool = self.spool.clone();
                 inflight.push(async move {
                     let r = match spool.read(o.entry) {
-                        Ok(bytes) => send_sized(&client, &bytes).await.map(|a| (a, bytes.len())),
+                        Ok(bytes) => send_sized(&client, &bytes)
+                            .await
+                            .map(|a| (a, bytes.len()))
+                            .map_err(NotSent::Link),
                         Err(e) => {
                             // A transient failure (EMFILE, EIO): wait, then try again.
                             tokio::time::sleep(SPOOL_READ_RETRY).await;
-                            Err(ClientError::Setup(e.to_string()))
+                            Err(NotSent::Spool(e))
                         }
                     };
                     (o, r)
@@ -260,7 +274,7 @@ impl Link {
                         }
                         done(&self.spool, &o, &self.status);
                     }
-                    Err(ClientError::Setup(e)) => {
+                    Err(NotSent::Spool(e)) => {
                         // The frame stays spooled and is read again: a frame leaves the
                         // spool only when acknowledged.
                         tracing::error!(error = %e, "cannot read a spooled frame; retrying");

@@ -742,11 +742,11 @@ impl<'a> Interner<'a> {
 
 /// The identity of a view (and of its completion): one per (session, video), the same
 /// at every POP and in every incarnation of every collector.
-pub fn view_key(session_hash: u64, video_id: &str) -> u64 {
+pub(crate) fn view_key(session_hash: u64, video_id: &str) -> u64 {
     xxh3_64_with_seed(video_id.as_bytes(), session_hash)
 }
 
 /// The identity of a share or comment: its event id within its session.
-pub fn event_key_of(session_hash: u64, event_id: &str) -> u64 {
+pub(crate) fn event_key_of(session_hash: u64, event_id: &str) -> u64 {
     xxh3_64_with_seed(event_id.as_bytes(), session_hash ^ 0x5348_4152_4543_4f4d)
 }

@@ -91,12 +91,7 @@ fn header(req: &Request, name: &str) -> String {
     req.header(name).and_then(|v| v.as_str()).unwrap_or("").to_owned()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use tally_delta::now_ms;
 
 fn settings() -> Result<Settings, Response> {
     Settings::from_variables(|name| match spin_sdk::variables::get(name) {

@@ -1,0 +1,3 @@
+//! Puts the linked libduckdb.so on the rpath of this package's binaries and tests.
+
+include!("../scripts/libduckdb/rpath.rs");
