@@ -40,15 +40,20 @@ impl std::fmt::Display for Scope {
     }
 }
 
+/// A scope that is neither `platform` nor `channel:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: a scope is `platform` or `channel:<channel id>`")]
+pub struct ScopeError(String);
+
 impl std::str::FromStr for Scope {
-    type Err = String;
+    type Err = ScopeError;
 
     /// `platform` or `channel:<id>`.
-    fn from_str(s: &str) -> Result<Scope, String> {
+    fn from_str(s: &str) -> Result<Scope, ScopeError> {
         match s.split_once(':') {
             None if s == "platform" => Ok(Scope::Platform),
             Some(("channel", c)) if !c.is_empty() => Ok(Scope::Channel(c.to_owned())),
-            _ => Err(format!("{s:?}: a scope is `platform` or `channel:<channel id>`")),
+            _ => Err(ScopeError(s.to_owned())),
         }
     }
 }

@@ -39,10 +39,7 @@ fn main() -> Result<()> {
     let days: i64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1095);
     let rows_per_hour: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(11_000);
     let (videos, channels) = (100_000u64, 5_000u64);
-    let today = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        / 86_400) as i64;
+    let today = (tally_delta::now_ms() / 86_400_000) as i64;
     let marker = dir.join(format!("generated-{days}-{rows_per_hour}-{today}"));
     if !marker.exists() {
         println!(

@@ -1,7 +1,6 @@
 //! `tally history`: years of synthetic history into a data directory's cold tier.
 
 use anyhow::{Result, bail};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Args)]
 pub(crate) struct HistoryArgs {
@@ -26,7 +25,7 @@ pub(crate) fn run(a: HistoryArgs) -> Result<()> {
     if a.days <= 0 || a.days > 20 * 366 {
         bail!("--days must be between 1 and 7320");
     }
-    let today = (SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() / 86_400) as i64;
+    let today = (tally_delta::now_ms() / 86_400_000) as i64;
     let spec = tally_merger::history::HistorySpec {
         days: a.days,
         end_day: today,

@@ -1,7 +1,7 @@
 //! `tally token`: mints a playback token (an HS256 JWT bound to one viewer session).
 
-use anyhow::{Context, Result, bail};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use anyhow::{Result, bail};
+use std::time::Duration;
 use tally_collector::{Claims, token};
 
 #[derive(clap::Args)]
@@ -36,9 +36,7 @@ pub(crate) fn run(a: TokenArgs) -> Result<()> {
     if a.video.is_empty() || a.channel.is_empty() || a.session.is_empty() {
         bail!("--video, --channel and --session must not be empty");
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("system clock is before 1970")?;
+    let now = Duration::from_millis(tally_delta::now_ms());
     let claims = Claims {
         video: a.video,
         channel: a.channel,

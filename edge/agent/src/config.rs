@@ -14,20 +14,30 @@ pub struct MergerTarget {
     pub fingerprint: String,
 }
 
+/// Why a `--merger` value is not `ADDR=FINGERPRINT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// No `=`.
+    #[error("{0:?}: expected ADDR=FINGERPRINT, e.g. 127.0.0.1:4433=ab12...")]
+    Shape(String),
+    /// The address part is not `host:port`.
+    #[error("{0:?} is not a socket address (host:port): {1}")]
+    Address(String, std::net::AddrParseError),
+    /// The fingerprint part is not 64 hex digits.
+    #[error("{0:?} is not a SHA-256 fingerprint (64 hex digits)")]
+    Fingerprint(String),
+}
+
 impl std::str::FromStr for MergerTarget {
-    type Err = String;
+    type Err = TargetError;
 
     /// `ADDR=FINGERPRINT`, as given to `--merger`.
-    fn from_str(s: &str) -> Result<MergerTarget, String> {
-        let (addr, fp) = s
-            .split_once('=')
-            .ok_or_else(|| format!("{s:?}: expected ADDR=FINGERPRINT, e.g. 127.0.0.1:4433=ab12..."))?;
-        let addr = addr
-            .parse()
-            .map_err(|e| format!("{addr:?} is not a socket address (host:port): {e}"))?;
+    fn from_str(s: &str) -> Result<MergerTarget, TargetError> {
+        let (addr, fp) = s.split_once('=').ok_or_else(|| TargetError::Shape(s.to_owned()))?;
+        let addr = addr.parse().map_err(|e| TargetError::Address(addr.to_owned(), e))?;
         let fingerprint = fp.trim().to_ascii_lowercase();
         if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{fp:?} is not a SHA-256 fingerprint (64 hex digits)"));
+            return Err(TargetError::Fingerprint(fp.to_owned()));
         }
         Ok(MergerTarget { addr, fingerprint })
     }

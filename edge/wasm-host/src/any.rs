@@ -111,7 +111,7 @@ impl AnyCollector {
     pub fn import_state(&mut self, state: &[u8]) -> Result<(), HostError> {
         match self {
             AnyCollector::Native(c) => c.import_state(state).map_err(|e| HostError::State(e.to_string())),
-            AnyCollector::Wasm(w) => w.import_state(state)?.map_err(HostError::State),
+            AnyCollector::Wasm(w) => w.import_state(state),
         }
     }
 

@@ -318,13 +318,14 @@ impl WasmCollector {
             .map_err(HostError::Trap)
     }
 
-    /// Takes over exported memory; the inner error says why the guest refused it.
-    pub fn import_state(&mut self, state: &[u8]) -> Result<Result<(), String>, HostError> {
+    /// Takes over exported memory ([`HostError::State`] says why the guest refused it).
+    pub fn import_state(&mut self, state: &[u8]) -> Result<(), HostError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.api
             .collector()
             .call_import_state(&mut self.store, self.handle, state)
-            .map_err(HostError::Trap)
+            .map_err(HostError::Trap)?
+            .map_err(HostError::State)
     }
 
     /// Bytes of linear memory the instance has grown to.

@@ -19,6 +19,25 @@ use std::collections::HashMap;
 use tally_delta::{Country, now_ms};
 use utoipa::ToSchema;
 
+/// The range an answer covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Span {
+    /// Start (ms since the Unix epoch).
+    pub from: u64,
+    /// End (ms, exclusive).
+    pub to: u64,
+}
+
+impl Span {
+    /// The range of a query's filter.
+    pub fn of(f: &Filter) -> Span {
+        Span {
+            from: f.from_ms,
+            to: f.to_ms,
+        }
+    }
+}
+
 /// One video of a top list.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TopItem {
@@ -33,10 +52,9 @@ pub struct TopItem {
 pub struct TopList {
     /// The country asked for, if any.
     pub country: Option<String>,
-    /// Start of the window (ms, rounded down to the minute).
-    pub from: u64,
-    /// End of the window (ms, rounded up to the minute).
-    pub to: u64,
+    /// The window, rounded out to whole minutes.
+    #[serde(flatten)]
+    pub span: Span,
     /// How many were asked for.
     pub k: usize,
     /// Always 0: the list is exact.
@@ -50,10 +68,9 @@ pub struct TopList {
 /// Points of a time series over one period.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SeriesPeriod {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// One row per bucket; `key` is the bucket's start (ms).
     pub points: Vec<Row>,
 }
@@ -61,10 +78,9 @@ pub struct SeriesPeriod {
 /// A time series, and the previous period's when asked for.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Timeseries {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// minute, hour or day.
     pub granularity: &'static str,
     /// One row per bucket; `key` is the bucket's start (ms).
@@ -77,10 +93,9 @@ pub struct Timeseries {
 /// Totals over a range.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Totals {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// Views.
     pub views: u64,
     /// Unique viewers: known unfiltered or filtered by video only, `null` otherwise.
@@ -124,10 +139,9 @@ pub struct StreamSeries {
 /// Concurrent viewers of live streams per minute.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Concurrent {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// One series per stream.
     pub streams: Vec<StreamSeries>,
 }
@@ -135,10 +149,9 @@ pub struct Concurrent {
 /// Distinct viewers over a window.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Uniques {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// The video asked for, or `null` for all.
     pub video: Option<String>,
     /// The estimate.
@@ -170,10 +183,9 @@ pub struct MinuteBots {
 /// Events the edges refused as bots.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Bots {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// All of them.
     pub bot_events: u64,
     /// By POP, most first.
@@ -196,10 +208,9 @@ pub struct BreakdownRow {
 /// The same keys over the previous period.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BreakdownPeriod {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// The rows of the current page's keys.
     pub rows: Vec<Row>,
 }
@@ -207,10 +218,9 @@ pub struct BreakdownPeriod {
 /// The measures per value of one dimension, most viewed first, paged.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Breakdown {
-    /// Start (ms).
-    pub from: u64,
-    /// End (ms).
-    pub to: u64,
+    /// The range it covers.
+    #[serde(flatten)]
+    pub span: Span,
     /// The dimension.
     pub by: &'static str,
     /// This page's rows.
@@ -316,8 +326,10 @@ pub async fn top(
     };
     Ok(Json(TopList {
         country: country.map(|c| c.to_string()),
-        from: from_min as u64 * 60_000,
-        to: to_min as u64 * 60_000,
+        span: Span {
+            from: from_min as u64 * 60_000,
+            to: to_min as u64 * 60_000,
+        },
         k,
         error_bound: 0,
         exact: true,
@@ -429,16 +441,14 @@ pub async fn timeseries(
             let pc = p.clone();
             let points = query(&api, move |a, c| a.timeseries_on(c, &pc, g)).await?;
             Some(SeriesPeriod {
-                from: p.from_ms,
-                to: p.to_ms,
+                span: Span::of(&p),
                 points,
             })
         }
         None => None,
     };
     Ok(Json(Timeseries {
-        from: f.from_ms,
-        to: f.to_ms,
+        span: Span::of(&f),
         granularity: g.as_str(),
         points: rows,
         previous,
@@ -476,8 +486,7 @@ pub async fn aggregate(
             .await?;
             let avg = if row.views > 0 { row.watch_time_s as f64 / row.views as f64 } else { 0.0 };
             Ok::<_, ApiError>(Totals {
-                from: f.from_ms,
-                to: f.to_ms,
+                span: Span::of(&f),
                 views: row.views,
                 uniques,
                 watch_time_s: row.watch_time_s,
@@ -518,8 +527,7 @@ pub async fn concurrent(
     }
     let streams = api.concurrency.series(q.get("stream").map(String::as_str), from / 60_000, to.div_ceil(60_000));
     Ok(Json(Concurrent {
-        from,
-        to,
+        span: Span { from, to },
         streams: streams
             .into_iter()
             .map(|(stream, pts)| StreamSeries {
@@ -567,8 +575,7 @@ pub async fn uniques(
     let fc = f.clone();
     let (estimate, sketches) = query(&api, move |a, c| a.uniques_on(c, &fc)).await?;
     Ok(Json(Uniques {
-        from: f.from_ms,
-        to: f.to_ms,
+        span: Span::of(&f),
         video: f.eq.first().map(|(_, v)| v.clone()),
         uniques: estimate.round() as u64,
         sketches,
@@ -596,8 +603,7 @@ pub async fn bots(
     let (by_pop, series) = query(&api, move |a, c| a.bots_on(c, &fc)).await?;
     let total: u64 = by_pop.iter().map(|(_, n)| n).sum();
     Ok(Json(Bots {
-        from: f.from_ms,
-        to: f.to_ms,
+        span: Span::of(&f),
         bot_events: total,
         by_pop: by_pop
             .into_iter()
@@ -675,8 +681,7 @@ pub async fn breakdown(
                 query(&api, move |a, c| a.breakdown_page_on(c, &pc, by, n, 0)).await?
             };
             Some(BreakdownPeriod {
-                from: p.from_ms,
-                to: p.to_ms,
+                span: Span::of(&p),
                 rows,
             })
         }
@@ -695,8 +700,7 @@ pub async fn breakdown(
         })
         .collect();
     Ok(Json(Breakdown {
-        from: f.from_ms,
-        to: f.to_ms,
+        span: Span::of(&f),
         by,
         rows,
         page,
