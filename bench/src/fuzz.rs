@@ -84,6 +84,7 @@ fn beacon_seeds() -> Vec<Vec<u8>> {
         one.to_string().into_bytes(),
         many.to_string().into_bytes(),
         br#"{"events":[{"session\u005fid":"a","event_id":"x","type":"play"}]}"#.to_vec(),
+        br#"{"events":[{"session_id":"a","event_id":"x"}],"events":[],"pad":"\u0041"}"#.to_vec(),
     ]
 }
 
@@ -135,6 +136,44 @@ pub fn checkpoint_seed() -> Vec<u8> {
         },
         &state,
     )
+}
+
+/// The router's session of each of a beacon's `n` events, decoded as the collector
+/// decodes strings; `None` when it routes the beacon as having no session.
+fn routed_sessions(body: &[u8], n: usize) -> Option<Vec<String>> {
+    use tally_collector::route::{Sessions, sessions};
+    let decode = |raw: &[u8]| {
+        serde_json::from_slice::<String>(&[b"\"", raw, b"\""].concat())
+            .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned())
+    };
+    match sessions(body) {
+        Sessions::One { session, .. } => Some(vec![decode(session); n]),
+        Sessions::Many(events) => Some(events.iter().map(|(s, _)| decode(s)).collect()),
+        Sessions::Unknown => None,
+    }
+}
+
+/// The oracle of the `router-oracle` target: wherever the collector reads a session it
+/// could count under, the router (which picks the instance and applies the per-session
+/// limits) read the same one.
+pub fn router_agrees_with_collector(body: &[u8]) {
+    let Some(collected) = tally_collector::event_sessions(body) else {
+        return; // refused whole: nothing counts
+    };
+    let routed = routed_sessions(body, collected.len());
+    for (i, s) in collected.iter().enumerate() {
+        let Some(s) = s.as_deref().filter(|s| !s.is_empty() && s.len() <= tally_collector::MAX_ID_LEN) else {
+            continue; // this event is refused: no session to agree on
+        };
+        let Some(r) = &routed else {
+            panic!("the collector reads session {s:?} in event {i} but the router found none");
+        };
+        assert_eq!(
+            r.get(i).map(String::as_str),
+            Some(s),
+            "event {i}: the router and the collector read different sessions"
+        );
+    }
 }
 
 /// Every target.
@@ -189,6 +228,11 @@ pub fn targets() -> Vec<Target> {
                     let _ = tally_collector::route::group(&events, |s| tally_collector::route::worker_of(s, 4));
                 }
             }),
+        },
+        Target {
+            name: "router-oracle",
+            seeds: beacon_seeds(),
+            run: Box::new(router_agrees_with_collector),
         },
         Target {
             name: "token",

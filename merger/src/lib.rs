@@ -13,7 +13,8 @@
 //! - [`tiers`] write the applied frames to DuckDB (hot minutes, warm hours, cold
 //!   Parquet) and publish them for analysts; [`analytics`] queries them;
 //! - [`api`] serves counts, live gauges ([`feeds`], [`concurrency`]), analytics and the
-//!   dashboard over HTTP(S) ([`https`]), [`push`] sends counts to edges, [`keys`] and
+//!   dashboard over HTTP and HTTPS (bounded listeners from `tally_link::listener`),
+//!   [`push`] sends counts to edges, [`keys`] and
 //!   [`blocked`] are the API keys and blocked videos kept in the data directory;
 //! - [`metrics`] is the process's one telemetry home; [`config`] and [`run`] start it
 //!   all; [`history`] generates synthetic history for benchmarks.
@@ -27,7 +28,6 @@ pub mod config;
 pub mod edges;
 pub mod feeds;
 pub mod history;
-pub mod https;
 pub mod ingest;
 pub mod keys;
 pub mod log;

@@ -3,7 +3,8 @@
 
 use crate::config::MergerConfig;
 use crate::metrics::Metrics;
-use crate::{analytics, api, blocked, checkpoint, concurrency, feeds, https, ingest, keys, log, quic, state, tiers};
+use crate::{analytics, api, blocked, checkpoint, concurrency, feeds, ingest, keys, log, quic, state, tiers};
+use tally_link::listener::{self, Bounds};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -261,10 +262,10 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let quic_addr = endpoint.local_addr().map_err(bind_err("QUIC", cfg.quic_listen))?;
     tokio::spawn(quic::serve(endpoint.clone(), ingest.clone(), cfg.live_timeout_ms));
 
-    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(bind_err("HTTP", cfg.http_listen))?;
-    let http_addr = listener.local_addr().map_err(bind_err("HTTP", cfg.http_listen))?;
+    let http_addr = http_listener.local_addr().map_err(bind_err("HTTP", cfg.http_listen))?;
     let api = api::Api {
         ingest: ingest.clone(),
         metrics,
@@ -296,16 +297,18 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
                 .await
                 .map_err(bind_err("HTTPS", addr))?;
             let bound = l.local_addr().map_err(bind_err("HTTPS", addr))?;
-            tokio::spawn(https::serve(l, tls, https_app));
+            tokio::spawn(listener::serve(l, Some(tls), https_app, Bounds::default(), listener::forever()));
             Some(bound)
         }
         None => None,
     };
-    let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let http = tokio::spawn(listener::serve(
+        http_listener,
+        None,
+        app,
+        Bounds::default(),
+        listener::forever(),
+    ));
     Ok(Running {
         quic_addr,
         http_addr,

@@ -13,4 +13,5 @@ mod exact;
 mod faults;
 mod merger;
 mod spin;
+mod strangers;
 mod token;

@@ -919,6 +919,13 @@ async fn unique_viewers_for_any_window_come_from_the_stored_sketches() {
     let (status, e) = m.get("/v1/analytics/uniques?from=0&channel=c1").await;
     assert_eq!(status, 400);
     assert!(e["error"].as_str().unwrap().contains("per video"), "{e}");
+    // `is not` and lists cannot be answered from per-video sketches: refused, never
+    // answered as every video's viewers
+    for q in ["&video=!v0", "&video=v0,v1", "&country=DE,FR", "&country=!DE"] {
+        let (status, e) = m.get(&format!("/v1/analytics/uniques?from=0{q}")).await;
+        assert_eq!(status, 400, "{q}: {e}");
+        assert!(e["error"].as_str().unwrap().contains("per video"), "{q}: {e}");
+    }
 }
 
 /// The count push over a real merger: interest as changes, and a new interest stream

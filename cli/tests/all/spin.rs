@@ -329,6 +329,9 @@ async fn bad_input_is_answered_as_the_agent_answers_it() {
     assert_eq!(r.status(), 400);
     let r = http.get(url(&app, "/v1/videos/a/b")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    // the stats route's prefix and suffix overlap here: no video, a 404, not a trap
+    let r = http.get(url(&app, "/v1/videos/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     let r = http.get(url(&app, "/elsewhere")).send().await.unwrap();
     assert_eq!(r.status(), 404, "no route in spin.toml");
     // only g1 of all that counted; the agent counted the same g1 too, and the merger

@@ -406,7 +406,7 @@ async fn swap_component(
     let given = header_str(&headers, "authorization")
         .strip_prefix("Bearer ")
         .unwrap_or("");
-    if given.is_empty() || given != token {
+    if given.is_empty() || !tally_link::secret::same(given, token) {
         return Err(err(
             StatusCode::UNAUTHORIZED,
             "Authorization: Bearer <admin token> required",

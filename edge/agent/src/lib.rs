@@ -416,15 +416,17 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
             }
         })
     };
-    let app = http::router(agent.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+    // header-read and idle timeouts and a connection cap, so strangers cannot hold the
+    // beacon endpoint's connections (see `tally_link::listener`)
+    let server = tokio::spawn(tally_link::listener::serve(
+        listener,
+        None,
+        http::router(agent.clone()),
+        tally_link::listener::Bounds::default(),
+        async move {
             let _ = stopped.wait_for(|s| *s).await;
-        });
-        if let Err(e) = graceful.await {
-            tracing::error!(error = %e, "beacon endpoint stopped");
-        }
-    });
+        },
+    ));
     Ok(Running {
         addr,
         agent,

@@ -1,5 +1,9 @@
 //! Rate limits per session (events) and per client address (beacons), checked before
 //! a beacon is ingested so that a refused beacon counts nothing.
+//!
+//! Every limiter is keyed by a 128-bit hash of the id (seeded randomly per process),
+//! not by the id itself: a key costs the same 16 bytes whatever a client writes as its
+//! session id or address, and a client cannot aim its ids at another's key.
 
 use crate::config::AgentConfig;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -41,13 +45,24 @@ const UNKNOWN_SESSION_EVENTS: u32 = 10;
 
 /// The agent's rate limiters.
 pub struct Limits {
-    sessions: DefaultKeyedRateLimiter<Vec<u8>>,
-    addrs: DefaultKeyedRateLimiter<String>,
-    interest: DefaultKeyedRateLimiter<String>,
+    sessions: DefaultKeyedRateLimiter<u128>,
+    addrs: DefaultKeyedRateLimiter<u128>,
+    interest: DefaultKeyedRateLimiter<u128>,
     /// Beacons per session per minute before the session counts as a bot.
-    bursts: Option<DefaultKeyedRateLimiter<Vec<u8>>>,
+    bursts: Option<DefaultKeyedRateLimiter<u128>>,
     /// Sessions seen bursting, until when.
-    flagged: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Instant>>,
+    flagged: std::sync::Mutex<std::collections::HashMap<u128, Instant>>,
+    /// The keys' hash seed.
+    seed: u64,
+}
+
+/// An id as it is shown in a refusal: at most the longest id a beacon may carry.
+fn shown(id: &[u8]) -> String {
+    let s = String::from_utf8_lossy(id);
+    match s.char_indices().nth(tally_collector::MAX_ID_LEN) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.into_owned(),
+    }
 }
 
 /// How long a session that burst is treated as a bot.
@@ -79,7 +94,16 @@ impl Limits {
             interest: RateLimiter::keyed(interest),
             bursts: (n > 0).then(|| RateLimiter::keyed(Quota::per_minute(nz(n)).allow_burst(nz(n)))),
             flagged: Default::default(),
+            seed: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new().build_hasher().finish()
+            },
         }
+    }
+
+    /// The limiter key of an id.
+    fn key(&self, id: &[u8]) -> u128 {
+        xxhash_rust::xxh3::xxh3_128_with_seed(id, self.seed)
     }
 
     /// Takes one beacon for the burst heuristic: whether one of its sessions sends
@@ -88,10 +112,10 @@ impl Limits {
         let Some(bursts) = &self.bursts else {
             return false;
         };
-        let ids: Vec<&[u8]> = match sessions {
-            Sessions::One { session, .. } => vec![session],
+        let ids: Vec<u128> = match sessions {
+            Sessions::One { session, .. } => vec![self.key(session)],
             Sessions::Many(events) => {
-                let mut ids: Vec<&[u8]> = events.iter().map(|(s, _)| s.as_slice()).collect();
+                let mut ids: Vec<u128> = events.iter().map(|(s, _)| self.key(s)).collect();
                 ids.sort_unstable();
                 ids.dedup();
                 ids
@@ -104,11 +128,11 @@ impl Limits {
         for id in ids {
             // the shared map is locked only to look up and to flag, not around the
             // (lock-free) rate check every beacon of every worker makes
-            if flagged().get(id).is_some_and(|until| *until > now) {
+            if flagged().get(&id).is_some_and(|until| *until > now) {
                 bot = true;
                 continue;
             }
-            if bursts.check_key(&id.to_vec()).is_err() {
+            if bursts.check_key(&id).is_err() {
                 let mut flagged = flagged();
                 if flagged.len() >= MAX_FLAGGED {
                     flagged.retain(|_, until| *until > now);
@@ -116,7 +140,7 @@ impl Limits {
                         flagged.clear();
                     }
                 }
-                flagged.insert(id.to_vec(), now + BURST_FLAG);
+                flagged.insert(id, now + BURST_FLAG);
                 bot = true;
             }
         }
@@ -126,22 +150,22 @@ impl Limits {
     /// Takes one new video or stream to follow for `addr`, or says it asks for too many.
     pub fn check_new_interest(&self, addr: &str) -> Result<(), Limited> {
         self.interest
-            .check_key(&addr.to_owned())
-            .map_err(|_| Limited::Interest { addr: addr.to_owned() })
+            .check_key(&self.key(addr.as_bytes()))
+            .map_err(|_| Limited::Interest { addr: shown(addr.as_bytes()) })
     }
 
     /// Takes one beacon from `addr` with the events of `sessions`, or says which limit
     /// it is over.
     pub fn check(&self, addr: &str, sessions: &Sessions<'_>) -> Result<(), Limited> {
-        if self.addrs.check_key(&addr.to_owned()).is_err() {
-            return Err(Limited::Address { addr: addr.to_owned() });
+        if self.addrs.check_key(&self.key(addr.as_bytes())).is_err() {
+            return Err(Limited::Address {
+                addr: shown(addr.as_bytes()),
+            });
         }
         let over = |s: &[u8], n: u32| -> Result<(), Limited> {
-            match self.sessions.check_key_n(&s.to_vec(), nz(n)) {
+            match self.sessions.check_key_n(&self.key(s), nz(n)) {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(Limited::Session {
-                    session: String::from_utf8_lossy(s).into_owned(),
-                }),
+                _ => Err(Limited::Session { session: shown(s) }),
             }
         };
         match sessions {
@@ -156,10 +180,12 @@ impl Limits {
             // No session found in the bytes (an escaped key, say): such beacons share
             // one allowance per address, each charged as ten events.
             Sessions::Unknown => {
-                let key = [b"?unknown-session@".as_slice(), addr.as_bytes()].concat();
+                let key = self.key(&[b"?unknown-session@".as_slice(), addr.as_bytes()].concat());
                 match self.sessions.check_key_n(&key, nz(UNKNOWN_SESSION_EVENTS)) {
                     Ok(Ok(())) => Ok(()),
-                    _ => Err(Limited::UnknownSession { addr: addr.to_owned() }),
+                    _ => Err(Limited::UnknownSession {
+                        addr: shown(addr.as_bytes()),
+                    }),
                 }
             }
         }
@@ -229,6 +255,35 @@ mod tests {
         let e = l.check("7.7.7.7", &Sessions::Unknown).unwrap_err();
         assert!(matches!(e, Limited::UnknownSession { .. }), "{e}");
         assert!(l.check("6.6.6.6", &Sessions::Unknown).is_ok(), "per address");
+    }
+
+    #[test]
+    fn a_huge_session_id_costs_a_fixed_key_and_is_shown_cut() {
+        let cfg = AgentConfig {
+            session_events_per_s: 1,
+            max_batch_events: 1,
+            ..AgentConfig::default()
+        };
+        let l = Limits::new(&cfg);
+        let huge = vec![b'x'; 60_000];
+        let s = Sessions::One {
+            session: &huge,
+            events: 1,
+        };
+        // a burst of four events a second, then refused
+        let ok = (0..4).filter(|_| l.check("1.2.3.4", &s).is_ok()).count();
+        assert_eq!(ok, 4);
+        let e = l.check("1.2.3.5", &s).unwrap_err();
+        let Limited::Session { session } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(session.len(), tally_collector::MAX_ID_LEN + 3, "cut to the longest id");
+        // the same id spelled once more is the same key; another id is not limited
+        let other = Sessions::One {
+            session: b"s2",
+            events: 1,
+        };
+        assert!(l.check("1.2.3.6", &other).is_ok());
     }
 
     #[test]

@@ -244,7 +244,9 @@ impl<'de> Visitor<'de> for EventsSeed {
     }
 }
 
-/// `{"events": [...]}`; other keys are ignored.
+/// `{"events": [...]}`; other keys are ignored, and a repeated `events` key is an error
+/// (never a silent pick of one of them: the router and the counter must read the same
+/// events).
 struct EnvelopeSeed(usize);
 
 impl<'de> de::DeserializeSeed<'de> for EnvelopeSeed {
@@ -262,7 +264,10 @@ impl<'de> Visitor<'de> for EnvelopeSeed {
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
         let mut events = None;
         while let Some(k) = m.next_key::<Cow<'de, str>>()? {
-            if k == "events" && events.is_none() {
+            if k == "events" {
+                if events.is_some() {
+                    return Err(de::Error::duplicate_field("events"));
+                }
                 events = Some(m.next_value_seed(EventsSeed(self.0))?);
             } else {
                 m.next_value::<IgnoredAny>()?;
@@ -301,6 +306,23 @@ pub struct Event<'a> {
 pub const MAX_ID_LEN: usize = 128;
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// The session id of each event as this parser reads the body (`None` for an event
+/// without a string `session_id`), or `None` when the body is not a beacon at all. The
+/// router ([`crate::route::sessions`]) must agree with it on every event the collector
+/// could count; a fuzz target checks that.
+pub fn event_sessions(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let events = parse_batch(body).ok()?;
+    Some(
+        events
+            .into_iter()
+            .map(|e| match e.session_id {
+                Some(Val::Str(s)) => Some(s.into_owned()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
 
 /// Parses the body into raw events; fails only when the body is not a beacon at all.
 pub(crate) fn parse_batch(body: &[u8]) -> Result<Vec<RawEvent<'_>>, String> {
@@ -438,6 +460,19 @@ mod tests {
         assert_eq!((e.user_id, e.device), (None, None));
         let body = r#"[{"event_id":"e","event_id":"f"}]"#;
         assert!(parse_batch(body.as_bytes()).unwrap_err().contains("duplicate field"));
+    }
+
+    #[test]
+    fn a_repeated_events_key_fails_the_batch_and_the_router_agrees_nothing_is_countable() {
+        // the attack: the router could not read a body with two `events` keys (so it
+        // skipped the per-session limits), while a first-wins parser counted the first
+        let body = format!(r#"{{"events":[{GOOD}],"events":[],"pad":"\u0041"}}"#);
+        let err = parse_batch(body.as_bytes()).unwrap_err();
+        assert!(err.contains("duplicate field `events`"), "{err}");
+        assert_eq!(event_sessions(body.as_bytes()), None);
+        // one `events` key still parses, with other keys beside it
+        let body = format!(r#"{{"pad":"\u0041","events":[{GOOD}]}}"#);
+        assert_eq!(event_sessions(body.as_bytes()), Some(vec![Some("s1".to_owned())]));
     }
 
     #[test]

@@ -31,10 +31,7 @@ async fn handle(req: Request) -> Response {
     let answer = match (req.method(), path.as_str()) {
         (Method::Options, _) => Ok(preflight()),
         (Method::Post, "/v1/events") => events(&req).await,
-        (Method::Get, p) if p.starts_with("/v1/videos/") && p.ends_with("/stats") => {
-            let id = &p["/v1/videos/".len()..p.len() - "/stats".len()];
-            stats(id).await
-        }
+        (Method::Get, p) if stats_video(p).is_some() => stats(stats_video(p).unwrap_or_default()).await,
         (Method::Get, p) if tally_sdk::asset(p).is_some() => Ok(sdk(p)),
         (_, "/v1/events") => Err(error(405, "use POST for /v1/events")),
         _ => Err(error(404, "no such endpoint")),
@@ -43,6 +40,12 @@ async fn handle(req: Request) -> Response {
     r.set_header("access-control-allow-origin", "*");
     r.set_header("vary", "origin");
     r
+}
+
+/// The video of a `/v1/videos/{id}/stats` path (`/v1/videos/stats` has none: the prefix
+/// and the suffix must not overlap).
+fn stats_video(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/videos/")?.strip_suffix("/stats")
 }
 
 /// `GET /tally.js` and `/tally.mjs`: the player SDK.

@@ -571,6 +571,12 @@ pub async fn uniques(
             format!("unique viewers are kept per video: filter by `video` only, not `{dim}`"),
         ));
     }
+    if let Some((dim, _)) = f.any.iter().chain(&f.not).next() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("unique viewers are kept per video: name one video (`video=<id>`), not a list or `!` for `{dim}`"),
+        ));
+    }
     apply_blocks(&api, &mut f)?;
     let fc = f.clone();
     let (estimate, sketches) = query(&api, move |a, c| a.uniques_on(c, &fc)).await?;

@@ -60,13 +60,6 @@ pub fn platform_reader(api: &Api, headers: &HeaderMap, what: &str) -> Result<(),
     }
 }
 
-/// Compares a secret with the expected one in constant time (their digests).
-fn same_secret(given: &str, want: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(want.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks the operator token.
 pub fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &api.operator_token else {
@@ -76,7 +69,7 @@ pub fn operator(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     };
     match bearer(headers) {
-        Some(t) if same_secret(t, want) => Ok(()),
+        Some(t) if tally_link::secret::same(t, want) => Ok(()),
         _ => Err(err(
             StatusCode::UNAUTHORIZED,
             "operator token required: Authorization: Bearer <token>",

@@ -7,12 +7,31 @@ use super::{Api, ApiError, err};
 use crate::edges::AuthError;
 use crate::ingest::IngestError;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use tally_link::protocol::Ack;
 use utoipa::ToSchema;
+
+/// Longest the body of a frame may take to arrive once its edge is authenticated.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads a frame's body: at most the protocol's message limit, within [`BODY_TIMEOUT`].
+async fn read_frame(body: Body) -> Result<Bytes, ApiError> {
+    let limit = tally_link::protocol::MAX_MESSAGE;
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("frame body unreadable ({e}); frames over {limit} bytes must be split"),
+        )),
+        Err(_) => Err(err(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the frame's body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
+}
 
 /// A frame's acknowledgement, with the blocked videos (for edges without the push stream).
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,7 +49,7 @@ pub async fn post_frame(
     State(api): State<Api>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Result<Json<FrameAnswer>, ApiError> {
     if !api.frames_allowed {
         return Err(err(
@@ -38,15 +57,6 @@ pub async fn post_frame(
             "frames carry the edge's secret: post them over HTTPS (the merger's --https-listen) or send them over QUIC",
         ));
     }
-    let body = body.map_err(|e| {
-        err(
-            e.status(),
-            format!(
-                "frame body unreadable ({e}); frames over {} bytes must be split",
-                tally_link::protocol::MAX_MESSAGE
-            ),
-        )
-    })?;
     let edge = headers
         .get("x-tally-edge")
         .and_then(|v| v.to_str().ok())
@@ -64,6 +74,8 @@ pub async fn post_frame(
         };
         err(code, why.to_string())
     })?;
+    // the body is read only now that the edge is known, in bounded size and time
+    let body = read_frame(body).await?;
     // the answer names the blocked videos, for edges without the push stream (Spin)
     let blocked = || api.ingest.read().blocked_list();
     match api.ingest.submit(edge, body.to_vec()).await {

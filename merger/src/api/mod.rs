@@ -73,9 +73,8 @@ pub fn err(code: StatusCode, msg: impl Into<String>) -> ApiError {
 /// The router, every route registered with its OpenAPI entry.
 pub fn router(api: Api) -> axum::Router {
     use utoipa::OpenApi;
-    use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+    use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
-    let frames_limit = axum::extract::DefaultBodyLimit::max(tally_link::protocol::MAX_MESSAGE);
     let (router, doc) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .routes(routes!(operator::healthz))
         .routes(routes!(operator::metrics))
@@ -90,7 +89,7 @@ pub fn router(api: Api) -> axum::Router {
         .routes(routes!(analytics::uniques))
         .routes(routes!(analytics::bots))
         .routes(routes!(analytics::concurrent))
-        .routes(routes!(frames::post_frame).layer(frames_limit))
+        .routes(routes!(frames::post_frame))
         .routes(routes!(dashboard::serve))
         .split_for_parts();
     let doc: Arc<str> = Arc::from(doc.to_pretty_json().unwrap_or_default());

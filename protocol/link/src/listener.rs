@@ -1,0 +1,123 @@
+//! Serving an HTTP app on a TCP listener with bounds a stranger cannot stretch, for the
+//! merger's HTTP and HTTPS listeners and the agent's beacon endpoint alike.
+//!
+//! - at most [`Bounds::max_connections`] connections at once (more wait in the kernel's
+//!   accept queue), so half-open or idle connections cannot take every file descriptor;
+//! - a TLS handshake must finish within [`Bounds::handshake`];
+//! - a request's headers must arrive within [`Bounds::header_read`], and the same timer
+//!   runs while a kept-alive connection waits for its next request, so an idle or
+//!   half-sent connection is closed instead of held for ever;
+//! - an accept error (EMFILE) backs off instead of spinning;
+//! - handlers see the client's address as axum's `ConnectInfo`, with TLS or without.
+//!
+//! Bodies are read by the handlers, which bound their size and time themselves.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// What one listener allows a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Longest a TLS handshake may take.
+    pub handshake: Duration,
+    /// Longest a request's headers (or the wait for the next request) may take.
+    pub header_read: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_connections: 4_096,
+            handshake: Duration::from_secs(10),
+            header_read: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Accepts connections on `listener` (TLS when `tls` is given) and serves `app` on each
+/// (HTTP/1.1) within `bounds`, until `shutdown` resolves; then it stops accepting, asks
+/// every open connection to finish its request in flight, and returns once they have.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    bounds: Bounds,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => tokio::select! {
+                    () = &mut shutdown => break,
+                    a = listener.accept() => a.map(|c| (c, permit)),
+                },
+                Err(_) => break,
+            },
+        };
+        let ((tcp, peer), permit) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let watcher = graceful.watcher();
+        // handlers see the client's address, as axum's own server would give it
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(ConnectInfo(peer))));
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(bounds.header_read);
+            let served = match acceptor {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(bounds.handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// A future that never resolves: serve until the task is dropped.
+pub async fn forever() {
+    std::future::pending::<()>().await
+}
+
