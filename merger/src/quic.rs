@@ -1,4 +1,11 @@
 //! The QUIC endpoint edges ship frames to.
+//!
+//! A stranger gets little until its hello is accepted: a connection starts with one
+//! bidirectional stream, no unidirectional ones and [`HELLO_WINDOW`] bytes of receive
+//! window (see [`transport`]), and only an authenticated edge's connection is raised to
+//! [`EDGE_BIDI_STREAMS`] streams and an unbounded connection window. At most
+//! [`MAX_CONNECTIONS`] connections are served at once, [`MAX_PER_ADDRESS`] from one
+//! address; more are refused at the door.
 
 use crate::edges::AuthError;
 use crate::ingest::Ingest;
@@ -40,12 +47,83 @@ impl HelloError {
     }
 }
 
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 4_096;
+/// Connections served at once from one address (an edge needs one per merger).
+pub const MAX_PER_ADDRESS: usize = 64;
+/// Receive window of a connection until its hello is accepted.
+pub const HELLO_WINDOW: u32 = 64 << 10;
+/// Bidirectional streams (frames in flight) an authenticated edge may open at once.
+pub const EDGE_BIDI_STREAMS: u32 = 256;
+/// Unidirectional streams (count-push interest) an authenticated edge may open at once.
+pub const EDGE_UNI_STREAMS: u32 = 16;
+
+/// The transport every connection starts with: room for the hello only (one
+/// bidirectional stream, no unidirectional ones, a small window), and keep-alives.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.receive_window(HELLO_WINDOW.into());
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    t
+}
+
+/// Connections open per address, and in all.
+#[derive(Default)]
+struct Doors {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection's place, given back when it ends.
+struct Place {
+    doors: std::sync::Arc<Doors>,
+    ip: std::net::IpAddr,
+}
+
+impl Doors {
+    /// Takes a place for a connection from `ip`, if there is one.
+    fn enter(self: &std::sync::Arc<Self>, ip: std::net::IpAddr) -> Option<Place> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
+        let mine = open.entry(ip).or_default();
+        if total >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *mine += 1;
+        Some(Place {
+            doors: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.doors.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until the endpoint closes.
 /// `live_timeout_ms` is passed to the count pushes (see [`crate::push`]).
 pub async fn serve(endpoint: Endpoint, ingest: Ingest, live_timeout_ms: u64) {
+    let doors = std::sync::Arc::new(Doors::default());
     while let Some(incoming) = endpoint.accept().await {
+        let ip = incoming.remote_address().ip();
+        let Some(place) = doors.enter(ip) else {
+            tracing::warn!(%ip, "QUIC connection refused: too many open");
+            incoming.refuse();
+            continue;
+        };
         let ingest = ingest.clone();
         tokio::spawn(async move {
+            let _place = place;
             match incoming.await {
                 Ok(conn) => connection(conn, ingest, live_timeout_ms).await,
                 Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
@@ -72,6 +150,10 @@ async fn connection(conn: Connection, ingest: Ingest, live_timeout_ms: u64) {
             return;
         }
     };
+    // an authenticated edge gets the room frames and the count push need
+    conn.set_max_concurrent_bi_streams(EDGE_BIDI_STREAMS.into());
+    conn.set_max_concurrent_uni_streams(EDGE_UNI_STREAMS.into());
+    conn.set_receive_window(quinn::VarInt::MAX);
     tracing::info!(%remote, edge = %edge, "edge connected");
     tokio::spawn(crate::push::serve(
         conn.clone(),

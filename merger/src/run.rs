@@ -257,7 +257,9 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         "state restored"
     );
 
-    let endpoint = quinn::Endpoint::server(tally_link::tls::server_config(&identity)?, cfg.quic_listen)
+    let mut quic_config = tally_link::tls::server_config(&identity)?;
+    quic_config.transport_config(Arc::new(quic::transport()));
+    let endpoint = quinn::Endpoint::server(quic_config, cfg.quic_listen)
         .map_err(bind_err("QUIC", cfg.quic_listen))?;
     let quic_addr = endpoint.local_addr().map_err(bind_err("QUIC", cfg.quic_listen))?;
     tokio::spawn(quic::serve(endpoint.clone(), ingest.clone(), cfg.live_timeout_ms));

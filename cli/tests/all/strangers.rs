@@ -106,3 +106,54 @@ async fn a_frame_upload_is_refused_before_its_body_unless_its_edge_is_known() {
     assert!(took < Duration::from_secs(5));
     assert_eq!(announce_upload(m.http, "").await.0, 401, "no secret");
 }
+
+/// A QUIC connection to the merger, pinned to its certificate, that says nothing.
+async fn silent_quic(endpoint: &quinn::Endpoint, m: &Merger) -> Result<quinn::Connection, String> {
+    endpoint
+        .connect(m.quic, "tally-merger")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_peer_without_a_hello_gets_one_stream_and_one_address_a_bounded_number_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(dir.path());
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(tally_link::tls::client_config(&m.fingerprint).unwrap());
+    // before its hello a connection may open the hello's stream and nothing more
+    let conn = silent_quic(&endpoint, &m).await.unwrap();
+    let (_hello_send, _hello_recv) = conn.open_bi().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await;
+    assert!(second.is_err(), "a second stream before the hello was allowed");
+    let uni = tokio::time::timeout(Duration::from_secs(1), conn.open_uni()).await;
+    assert!(uni.is_err(), "a unidirectional stream before the hello was allowed");
+    // one address may hold a bounded number of connections: the rest are refused
+    let mut held = vec![conn];
+    let mut refused = 0;
+    for _ in 0..(tally_merger::quic::MAX_PER_ADDRESS + 6) {
+        match silent_quic(&endpoint, &m).await {
+            Ok(c) => held.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    println!("QUIC connections held {} refused {refused}", held.len());
+    assert_eq!(held.len(), tally_merger::quic::MAX_PER_ADDRESS, "connections from one address");
+    assert_eq!(refused, 7);
+    // an edge that says hello on its own connection from another endpoint still gets in,
+    // and gets the streams frames need
+    for c in &held {
+        c.close(0u32.into(), b"bye");
+    }
+    drop(held);
+    let client = crate::common::loop_until(Duration::from_secs(15), || async {
+        tally_link::client::MergerClient::connect(m.quic, &m.fingerprint, "fra-1", crate::common::SECRET)
+            .await
+            .ok()
+    })
+    .await
+    .expect("the edge gets in once the silent connections are gone");
+    let frames = futures_util::future::join_all((0..4).map(|_| client.connection().open_bi())).await;
+    assert!(frames.iter().all(Result::is_ok), "an authenticated edge opens several streams");
+}
