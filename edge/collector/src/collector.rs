@@ -218,8 +218,11 @@ impl Collector {
         };
         if facts.bot.is_some() {
             // The host classified the request as a bot: nothing in it counts, and every
-            // event is refused with that reason (and counted as filtered).
+            // event is refused with that reason. Only well-formed events are counted as
+            // filtered bot events, so a request padded with empty events cannot inflate
+            // the bot figures (the host's per-address limits bound the requests).
             let n = raw.len() as u64;
+            let formed = raw.iter_mut().map(|r| r.validate().is_ok()).filter(|ok| *ok).count() as u64;
             out.rejected = (0..raw.len() as u32)
                 .map(|index| Rejection {
                     index,
@@ -227,9 +230,9 @@ impl Collector {
                 })
                 .collect();
             self.intake.rejected += n;
-            self.intake.bots += n;
+            self.intake.bots += formed;
             self.stats.events_rejected += n;
-            self.stats.bot_events += n;
+            self.stats.bot_events += formed;
             return Ok(out);
         }
         for (index, raw) in raw.iter_mut().enumerate() {

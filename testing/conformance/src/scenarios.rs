@@ -118,12 +118,13 @@ impl Script {
     }
     /// A beacon the host classified as a bot (`why`).
     fn bot(&mut self, at_ms: u64, events: &[Ev], why: &str) -> &mut Self {
+        self.bot_raw(at_ms, body(events), why)
+    }
+    /// A raw body the host classified as a bot (`why`).
+    fn bot_raw(&mut self, at_ms: u64, body: Vec<u8>, why: &str) -> &mut Self {
         let mut facts = self.kit.facts(at_ms);
         facts.bot = Some(why.into());
-        self.steps.push(Step::Ingest {
-            body: body(events),
-            facts,
-        });
+        self.steps.push(Step::Ingest { body, facts });
         self
     }
     fn flush(&mut self, at_ms: u64) -> &mut Self {
@@ -438,15 +439,18 @@ pub fn all() -> Vec<Scenario> {
     // A request the host classified as a bot: refused with that reason, counted as filtered.
     s.bot(0, &[k.ev("b1", "b1", "v1", "play", 0), k.ev("b2", "b1", "v1", "like", 0)], "user-agent")
         .send(0, &[k.ev("h1", "h1", "v1", "play", 0)])
+        .bot_raw(0, br#"{"events":[{},{},{},{"event_id":"x"}]}"#.to_vec(), "user-agent")
         .flush(1_000);
     out.push(s.done("bots are refused with the reason bot and counted as filtered", |r| {
         assert_eq!(r.ok(0).accepted, 0);
         assert!(r.ok(0).rejected.iter().all(|x| x.reason == RejectReason::Bot));
         assert_eq!(r.ok(0).rejected.len(), 2);
+        assert_eq!(r.ok(2).rejected.len(), 4, "a padded bot request is refused whole");
         assert_eq!(r.total().views, 1, "only the person's view counts");
         assert_eq!(r.total().likes, 0);
         let f = decode(&r.frames[0]);
-        assert_eq!((f.intake.bots, f.intake.rejected, f.intake.accepted), (2, 2, 1));
+        // only the two well-formed events count as filtered bot events, not the padding
+        assert_eq!((f.intake.bots, f.intake.rejected, f.intake.accepted), (2, 6, 1));
         assert_eq!(r.stats.bot_events, 2);
     }));
 
