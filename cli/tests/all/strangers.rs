@@ -157,3 +157,30 @@ async fn a_quic_peer_without_a_hello_gets_one_stream_and_one_address_a_bounded_n
     let frames = futures_util::future::join_all((0..4).map(|_| client.connection().open_bi())).await;
     assert!(frames.iter().all(Result::is_ok), "an authenticated edge opens several streams");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_a_bounded_number_of_live_streams_and_gets_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Merger::start(dir.path());
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/live/live-1/events", m.http);
+    let mut open = Vec::new();
+    for _ in 0..tally_link::listener::STREAMS_PER_ADDRESS {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 429, "one stream more than an address may hold");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("live streams"), "{body}");
+    // the public reads still answer, and a stream that ends gives its slot back
+    assert!(http.get(format!("http://{}/v1/live/live-1", m.http)).send().await.unwrap().status().is_success());
+    drop(open.pop());
+    let again = crate::common::loop_until(Duration::from_secs(10), || async {
+        let r = http.get(&url).send().await.ok()?;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    assert!(again.is_some(), "the slot came back once a stream ended");
+}

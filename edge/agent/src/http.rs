@@ -340,7 +340,7 @@ async fn live(
     Ok(json_body(body))
 }
 
-#[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "reads", summary = "The live gauge as server-sent events, at most one a second", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
+#[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "reads", summary = "The live gauge as server-sent events, at most one a second", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"), (status = 429, description = "this address holds too many streams", body = crate::apidoc::Problem)))]
 async fn live_sse(
     State(a): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -348,12 +348,22 @@ async fn live_sse(
     Path(stream): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     admit_read(&a, &headers, peer, &stream, true)?;
+    // the slot goes with the stream and comes back when the client leaves
+    let slot = a.sse_slots.take(&client_of(&a, &headers, peer)).ok_or_else(|| {
+        err(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this address holds {} live streams already; close one",
+                tally_link::listener::STREAMS_PER_ADDRESS
+            ),
+        )
+    })?;
     let mut rx = a
         .cache
         .stream(&stream)
         .ok_or_else(|| err(StatusCode::SERVICE_UNAVAILABLE, "this edge follows too many streams"))?;
     rx.mark_changed();
-    let events = futures_util::stream::unfold((rx, a, stream, false), |(mut rx, a, stream, sent)| async move {
+    let events = futures_util::stream::unfold((rx, a, stream, false, slot), |(mut rx, a, stream, sent, slot)| async move {
         if sent {
             // Coalesce: at most one update a second, whatever the merger sends.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -363,7 +373,7 @@ async fn live_sse(
             a.cache.renew_stream(&stream);
             let v = rx.borrow_and_update().clone();
             if let Some(body) = v {
-                return Some((Ok(Event::default().event("live").data(body)), (rx, a, stream, true)));
+                return Some((Ok(Event::default().event("live").data(body)), (rx, a, stream, true, slot)));
             }
         }
     });

@@ -124,6 +124,8 @@ pub struct Agent {
     pub bots: tally_collector::bots::Classifier,
     /// The agent's telemetry.
     pub metrics: Arc<AgentMetrics>,
+    /// Live-gauge event streams open per client address.
+    pub sse_slots: Arc<tally_link::listener::StreamSlots>,
     /// The spool refused the last frames: beacons are refused until it has room.
     pub spool_full: AtomicBool,
     /// Frames taken from the collectors that the spool has not taken yet.
@@ -377,6 +379,7 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
         shipping,
         cache,
         metrics,
+        sse_slots: tally_link::listener::StreamSlots::new(tally_link::listener::STREAMS_PER_ADDRESS),
         spool_full: AtomicBool::new(false),
         unspooled: Mutex::new(Vec::new()),
         swap_lock: tokio::sync::Mutex::new(()),

@@ -50,6 +50,8 @@ pub struct Api {
     pub concurrency: Arc<crate::concurrency::Concurrency>,
     /// API keys for the read APIs that are not public.
     pub keys: Arc<crate::keys::KeyStore>,
+    /// Live-gauge event streams open per client address.
+    pub sse_slots: Arc<tally_link::listener::StreamSlots>,
     /// Whether `POST /v1/frames` is served on this listener (it carries an edge's
     /// secret: HTTPS only, unless plain HTTP is allowed for local tests).
     pub frames_allowed: bool,

@@ -4,20 +4,30 @@
 
 use super::docs::Problem;
 use super::{Api, ApiError, err};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
+use std::net::SocketAddr;
+use tally_link::listener::STREAMS_PER_ADDRESS;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use std::convert::Infallible;
 
 /// A stream's live gauge as server-sent events.
-#[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "public", summary = "The live gauge as server-sent events, at most one a second (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream of {stream, watching, connected, peak}", content_type = "text/event-stream"), (status = 503, description = "too many streams followed", body = Problem)))]
+#[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "public", summary = "The live gauge as server-sent events, at most one a second (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream of {stream, watching, connected, peak}", content_type = "text/event-stream"), (status = 429, description = "this address holds too many streams", body = Problem), (status = 503, description = "too many streams followed", body = Problem)))]
 pub async fn live_sse(
     State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     if stream.is_empty() || stream.len() > 128 {
         return Err(err(StatusCode::BAD_REQUEST, "stream id must be 1..=128 bytes"));
     }
+    // the slot goes with the stream and comes back when the client leaves
+    let slot = api.sse_slots.take(&peer.ip().to_string()).ok_or_else(|| {
+        err(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this address holds {STREAMS_PER_ADDRESS} live streams already; close one"),
+        )
+    })?;
     // every client of a stream shares one feed (see `feeds`)
     let rx = api.feeds.follow(&stream).ok_or_else(|| {
         err(
@@ -27,7 +37,7 @@ pub async fn live_sse(
     })?;
     // The current gauge first (if the feed has one), then each change: after an event
     // the stream waits for the feed to change, so an idle stream sends nothing.
-    let s = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+    let s = futures_util::stream::unfold((rx, true, slot), |(mut rx, first, slot)| async move {
         if !first {
             rx.changed().await.ok()?;
         }
@@ -35,7 +45,7 @@ pub async fn live_sse(
             let body = rx.borrow_and_update().clone();
             if let Some(body) = body {
                 let ev = Event::default().event("live").data(body);
-                return Some((Ok(ev), (rx, false)));
+                return Some((Ok(ev), (rx, false, slot)));
             }
             rx.changed().await.ok()?;
         }

@@ -121,3 +121,73 @@ pub async fn forever() {
     std::future::pending::<()>().await
 }
 
+
+/// Long-lived streams (server-sent events) open per client address, at most a bound
+/// each, so one address cannot hold every connection a listener allows.
+#[derive(Debug)]
+pub struct StreamSlots {
+    per_address: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open stream's slot; given back when dropped (when the stream ends).
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    address: String,
+}
+
+/// Server-sent event streams one address may hold open at once.
+pub const STREAMS_PER_ADDRESS: usize = 32;
+
+impl StreamSlots {
+    /// Slots of `per_address` streams for each address.
+    pub fn new(per_address: usize) -> Arc<StreamSlots> {
+        Arc::new(StreamSlots {
+            per_address,
+            open: Default::default(),
+        })
+    }
+
+    /// Takes a slot for a stream from `address`, if it has one left.
+    pub fn take(self: &Arc<Self>, address: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(address.to_owned()).or_default();
+        if *n >= self.per_address {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            slots: self.clone(),
+            address: address.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_slots_back_when_its_streams_end() {
+        let slots = StreamSlots::new(2);
+        let (a, b) = (slots.take("192.0.2.1"), slots.take("192.0.2.1"));
+        assert!(a.is_some() && b.is_some());
+        assert!(slots.take("192.0.2.1").is_none(), "a third stream from one address");
+        assert!(slots.take("192.0.2.2").is_some(), "other addresses are not affected");
+        drop(a);
+        assert!(slots.take("192.0.2.1").is_some(), "a slot comes back when its stream ends");
+    }
+}
