@@ -69,54 +69,13 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// Connections open per address, and in all.
-#[derive(Default)]
-struct Doors {
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// A connection's place, given back when it ends.
-struct Place {
-    doors: std::sync::Arc<Doors>,
-    ip: std::net::IpAddr,
-}
-
-impl Doors {
-    /// Takes a place for a connection from `ip`, if there is one.
-    fn enter(self: &std::sync::Arc<Self>, ip: std::net::IpAddr) -> Option<Place> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = open.values().sum();
-        let mine = open.entry(ip).or_default();
-        if total >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
-            return None;
-        }
-        *mine += 1;
-        Some(Place {
-            doors: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut open = self.doors.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Accepts connections until the endpoint closes.
 /// `live_timeout_ms` is passed to the count pushes (see [`crate::push`]).
 pub async fn serve(endpoint: Endpoint, ingest: Ingest, live_timeout_ms: u64) {
-    let doors = std::sync::Arc::new(Doors::default());
+    let doors = tally_link::listener::Slots::new(MAX_PER_ADDRESS, MAX_CONNECTIONS);
     while let Some(incoming) = endpoint.accept().await {
         let ip = incoming.remote_address().ip();
-        let Some(place) = doors.enter(ip) else {
+        let Some(place) = doors.take(&ip.to_string()) else {
             tracing::warn!(%ip, "QUIC connection refused: too many open");
             incoming.refuse();
             continue;

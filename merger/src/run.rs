@@ -277,7 +277,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         blocked_path: Arc::from(blocked_path.as_path()),
         frames_allowed: true,
         feeds: feeds::LiveFeeds::new(ingest.clone(), cfg.live_timeout_ms),
-        sse_slots: listener::StreamSlots::new(listener::STREAMS_PER_ADDRESS),
+        sse_slots: listener::Slots::new(listener::STREAMS_PER_ADDRESS, Bounds::default().max_connections),
         query_timeout: std::time::Duration::from_millis(cfg.query_timeout_ms.max(1)),
         keys: Arc::new(keys::KeyStore::open(keys::path_in(&cfg.data_dir))),
         concurrency: Arc::new(concurrency::Concurrency::default()),

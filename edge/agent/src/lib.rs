@@ -125,7 +125,7 @@ pub struct Agent {
     /// The agent's telemetry.
     pub metrics: Arc<AgentMetrics>,
     /// Live-gauge event streams open per client address.
-    pub sse_slots: Arc<tally_link::listener::StreamSlots>,
+    pub sse_slots: Arc<tally_link::listener::Slots>,
     /// The spool refused the last frames: beacons are refused until it has room.
     pub spool_full: AtomicBool,
     /// Frames taken from the collectors that the spool has not taken yet.
@@ -379,7 +379,10 @@ pub async fn start(mut cfg: AgentConfig) -> Result<Running, StartError> {
         shipping,
         cache,
         metrics,
-        sse_slots: tally_link::listener::StreamSlots::new(tally_link::listener::STREAMS_PER_ADDRESS),
+        sse_slots: tally_link::listener::Slots::new(
+            tally_link::listener::STREAMS_PER_ADDRESS,
+            tally_link::listener::Bounds::default().max_connections,
+        ),
         spool_full: AtomicBool::new(false),
         unspooled: Mutex::new(Vec::new()),
         swap_lock: tokio::sync::Mutex::new(()),

@@ -51,7 +51,7 @@ pub struct Api {
     /// API keys for the read APIs that are not public.
     pub keys: Arc<crate::keys::KeyStore>,
     /// Live-gauge event streams open per client address.
-    pub sse_slots: Arc<tally_link::listener::StreamSlots>,
+    pub sse_slots: Arc<tally_link::listener::Slots>,
     /// Whether `POST /v1/frames` is served on this listener (it carries an edge's
     /// secret: HTTPS only, unless plain HTTP is allowed for local tests).
     pub frames_allowed: bool,

@@ -122,49 +122,56 @@ pub async fn forever() {
 }
 
 
-/// Long-lived streams (server-sent events) open per client address, at most a bound
-/// each, so one address cannot hold every connection a listener allows.
+/// Places for long-lived things a client holds open (server-sent event streams, QUIC
+/// connections): at most a bound per client address and in all, so one address cannot
+/// hold every place.
 #[derive(Debug)]
-pub struct StreamSlots {
+pub struct Slots {
     per_address: usize,
+    total: usize,
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
-/// One open stream's slot; given back when dropped (when the stream ends).
+/// One place; given back when dropped (when the stream or connection ends).
 #[derive(Debug)]
-pub struct StreamSlot {
-    slots: Arc<StreamSlots>,
+pub struct Slot {
+    slots: Arc<Slots>,
     address: String,
 }
 
 /// Server-sent event streams one address may hold open at once.
 pub const STREAMS_PER_ADDRESS: usize = 32;
 
-impl StreamSlots {
-    /// Slots of `per_address` streams for each address.
-    pub fn new(per_address: usize) -> Arc<StreamSlots> {
-        Arc::new(StreamSlots {
+impl Slots {
+    /// `per_address` places for each address, `total` in all.
+    pub fn new(per_address: usize, total: usize) -> Arc<Slots> {
+        Arc::new(Slots {
             per_address,
+            total,
             open: Default::default(),
         })
     }
 
-    /// Takes a slot for a stream from `address`, if it has one left.
-    pub fn take(self: &Arc<Self>, address: &str) -> Option<StreamSlot> {
+    /// Takes a place for `address`, if it has one left and there is one left in all.
+    pub fn take(self: &Arc<Self>, address: &str) -> Option<Slot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
         let n = open.entry(address.to_owned()).or_default();
-        if *n >= self.per_address {
+        if *n >= self.per_address || total >= self.total {
+            if *n == 0 {
+                open.remove(address);
+            }
             return None;
         }
         *n += 1;
-        Some(StreamSlot {
+        Some(Slot {
             slots: self.clone(),
             address: address.to_owned(),
         })
     }
 }
 
-impl Drop for StreamSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.address) {
@@ -182,11 +189,13 @@ mod tests {
 
     #[test]
     fn an_address_gets_its_slots_back_when_its_streams_end() {
-        let slots = StreamSlots::new(2);
+        let slots = Slots::new(2, 3);
         let (a, b) = (slots.take("192.0.2.1"), slots.take("192.0.2.1"));
         assert!(a.is_some() && b.is_some());
         assert!(slots.take("192.0.2.1").is_none(), "a third stream from one address");
-        assert!(slots.take("192.0.2.2").is_some(), "other addresses are not affected");
+        let c = slots.take("192.0.2.2");
+        assert!(c.is_some(), "other addresses are not affected");
+        assert!(slots.take("192.0.2.3").is_none(), "three in all");
         drop(a);
         assert!(slots.take("192.0.2.1").is_some(), "a slot comes back when its stream ends");
     }
