@@ -164,23 +164,48 @@ impl Metrics {
             "Events counted by edges in applied frames.",
             sums.events_accepted,
         )
-        .single("tally_counter_rows_total", Kind::Counter, "Counter rows applied.", sums.counter_rows)
+        .single(
+            "tally_counter_rows_total",
+            Kind::Counter,
+            "Counter rows applied.",
+            sums.counter_rows,
+        )
         .single(
             "tally_ingest_lag_ms",
             Kind::Gauge,
             "Merger time minus the newest frame's interval end.",
             lag_ms,
         )
-        .single("tally_videos", Kind::Gauge, "Videos with counts in live state.", state.video_count())
-        .single("tally_views_total", Kind::Counter, "Views of all videos, all time.", state.total_views())
+        .single(
+            "tally_videos",
+            Kind::Gauge,
+            "Videos with counts in live state.",
+            state.video_count(),
+        )
+        .single(
+            "tally_views_total",
+            Kind::Counter,
+            "Views of all videos, all time.",
+            state.total_views(),
+        )
         .single(
             "tally_likes_total",
             Kind::Gauge,
             "Likes of all videos now (users whose latest like event is a like).",
             totals.likes,
         )
-        .single("tally_shares_total", Kind::Counter, "Shares of all videos, all time.", totals.shares)
-        .single("tally_comments_total", Kind::Counter, "Comments of all videos, all time.", totals.comments)
+        .single(
+            "tally_shares_total",
+            Kind::Counter,
+            "Shares of all videos, all time.",
+            totals.shares,
+        )
+        .single(
+            "tally_comments_total",
+            Kind::Counter,
+            "Comments of all videos, all time.",
+            totals.comments,
+        )
         .single(
             "tally_tier_errors_total",
             Kind::Counter,
@@ -336,8 +361,10 @@ mod tests {
         assert_eq!(value(&text, "tally_fact_keys{kind=\"view\"}"), Some(0.0));
         // every family is declared once
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        let names: std::collections::BTreeSet<&str> =
-            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        let names: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
         assert_eq!(types, names.len());
     }
 }

@@ -168,7 +168,12 @@ enum StreamError {
     Closed(#[from] quinn::ClosedStream),
 }
 
-async fn frame_stream(mut send: SendStream, mut recv: RecvStream, ingest: &Ingest, edge: &str) -> Result<(), StreamError> {
+async fn frame_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    ingest: &Ingest,
+    edge: &str,
+) -> Result<(), StreamError> {
     let bytes = match recv.read_to_end(MAX_MESSAGE).await {
         Ok(b) => b,
         Err(quinn::ReadToEndError::TooLong) => {

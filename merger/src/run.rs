@@ -4,10 +4,10 @@
 use crate::config::MergerConfig;
 use crate::metrics::Metrics;
 use crate::{analytics, api, blocked, checkpoint, concurrency, feeds, ingest, keys, log, quic, state, tiers};
-use tally_link::listener::{self, Bounds};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use tally_link::listener::{self, Bounds};
 
 /// Why a merger could not start, or its tiers not be rebuilt.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +159,8 @@ pub fn rebuild(cfg: &MergerConfig) -> Result<usize> {
     let now = tally_delta::now_ms();
     let mut n = 0;
     for (i, (pos, bytes)) in records.into_iter().enumerate() {
-        let mut frame = tally_delta::DeltaFrame::decode(&bytes).map_err(|source| RunError::Record { index: i, source })?;
+        let mut frame =
+            tally_delta::DeltaFrame::decode(&bytes).map_err(|source| RunError::Record { index: i, source })?;
         if state.apply(&mut frame, now) {
             t.add(pos, &frame)?;
             n += 1;
@@ -224,8 +225,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     }
     let (log, replayed) = {
         let mut replay = ingest::Replay::new(&mut state, Some((&tier_tx, watermark)));
-        let log = log::FrameLog::replay(&log_dir, mark.map(|m| m.pos), |pos, bytes| replay.record(pos, bytes))
-?
+        let log = log::FrameLog::replay(&log_dir, mark.map(|m| m.pos), |pos, bytes| replay.record(pos, bytes))?
             .with_segment_bytes(cfg.log_segment_bytes);
         (log, replay.records)
     };
@@ -259,8 +259,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
 
     let mut quic_config = tally_link::tls::server_config(&identity)?;
     quic_config.transport_config(Arc::new(quic::transport()));
-    let endpoint = quinn::Endpoint::server(quic_config, cfg.quic_listen)
-        .map_err(bind_err("QUIC", cfg.quic_listen))?;
+    let endpoint = quinn::Endpoint::server(quic_config, cfg.quic_listen).map_err(bind_err("QUIC", cfg.quic_listen))?;
     let quic_addr = endpoint.local_addr().map_err(bind_err("QUIC", cfg.quic_listen))?;
     tokio::spawn(quic::serve(endpoint.clone(), ingest.clone(), cfg.live_timeout_ms));
 
@@ -300,7 +299,13 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
                 .await
                 .map_err(bind_err("HTTPS", addr))?;
             let bound = l.local_addr().map_err(bind_err("HTTPS", addr))?;
-            tokio::spawn(listener::serve(l, Some(tls), https_app, Bounds::default(), listener::forever()));
+            tokio::spawn(listener::serve(
+                l,
+                Some(tls),
+                https_app,
+                Bounds::default(),
+                listener::forever(),
+            ));
             Some(bound)
         }
         None => None,

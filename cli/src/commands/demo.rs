@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_agent::config::{AgentConfig, MergerTarget};
-use tally_traffic::{Beacon, Outcome, Plan, Traffic, Viral};
 use tally_spin_host::{AppConfig, RunningApp};
+use tally_traffic::{Beacon, Outcome, Plan, Traffic, Viral};
 use tokio::sync::{Semaphore, mpsc};
 
 const POPS: [&str; 3] = ["fra", "iad", "sin"];

@@ -57,4 +57,3 @@ pub(crate) fn run(a: HistoryArgs) -> Result<()> {
     );
     Ok(())
 }
-

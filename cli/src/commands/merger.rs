@@ -149,4 +149,3 @@ pub(crate) fn run(a: MergerArgs) -> Result<()> {
         anyhow::Ok(())
     })
 }
-

@@ -44,4 +44,3 @@ pub(crate) fn run(a: QueryArgs) -> Result<()> {
     eprintln!("({} rows)", rows.len());
     Ok(())
 }
-

@@ -49,4 +49,3 @@ pub(crate) fn run(a: TokenArgs) -> Result<()> {
     println!("{}", token::mint(a.key.as_bytes(), &claims));
     Ok(())
 }
-

@@ -2,16 +2,22 @@
 //! User-Agent, CDN verdict and bursts), each failing, and what was filtered visible at
 //! the merger.
 
-
 use crate::common::{Agent, Merger, event, event_signed, loop_until, merger_views, now_ms, token};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+const CHROME: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 const HEADLESS: &str =
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36";
 
-async fn post(http: &reqwest::Client, agent: &Agent, ua: &str, extra: &[(&str, &str)], events: Vec<Value>) -> (u16, Value) {
+async fn post(
+    http: &reqwest::Client,
+    agent: &Agent,
+    ua: &str,
+    extra: &[(&str, &str)],
+    events: Vec<Value>,
+) -> (u16, Value) {
     let mut req = http
         .post(agent.url("/v1/events"))
         .header("user-agent", ua)
@@ -33,27 +39,62 @@ async fn a_harvested_token_gives_one_view_and_bots_are_refused_and_counted_as_fi
 
     // One token from a page, replayed by a script under many session ids: one view.
     let harvested = token("vh", "page-session");
-    let (s, j) = post(&http, &fra, CHROME, &[], vec![event_signed("h0", "page-session", "vh", "play", &harvested)]).await;
+    let (s, j) = post(
+        &http,
+        &fra,
+        CHROME,
+        &[],
+        vec![event_signed("h0", "page-session", "vh", "play", &harvested)],
+    )
+    .await;
     assert_eq!(s, 202, "{j}");
     for i in 1..=20 {
         let sess = format!("forged-{i}");
-        let (s, j) = post(&http, &fra, CHROME, &[], vec![event_signed(&format!("h{i}"), &sess, "vh", "play", &harvested)]).await;
+        let (s, j) = post(
+            &http,
+            &fra,
+            CHROME,
+            &[],
+            vec![event_signed(&format!("h{i}"), &sess, "vh", "play", &harvested)],
+        )
+        .await;
         assert_eq!(s, 400, "{j}");
         assert_eq!(j["rejected"][0]["reason"], "token is for a different session", "{j}");
     }
 
     // Bots: a headless browser, the CDN's verdict, a session beaconing like a script.
     let mut bot_events = 0u64;
-    let (s, j) = post(&http, &fra, HEADLESS, &[], vec![event("b1", "b1", "vb", "play"), event("b2", "b1", "vb", "like")]).await;
+    let (s, j) = post(
+        &http,
+        &fra,
+        HEADLESS,
+        &[],
+        vec![event("b1", "b1", "vb", "play"), event("b2", "b1", "vb", "like")],
+    )
+    .await;
     assert_eq!(s, 403, "{j}");
     assert_eq!(j["rejected"][1]["reason"], "bot", "{j}");
     bot_events += 2;
-    let (s, j) = post(&http, &fra, CHROME, &[("cf-verified-bot", "true")], vec![event("b3", "b3", "vb", "play")]).await;
+    let (s, j) = post(
+        &http,
+        &fra,
+        CHROME,
+        &[("cf-verified-bot", "true")],
+        vec![event("b3", "b3", "vb", "play")],
+    )
+    .await;
     assert_eq!(s, 403, "{j}");
     bot_events += 1;
     let mut burst_from = None;
     for i in 0..80 {
-        let (s, j) = post(&http, &fra, CHROME, &[], vec![event(&format!("x{i}"), "burst", "vb", "heartbeat")]).await;
+        let (s, j) = post(
+            &http,
+            &fra,
+            CHROME,
+            &[],
+            vec![event(&format!("x{i}"), "burst", "vb", "heartbeat")],
+        )
+        .await;
         match s {
             202 => assert!(burst_from.is_none(), "a flagged session stays flagged: {j}"),
             403 => {
@@ -63,7 +104,11 @@ async fn a_harvested_token_gives_one_view_and_bots_are_refused_and_counted_as_fi
             other => panic!("beacon {i}: {other} {j}"),
         }
     }
-    assert_eq!(burst_from, Some(60), "the 61st beacon in a minute marks the session a bot");
+    assert_eq!(
+        burst_from,
+        Some(60),
+        "the 61st beacon in a minute marks the session a bot"
+    );
     // people are still counted
     let (s, j) = post(&http, &fra, CHROME, &[], vec![event("p1", "p1", "vb", "play")]).await;
     assert_eq!(s, 202, "{j}");
@@ -78,7 +123,11 @@ async fn a_harvested_token_gives_one_view_and_bots_are_refused_and_counted_as_fi
         async move { (m.metric("tally_bot_events_total").await as u64 == bot_events).then_some(()) }
     })
     .await;
-    assert!(seen.is_some(), "merger metric: {} of {bot_events}", m.metric("tally_bot_events_total").await);
+    assert!(
+        seen.is_some(),
+        "merger metric: {} of {bot_events}",
+        m.metric("tally_bot_events_total").await
+    );
     let path = format!("/v1/analytics/bots?from={}&to={}", t0 - 60_000, now_ms() + 60_000);
     let body = loop_until(Duration::from_secs(20), || {
         let (m, path) = (&m, &path);
@@ -94,8 +143,14 @@ async fn a_harvested_token_gives_one_view_and_bots_are_refused_and_counted_as_fi
         fra.metric("tally_edge_bot_beacons_total{kind=\"burst\"}").await as u64,
         80 - 60
     );
-    assert_eq!(fra.metric("tally_edge_bot_beacons_total{kind=\"user-agent\"}").await as u64, 1);
-    assert_eq!(fra.metric("tally_edge_bot_beacons_total{kind=\"cdn-verified\"}").await as u64, 1);
+    assert_eq!(
+        fra.metric("tally_edge_bot_beacons_total{kind=\"user-agent\"}").await as u64,
+        1
+    );
+    assert_eq!(
+        fra.metric("tally_edge_bot_beacons_total{kind=\"cdn-verified\"}").await as u64,
+        1
+    );
 }
 
 /// A token for `video` of `channel`, bound to `session`.
@@ -123,12 +178,24 @@ async fn analytics_need_a_key_scoped_to_a_channel_or_the_platform_and_per_video_
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let http = reqwest::Client::new();
     // three views of chA's video, two of chB's
-    for (i, (video, channel)) in [("va", "chA"), ("va", "chA"), ("va", "chA"), ("vb", "chB"), ("vb", "chB")]
-        .into_iter()
-        .enumerate()
+    for (i, (video, channel)) in [
+        ("va", "chA"),
+        ("va", "chA"),
+        ("va", "chA"),
+        ("vb", "chB"),
+        ("vb", "chB"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let sess = format!("k{i}");
-        let ev = event_signed(&format!("e{i}"), &sess, video, "play", &channel_token(video, channel, &sess));
+        let ev = event_signed(
+            &format!("e{i}"),
+            &sess,
+            video,
+            "play",
+            &channel_token(video, channel, &sess),
+        );
         assert_eq!(post(&http, &fra, CHROME, &[], vec![ev]).await.0, 202);
     }
     assert_eq!(merger_views(&m, 5, Duration::from_secs(20)).await, 5);
@@ -183,7 +250,11 @@ async fn analytics_need_a_key_scoped_to_a_channel_or_the_platform_and_per_video_
     }
     let (s, j) = m.get_as(breakdown, Some(&slow)).await;
     assert_eq!(s, 429, "{j}");
-    assert_eq!(m.get_as(breakdown, Some(&ka)).await.0, 200, "other keys are not limited");
+    assert_eq!(
+        m.get_as(breakdown, Some(&ka)).await.0,
+        200,
+        "other keys are not limited"
+    );
     let id = ka.split('_').nth(1).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["keys", "revoke", "--data-dir"])
@@ -205,5 +276,8 @@ async fn analytics_need_a_key_scoped_to_a_channel_or_the_platform_and_per_video_
         .unwrap();
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains(id) && text.contains("channel:chA"), "{text}");
-    assert!(!text.contains(ka.splitn(3, '_').nth(2).unwrap()), "the secret is never listed");
+    assert!(
+        !text.contains(ka.splitn(3, '_').nth(2).unwrap()),
+        "the secret is never listed"
+    );
 }

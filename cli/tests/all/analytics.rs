@@ -2,7 +2,6 @@
 //! in, is not), date ranges and ISO times with zones, totals with unique viewers and the
 //! previous period, pagination, CSV, and concurrent viewers over time.
 
-
 use crate::common::{Agent, KEY, Merger, event_signed, loop_until, merger_views, now_ms};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -24,8 +23,22 @@ fn token(video: &str, channel: &str, session: &str, live: bool) -> String {
 }
 
 /// A play of `video` in a new session `sess`, from `country` on `device`.
-async fn play(http: &reqwest::Client, agent: &Agent, video: &str, channel: &str, sess: &str, country: &str, device: &str) {
-    let mut e = event_signed(&format!("{sess}-1"), sess, video, "play", &token(video, channel, sess, video.starts_with("live")));
+async fn play(
+    http: &reqwest::Client,
+    agent: &Agent,
+    video: &str,
+    channel: &str,
+    sess: &str,
+    country: &str,
+    device: &str,
+) {
+    let mut e = event_signed(
+        &format!("{sess}-1"),
+        sess,
+        video,
+        "play",
+        &token(video, channel, sess, video.starts_with("live")),
+    );
     e["device"] = json!(device);
     let r = http
         .post(agent.url("/v1/events"))
@@ -43,7 +56,15 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
     let m = Merger::start(&dir.path().join("m"));
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let http = reqwest::Client::new();
-    for (i, (country, device)) in [("DE", "desktop"), ("DE", "desktop"), ("DE", "desktop"), ("FR", "mobile")].iter().enumerate() {
+    for (i, (country, device)) in [
+        ("DE", "desktop"),
+        ("DE", "desktop"),
+        ("DE", "desktop"),
+        ("FR", "mobile"),
+    ]
+    .iter()
+    .enumerate()
+    {
         play(&http, &fra, "va", "chA", &format!("a{i}"), country, device).await;
     }
     for i in 0..2 {
@@ -80,7 +101,9 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
         ("country=DE,FR&device=mobile", vec![s("va", 1)]),
         ("device=!tv&channel=chB", vec![]),
     ] {
-        let (st, j) = m.get(&format!("/v1/analytics/breakdown?by=video&date_range=24h&{q}")).await;
+        let (st, j) = m
+            .get(&format!("/v1/analytics/breakdown?by=video&date_range=24h&{q}"))
+            .await;
         assert_eq!(st, 200, "{q}: {j}");
         assert_eq!(rows(&j), want, "{q}");
     }
@@ -95,7 +118,9 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
         .map(|r| (r["key"].as_str().unwrap().to_owned(), r["uniques"].as_u64().unwrap()))
         .collect();
     assert_eq!(uniques, vec![s("va", 4), s("vb", 2), s("live-x", 1)], "{j}");
-    let (_, j) = m.get("/v1/analytics/breakdown?by=video&date_range=24h&country=DE").await;
+    let (_, j) = m
+        .get("/v1/analytics/breakdown?by=video&date_range=24h&country=DE")
+        .await;
     assert!(j["rows"][0]["uniques"].is_null(), "{j}");
 
     // ranges: ISO dates and times with zones, shortcuts; bad ones named
@@ -112,7 +137,14 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
         let (st, j) = m.get(&format!("/v1/analytics/aggregate?{q}")).await;
         assert_eq!((st, j["views"].as_u64()), (200, Some(7)), "{q}: {j}");
     }
-    for bad in ["date_range=week", "from=yesterday", "date_range=24h&from=0", "compare=lastyear", "format=xml", "page=0&by=video"] {
+    for bad in [
+        "date_range=week",
+        "from=yesterday",
+        "date_range=24h&from=0",
+        "compare=lastyear",
+        "format=xml",
+        "page=0&by=video",
+    ] {
         let path = if bad.contains("by=") { "breakdown" } else { "aggregate" };
         let (st, j) = m.get(&format!("/v1/analytics/{path}?{bad}")).await;
         assert_eq!(st, 400, "{bad}: {j}");
@@ -126,17 +158,37 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
     assert_eq!(agg["previous"]["views"], 0, "{agg}");
     assert_eq!(agg["previous"]["to"], agg["from"], "{agg}");
     let (_, agg) = m.get("/v1/analytics/aggregate?date_range=24h&video=va").await;
-    assert_eq!((agg["views"].as_u64(), agg["uniques"].as_u64()), (Some(4), Some(4)), "{agg}");
+    assert_eq!(
+        (agg["views"].as_u64(), agg["uniques"].as_u64()),
+        (Some(4), Some(4)),
+        "{agg}"
+    );
     let (_, agg) = m.get("/v1/analytics/aggregate?date_range=24h&country=US").await;
-    assert_eq!((agg["views"].as_u64(), agg["uniques"].is_null()), (Some(3), true), "sketches are per video: {agg}");
+    assert_eq!(
+        (agg["views"].as_u64(), agg["uniques"].is_null()),
+        (Some(3), true),
+        "sketches are per video: {agg}"
+    );
     let (_, ts) = m.get("/v1/analytics/timeseries?date_range=60m&compare=previous").await;
-    let sum = |pts: &Value| pts.as_array().unwrap().iter().map(|p| p["views"].as_u64().unwrap()).sum::<u64>();
+    let sum = |pts: &Value| {
+        pts.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["views"].as_u64().unwrap())
+            .sum::<u64>()
+    };
     assert_eq!((sum(&ts["points"]), sum(&ts["previous"]["points"])), (7, 0), "{ts}");
 
     // pages
     let page = |n: u32| {
         let m = &m;
-        async move { m.get(&format!("/v1/analytics/breakdown?by=country&date_range=24h&limit=1&page={n}")).await.1 }
+        async move {
+            m.get(&format!(
+                "/v1/analytics/breakdown?by=country&date_range=24h&limit=1&page={n}"
+            ))
+            .await
+            .1
+        }
     };
     let (p1, p3, p4) = (page(1).await, page(3).await, page(4).await);
     assert_eq!((rows(&p1), p1["more"].as_bool()), (vec![s("DE", 3)], Some(true)));
@@ -145,7 +197,10 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
 
     // CSV of any table
     let r = reqwest::Client::new()
-        .get(format!("http://{}/v1/analytics/breakdown?by=country&date_range=24h&format=csv", m.http))
+        .get(format!(
+            "http://{}/v1/analytics/breakdown?by=country&date_range=24h&format=csv",
+            m.http
+        ))
         .bearer_auth(&m.key)
         .send()
         .await
@@ -181,23 +236,49 @@ async fn the_openapi_documents_match_what_the_servers_answer() {
     let fra = Agent::start((m.quic, &m.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let http = reqwest::Client::new();
     let (_, merger_doc) = m.get("/openapi.json").await;
-    let edge_doc: Value = http.get(fra.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let edge_doc: Value = http
+        .get(fra.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for (doc, base, want) in [
         (
             &merger_doc,
             format!("http://{}", m.http),
             vec![
-                "/", "/healthz", "/metrics", "/v1/top", "/v1/frames", "/v1/videos/{id}/stats", "/v1/videos/{id}/block",
-                "/v1/live/{stream}", "/v1/live/{stream}/events", "/v1/analytics/timeseries", "/v1/analytics/breakdown",
-                "/v1/analytics/aggregate", "/v1/analytics/uniques", "/v1/analytics/bots", "/v1/analytics/concurrent",
+                "/",
+                "/healthz",
+                "/metrics",
+                "/v1/top",
+                "/v1/frames",
+                "/v1/videos/{id}/stats",
+                "/v1/videos/{id}/block",
+                "/v1/live/{stream}",
+                "/v1/live/{stream}/events",
+                "/v1/analytics/timeseries",
+                "/v1/analytics/breakdown",
+                "/v1/analytics/aggregate",
+                "/v1/analytics/uniques",
+                "/v1/analytics/bots",
+                "/v1/analytics/concurrent",
             ],
         ),
         (
             &edge_doc,
             format!("http://{}", fra.http),
             vec![
-                "/v1/events", "/v1/videos/{id}/stats", "/v1/live/{stream}", "/v1/live/{stream}/events", "/healthz",
-                "/metrics", "/admin/component", "/tally.js", "/tally.mjs",
+                "/v1/events",
+                "/v1/videos/{id}/stats",
+                "/v1/live/{stream}",
+                "/v1/live/{stream}/events",
+                "/healthz",
+                "/metrics",
+                "/admin/component",
+                "/tally.js",
+                "/tally.mjs",
             ],
         ),
     ] {
@@ -215,20 +296,37 @@ async fn the_openapi_documents_match_what_the_servers_answer() {
             let r = http.get(&url).bearer_auth(&m.key).send().await.unwrap();
             let status = r.status().as_u16();
             let body = r.text().await.unwrap_or_default();
-            assert!(!body.contains("no such endpoint"), "{url} is documented but not served: {status} {body}");
+            assert!(
+                !body.contains("no such endpoint"),
+                "{url} is documented but not served: {status} {body}"
+            );
         }
     }
     let analytics = &merger_doc["paths"]["/v1/analytics/breakdown"]["get"];
     assert_eq!(analytics["security"][0]["api_key"], json!([]), "{analytics}");
-    let params: Vec<&str> = analytics["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let params: Vec<&str> = analytics["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     for p in ["by", "page", "date_range", "compare", "country", "format"] {
         assert!(params.contains(&p), "{p} in {params:?}");
     }
-    assert!(merger_doc["paths"]["/v1/videos/{id}/stats"]["get"]["security"].is_null(), "per-video counts stay public");
+    assert!(
+        merger_doc["paths"]["/v1/videos/{id}/stats"]["get"]["security"].is_null(),
+        "per-video counts stay public"
+    );
     for code in ["400", "401", "403", "429", "503", "504"] {
         let r = &analytics["responses"][code];
         assert!(r["description"].is_string(), "{code}: {analytics}");
-        assert!(r["content"]["application/json"]["schema"]["$ref"].as_str().unwrap_or("").ends_with("Problem"), "{code}: {r}");
+        assert!(
+            r["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("Problem"),
+            "{code}: {r}"
+        );
     }
     // the dashboard's files are gzipped for browsers that ask
     let r = http
@@ -237,10 +335,19 @@ async fn the_openapi_documents_match_what_the_servers_answer() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+    assert_eq!(
+        r.headers().get("content-encoding").map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
     let gz = r.bytes().await.unwrap().len();
     assert!((50_000..300_000).contains(&gz), "{gz} bytes gzipped");
     let events = &edge_doc["paths"]["/v1/events"]["post"];
-    assert!(events["requestBody"]["content"]["text/plain"]["schema"]["$ref"].as_str().unwrap().ends_with("Beacon"), "{events}");
+    assert!(
+        events["requestBody"]["content"]["text/plain"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("Beacon"),
+        "{events}"
+    );
     assert!(edge_doc["components"]["schemas"]["BeaconEvent"]["properties"]["token"].is_object());
 }

@@ -272,7 +272,12 @@ pub(crate) async fn close(t: &mut Traffic, http: &reqwest::Client, urls: &[Strin
     }
 }
 
-pub(crate) async fn send_all(t: &mut Traffic, http: &reqwest::Client, urls: &[String], beacons: Vec<tally_traffic::Beacon>) {
+pub(crate) async fn send_all(
+    t: &mut Traffic,
+    http: &reqwest::Client,
+    urls: &[String],
+    beacons: Vec<tally_traffic::Beacon>,
+) {
     let answers = join_all(beacons.iter().map(|b| deliver(http, &urls[b.pop % urls.len()], b))).await;
     for (b, o) in beacons.iter().zip(answers) {
         t.outcome(b, o);

@@ -3,7 +3,6 @@
 //! what it sent; bad input answered with reasons; merger down then up; agent killed and
 //! restarted; component swapped under load.
 
-
 use crate::common::{Agent, KEY, Merger, close, drive, event, event_signed, loop_until, merger_views, now_ms, token};
 use std::time::Duration;
 use tally_traffic::{Plan, Traffic};

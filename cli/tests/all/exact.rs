@@ -5,7 +5,6 @@
 //! hours late, likes from several sessions and POPs) and checks the merger's API and
 //! the analysts' catalog against that truth.
 
-
 use crate::common::{Agent, Merger, loop_until, now_ms, token};
 use serde_json::{Value, json};
 use std::path::Path;

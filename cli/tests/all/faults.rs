@@ -6,7 +6,6 @@
 //! After each: no accepted view, like, share or comment lost, none counted twice, every
 //! process recovers on its own; the figures are printed.
 
-
 use crate::common::{Agent, KEY, Merger, loop_until, now_ms, send_all};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;

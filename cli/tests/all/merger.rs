@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tally_collector::Collector;
+use tally_conformance::{Kit, body};
 use tally_delta::{DeltaFrame, MergedDeltas};
 use tally_link::client::{ClientError, MergerClient};
 use tally_link::protocol::Ack;
-use tally_conformance::{Kit, body};
 
 use crate::common::{Merger, SECRET};
 
@@ -971,7 +971,10 @@ async fn push_takes_interest_as_changes_and_serves_a_new_subscription_on_the_sam
         ..Interest::default()
     };
     write_msg(&mut again, &second).await.unwrap();
-    assert!(next(&mut push).await.unwrap().is_none(), "the superseded push stream is finished");
+    assert!(
+        next(&mut push).await.unwrap().is_none(),
+        "the superseded push stream is finished"
+    );
     let mut push = conn.accept_uni().await.unwrap();
     let s = next(&mut push).await.unwrap().unwrap();
     assert_eq!(ids(&s), ["v3"]);

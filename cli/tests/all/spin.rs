@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tally_spin_component::session::{SessionRecord, session_key};
-use tally_traffic::{Plan, Traffic};
 use tally_spin_host::{AppConfig, RunningApp, SpinError};
+use tally_traffic::{Plan, Traffic};
 
 const STORE: &str = "default";
 
@@ -139,8 +139,7 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     let app = spin(&m, "sin").await;
     let http = reqwest::Client::new();
     let events = url(&app, "/v1/events");
-    let first =
-        json!({ "events": [event("a1", "s1", "sv1", "play"), event("a2", "s1", "sv1", "heartbeat")] });
+    let first = json!({ "events": [event("a1", "s1", "sv1", "play"), event("a2", "s1", "sv1", "heartbeat")] });
     let (s, j) = post(&http, &events, &first).await;
     assert_eq!(
         (s, j["accepted"].as_u64(), j["duplicates"].as_u64()),
@@ -161,10 +160,7 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
     let (s, _) = post(&http, &events, &json!([event("b1", "s2", "sv1", "play")])).await;
     assert_eq!(s, 202);
     // one beacon with both sessions is split between their records
-    let both = json!([
-        event("a4", "s1", "sv1", "share"),
-        event("c1", "s3", "sv1", "play")
-    ]);
+    let both = json!([event("a4", "s1", "sv1", "share"), event("c1", "s3", "sv1", "play")]);
     let (s, j) = post(&http, &events, &both).await;
     assert_eq!((s, j["accepted"].as_u64()), (202, Some(2)), "{j}");
     assert_eq!(merger_views(&m, 3, Duration::from_secs(10)).await, 3);

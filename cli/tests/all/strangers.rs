@@ -17,11 +17,15 @@ async fn stalled(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n + 1);
     for _ in 0..n {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
         conns.push(c);
     }
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut first = [0u8; 12];
     idle.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"HTTP/1.1 200", "the idle connection was served once");
@@ -68,7 +72,14 @@ async fn half_sent_and_idle_connections_are_closed_after_the_header_timeout() {
     assert_eq!((cm, ca), (101, 101), "every stalled connection closed by the server");
     // and both still serve
     let http = reqwest::Client::new();
-    assert!(http.get(format!("http://{}/healthz", m.http)).send().await.unwrap().status().is_success());
+    assert!(
+        http.get(format!("http://{}/healthz", m.http))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     assert!(http.get(a.url("/healthz")).send().await.unwrap().status().is_success());
 }
 
@@ -96,7 +107,12 @@ async fn a_frame_upload_is_refused_before_its_body_unless_its_edge_is_known() {
     let dir = tempfile::tempdir().unwrap();
     // plain HTTP does not take frames at all: refused from the head
     let m = Merger::start(dir.path());
-    assert_eq!(announce_upload(m.http, "authorization: Bearer edge-secret-123\r\n").await.0, 403);
+    assert_eq!(
+        announce_upload(m.http, "authorization: Bearer edge-secret-123\r\n")
+            .await
+            .0,
+        403
+    );
     drop(m);
     // where frames are allowed, an unknown secret or none is refused from the head too
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +155,11 @@ async fn a_quic_peer_without_a_hello_gets_one_stream_and_one_address_a_bounded_n
         }
     }
     println!("QUIC connections held {} refused {refused}", held.len());
-    assert_eq!(held.len(), tally_merger::quic::MAX_PER_ADDRESS, "connections from one address");
+    assert_eq!(
+        held.len(),
+        tally_merger::quic::MAX_PER_ADDRESS,
+        "connections from one address"
+    );
     assert_eq!(refused, 7);
     // an edge that says hello on its own connection from another endpoint still gets in,
     // and gets the streams frames need
@@ -155,7 +175,10 @@ async fn a_quic_peer_without_a_hello_gets_one_stream_and_one_address_a_bounded_n
     .await
     .expect("the edge gets in once the silent connections are gone");
     let frames = futures_util::future::join_all((0..4).map(|_| client.connection().open_bi())).await;
-    assert!(frames.iter().all(Result::is_ok), "an authenticated edge opens several streams");
+    assert!(
+        frames.iter().all(Result::is_ok),
+        "an authenticated edge opens several streams"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +198,14 @@ async fn one_address_holds_a_bounded_number_of_live_streams_and_gets_them_back()
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("live streams"), "{body}");
     // the public reads still answer, and a stream that ends gives its slot back
-    assert!(http.get(format!("http://{}/v1/live/live-1", m.http)).send().await.unwrap().status().is_success());
+    assert!(
+        http.get(format!("http://{}/v1/live/live-1", m.http))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     drop(open.pop());
     let again = crate::common::loop_until(Duration::from_secs(10), || async {
         let r = http.get(&url).send().await.ok()?;

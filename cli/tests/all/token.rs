@@ -50,7 +50,17 @@ fn minted_token_verifies_with_the_same_key() {
 
 #[test]
 fn short_key_is_refused_with_a_message() {
-    let out = tally(&["token", "--video", "v", "--channel", "c", "--session", "s", "--key", "short"]);
+    let out = tally(&[
+        "token",
+        "--video",
+        "v",
+        "--channel",
+        "c",
+        "--session",
+        "s",
+        "--key",
+        "short",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"));
 }

@@ -61,82 +61,97 @@ pub fn render(a: &Agent) -> String {
     let m = &a.metrics;
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut e = Exposition::new();
-    e.single("tally_edge_beacons_total", Kind::Counter, "Beacons received.", load(&m.beacons))
-        .single(
-            "tally_edge_beacons_refused_total",
-            Kind::Counter,
-            "Beacons answered with an error.",
-            load(&m.refused),
-        )
-        .single(
-            "tally_edge_rate_limited_total",
-            Kind::Counter,
-            "Beacons refused by a rate limit.",
-            load(&m.rate_limited),
-        )
-        .labelled(
-            "tally_edge_bot_beacons_total",
-            Kind::Counter,
-            "Beacons classified as bots (refused with the reason bot), by what gave them away.",
-            "kind",
-            BOT_KINDS.iter().zip(&m.bot_beacons).map(|(k, n)| (*k, load(n))),
-        )
-        .single(
-            "tally_edge_events_accepted_total",
-            Kind::Counter,
-            "Events accepted (duplicates included).",
-            load(&m.events_accepted),
-        )
-        .single(
-            "tally_edge_events_rejected_total",
-            Kind::Counter,
-            "Events refused.",
-            load(&m.events_rejected),
-        )
-        .single(
-            "tally_edge_beacon_bytes_total",
-            Kind::Counter,
-            "Body bytes of accepted beacons.",
-            load(&m.bytes_accepted),
-        )
-        .single(
-            "tally_edge_push_resubscribes_total",
-            Kind::Counter,
-            "Count-push subscriptions opened again after a merger ended the push stream.",
-            load(&m.push_resubscribes),
-        )
-        .single(
-            "tally_edge_frames_spooled_total",
-            Kind::Counter,
-            "Frames written to the spool.",
-            load(&m.frames_spooled),
-        )
-        .single(
-            "tally_edge_spool_frames",
-            Kind::Gauge,
-            "Frames not yet acknowledged by every merger.",
-            a.pending_frames(),
-        )
-        .single("tally_edge_spool_bytes", Kind::Gauge, "Bytes the spool holds on disk.", a.spool.bytes())
-        .single("tally_edge_spool_max_bytes", Kind::Gauge, "The spool's bound.", a.spool.max_bytes())
-        .single(
-            "tally_edge_spool_full",
-            Kind::Gauge,
-            "1 while the spool refuses frames (beacons get 503).",
-            u8::from(a.spool_full.load(Ordering::Relaxed)),
-        )
-        .single(
-            "tally_edge_instance_traps_total",
-            Kind::Counter,
-            "Collector calls that trapped (instance replaced).",
-            load(&m.instance_traps),
-        )
-        .single(
-            "tally_edge_component_swaps_total",
-            Kind::Counter,
-            "Collector component swaps.",
-            load(&m.component_swaps),
-        );
+    e.single(
+        "tally_edge_beacons_total",
+        Kind::Counter,
+        "Beacons received.",
+        load(&m.beacons),
+    )
+    .single(
+        "tally_edge_beacons_refused_total",
+        Kind::Counter,
+        "Beacons answered with an error.",
+        load(&m.refused),
+    )
+    .single(
+        "tally_edge_rate_limited_total",
+        Kind::Counter,
+        "Beacons refused by a rate limit.",
+        load(&m.rate_limited),
+    )
+    .labelled(
+        "tally_edge_bot_beacons_total",
+        Kind::Counter,
+        "Beacons classified as bots (refused with the reason bot), by what gave them away.",
+        "kind",
+        BOT_KINDS.iter().zip(&m.bot_beacons).map(|(k, n)| (*k, load(n))),
+    )
+    .single(
+        "tally_edge_events_accepted_total",
+        Kind::Counter,
+        "Events accepted (duplicates included).",
+        load(&m.events_accepted),
+    )
+    .single(
+        "tally_edge_events_rejected_total",
+        Kind::Counter,
+        "Events refused.",
+        load(&m.events_rejected),
+    )
+    .single(
+        "tally_edge_beacon_bytes_total",
+        Kind::Counter,
+        "Body bytes of accepted beacons.",
+        load(&m.bytes_accepted),
+    )
+    .single(
+        "tally_edge_push_resubscribes_total",
+        Kind::Counter,
+        "Count-push subscriptions opened again after a merger ended the push stream.",
+        load(&m.push_resubscribes),
+    )
+    .single(
+        "tally_edge_frames_spooled_total",
+        Kind::Counter,
+        "Frames written to the spool.",
+        load(&m.frames_spooled),
+    )
+    .single(
+        "tally_edge_spool_frames",
+        Kind::Gauge,
+        "Frames not yet acknowledged by every merger.",
+        a.pending_frames(),
+    )
+    .single(
+        "tally_edge_spool_bytes",
+        Kind::Gauge,
+        "Bytes the spool holds on disk.",
+        a.spool.bytes(),
+    )
+    .single(
+        "tally_edge_spool_max_bytes",
+        Kind::Gauge,
+        "The spool's bound.",
+        a.spool.max_bytes(),
+    )
+    .single(
+        "tally_edge_spool_full",
+        Kind::Gauge,
+        "1 while the spool refuses frames (beacons get 503).",
+        u8::from(a.spool_full.load(Ordering::Relaxed)),
+    )
+    .single(
+        "tally_edge_instance_traps_total",
+        Kind::Counter,
+        "Collector calls that trapped (instance replaced).",
+        load(&m.instance_traps),
+    )
+    .single(
+        "tally_edge_component_swaps_total",
+        Kind::Counter,
+        "Collector component swaps.",
+        load(&m.component_swaps),
+    );
     let stats = a.pool.stats();
     let sum = |f: fn(&tally_collector::Stats) -> u64| stats.iter().map(|(s, _)| f(s)).sum::<u64>();
     e.single(

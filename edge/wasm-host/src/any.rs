@@ -45,10 +45,7 @@ impl CollectorKind {
             CollectorKind::Native => Collector::new(cfg.clone())
                 .map(|c| AnyCollector::Native(Box::new(c)))
                 .map_err(|e| HostError::Config(e.to_string())),
-            CollectorKind::Wasm(w) => w
-                .engine
-                .instantiate(cfg)
-                .map(|c| AnyCollector::Wasm(Box::new(c))),
+            CollectorKind::Wasm(w) => w.engine.instantiate(cfg).map(|c| AnyCollector::Wasm(Box::new(c))),
         }
     }
 }
@@ -84,7 +81,11 @@ impl AnyCollector {
 
     /// Ingests one beacon body; see `tally_collector::Collector::ingest`. `Err` only
     /// when the wasm instance trapped.
-    pub fn ingest(&mut self, body: &[u8], facts: &RequestFacts) -> Result<Result<IngestOutcome, BatchError>, HostError> {
+    pub fn ingest(
+        &mut self,
+        body: &[u8],
+        facts: &RequestFacts,
+    ) -> Result<Result<IngestOutcome, BatchError>, HostError> {
         match self {
             AnyCollector::Native(c) => Ok(c.ingest(body, facts)),
             AnyCollector::Wasm(w) => w.ingest(body, facts),

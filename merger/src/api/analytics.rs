@@ -4,9 +4,7 @@
 //! in number and time (see [`query`]).
 
 use super::auth::{platform_reader, reader, scoped_reader};
-use super::params::{
-    MAX_TIME_MS, TIME_RANGE_ERROR, count_param, filter, previous_period, time_param, wants_csv,
-};
+use super::params::{MAX_TIME_MS, TIME_RANGE_ERROR, count_param, filter, previous_period, time_param, wants_csv};
 use super::{Api, ApiError, err};
 use crate::analytics::{Analytics, DIMENSIONS, Filter, Granularity, Row};
 use crate::keys::Scope;
@@ -468,7 +466,10 @@ pub async fn aggregate(
     scoped_reader(&api, &headers, &mut q)?;
     let mut f = filter(&q)?;
     if wants_csv(&q)? {
-        return Err(err(StatusCode::BAD_REQUEST, "`format=csv` is for tables: timeseries and breakdown"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "`format=csv` is for tables: timeseries and breakdown",
+        ));
     }
     apply_blocks(&api, &mut f)?;
     let prev = previous_period(&q, &f)?;
@@ -480,11 +481,19 @@ pub async fn aggregate(
             let fc = f.clone();
             let (row, uniques) = query(&api, move |a, c| {
                 let row = a.totals_on(c, &fc)?;
-                let u = if sketchable { Some(a.uniques_on(c, &fc)?.0.round() as u64) } else { None };
+                let u = if sketchable {
+                    Some(a.uniques_on(c, &fc)?.0.round() as u64)
+                } else {
+                    None
+                };
                 Ok((row, u))
             })
             .await?;
-            let avg = if row.views > 0 { row.watch_time_s as f64 / row.views as f64 } else { 0.0 };
+            let avg = if row.views > 0 {
+                row.watch_time_s as f64 / row.views as f64
+            } else {
+                0.0
+            };
             Ok::<_, ApiError>(Totals {
                 span: Span::of(&f),
                 views: row.views,
@@ -525,7 +534,9 @@ pub async fn concurrent(
     if from >= to {
         return Err(err(StatusCode::BAD_REQUEST, "`from` must be before `to`"));
     }
-    let streams = api.concurrency.series(q.get("stream").map(String::as_str), from / 60_000, to.div_ceil(60_000));
+    let streams = api
+        .concurrency
+        .series(q.get("stream").map(String::as_str), from / 60_000, to.div_ceil(60_000));
     Ok(Json(Concurrent {
         span: Span { from, to },
         streams: streams
@@ -654,7 +665,10 @@ pub async fn breakdown(
     let prev = previous_period(&q, &f)?;
     let fc = f.clone();
     // one row more than asked tells whether there is a next page
-    let mut rows = query(&api, move |a, c| a.breakdown_page_on(c, &fc, by, limit + 1, (page - 1) * limit)).await?;
+    let mut rows = query(&api, move |a, c| {
+        a.breakdown_page_on(c, &fc, by, limit + 1, (page - 1) * limit)
+    })
+    .await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
     if as_csv {
@@ -696,12 +710,9 @@ pub async fn breakdown(
     let rows = rows
         .into_iter()
         .map(|row| {
-            let uniques = uniques.as_ref().map(|u| {
-                row.key
-                    .as_str()
-                    .and_then(|v| u.get(v))
-                    .map_or(0, |e| e.round() as u64)
-            });
+            let uniques = uniques
+                .as_ref()
+                .map(|u| row.key.as_str().and_then(|v| u.get(v)).map_or(0, |e| e.round() as u64));
             BreakdownRow { row, uniques }
         })
         .collect();

@@ -7,7 +7,11 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 const FILES: [(&str, &str, &str); 8] = [
-    ("/", include_str!("../../../web/dashboard/index.html"), "text/html; charset=utf-8"),
+    (
+        "/",
+        include_str!("../../../web/dashboard/index.html"),
+        "text/html; charset=utf-8",
+    ),
     (
         "/dashboard/dashboard.js",
         include_str!("../../../web/dashboard/dashboard.js"),

@@ -14,7 +14,17 @@ pub const MAX_TIME_MS: u64 = 253_402_300_800_000;
 pub const TIME_RANGE_ERROR: &str = "`from` and `to` must be before the year 10000 (ms since the Unix epoch)";
 
 /// Query parameters the analytics endpoints take besides the dimension filters.
-const PARAMS: [&str; 9] = ["from", "to", "date_range", "granularity", "by", "limit", "page", "format", "compare"];
+const PARAMS: [&str; 9] = [
+    "from",
+    "to",
+    "date_range",
+    "granularity",
+    "by",
+    "limit",
+    "page",
+    "format",
+    "compare",
+];
 
 /// `date_range` shortcuts, ending now.
 const DATE_RANGES: [(&str, u64); 6] = [
@@ -32,7 +42,9 @@ pub fn time_param(k: &str, v: &str) -> Result<u64, ApiError> {
     let bad = || {
         err(
             StatusCode::BAD_REQUEST,
-            format!("`{k}` must be ms since the Unix epoch, an ISO date (2026-11-20) or time with its zone (2026-11-20T09:30:00+01:00), not {v:?}"),
+            format!(
+                "`{k}` must be ms since the Unix epoch, an ISO date (2026-11-20) or time with its zone (2026-11-20T09:30:00+01:00), not {v:?}"
+            ),
         )
     };
     if let Ok(ms) = v.parse::<u64>() {
@@ -57,12 +69,22 @@ pub fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let (from_ms, to_ms) = match q.get("date_range") {
         Some(r) => {
             if q.contains_key("from") || q.contains_key("to") {
-                return Err(err(StatusCode::BAD_REQUEST, "give `date_range` or `from`/`to`, not both"));
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "give `date_range` or `from`/`to`, not both",
+                ));
             }
-            let span = DATE_RANGES.iter().find(|(name, _)| name == r).map(|(_, ms)| *ms).ok_or_else(|| {
-                let names: Vec<&str> = DATE_RANGES.iter().map(|(n, _)| *n).collect();
-                err(StatusCode::BAD_REQUEST, format!("`date_range` is one of {}", names.join(", ")))
-            })?;
+            let span = DATE_RANGES
+                .iter()
+                .find(|(name, _)| name == r)
+                .map(|(_, ms)| *ms)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = DATE_RANGES.iter().map(|(n, _)| *n).collect();
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        format!("`date_range` is one of {}", names.join(", ")),
+                    )
+                })?;
             (now.saturating_sub(span), now)
         }
         None => {
@@ -96,7 +118,11 @@ pub fn filter(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
             .split(',')
             .map(|x| {
                 let x = x.trim();
-                if dim == "country" { x.to_ascii_uppercase() } else { x.to_owned() }
+                if dim == "country" {
+                    x.to_ascii_uppercase()
+                } else {
+                    x.to_owned()
+                }
             })
             .collect();
         if vals.iter().any(String::is_empty) || vals.len() > 100 {
@@ -158,6 +184,9 @@ pub fn wants_csv(q: &HashMap<String, String>) -> Result<bool, ApiError> {
     match q.get("format").map(String::as_str) {
         None | Some("json") => Ok(false),
         Some("csv") => Ok(true),
-        Some(other) => Err(err(StatusCode::BAD_REQUEST, format!("`format` is json or csv, not {other:?}"))),
+        Some(other) => Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("`format` is json or csv, not {other:?}"),
+        )),
     }
 }

@@ -5,11 +5,11 @@
 use super::docs::Problem;
 use super::{Api, ApiError, err};
 use axum::extract::{ConnectInfo, Path, State};
-use std::net::SocketAddr;
-use tally_link::listener::STREAMS_PER_ADDRESS;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use tally_link::listener::STREAMS_PER_ADDRESS;
 
 /// A stream's live gauge as server-sent events.
 #[utoipa::path(get, path = "/v1/live/{stream}/events", tag = "public", summary = "The live gauge as server-sent events, at most one a second (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "text/event-stream of {stream, watching, connected, peak}", content_type = "text/event-stream"), (status = 429, description = "this address holds too many streams", body = Problem), (status = 503, description = "too many streams followed", body = Problem)))]

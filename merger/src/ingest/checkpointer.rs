@@ -70,7 +70,9 @@ pub(super) fn spawn(
         last_pos,
         last_at: Instant::now(),
     };
-    std::thread::Builder::new().name("checkpoint".into()).spawn(move || c.run())
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || c.run())
 }
 
 impl Checkpointer {

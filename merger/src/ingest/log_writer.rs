@@ -34,7 +34,9 @@ pub(super) struct LogWriter {
 impl LogWriter {
     /// Starts the thread; it ends when every sender of the queue is gone.
     pub(super) fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("frame-log".into()).spawn(move || self.run())
+        std::thread::Builder::new()
+            .name("frame-log".into())
+            .spawn(move || self.run())
     }
 
     fn run(mut self) {

@@ -50,4 +50,3 @@ impl<'a> Replay<'a> {
         }
     }
 }
-

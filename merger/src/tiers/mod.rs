@@ -139,12 +139,6 @@ pub struct Tiers {
     committed: std::sync::Arc<std::sync::Mutex<Option<LogPos>>>,
 }
 
-
-
-
-
-
-
 impl Tiers {
     /// Opens or creates the tier files under `dir`.
     pub fn open(dir: &Path, retention: Retention) -> Result<Tiers> {
@@ -269,24 +263,4 @@ impl Tiers {
             None => None,
         })
     }
-
-
-
-
-
-
-
-
-
-
-
-
 }
-
-
-
-
-
-
-
-

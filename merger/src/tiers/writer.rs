@@ -280,11 +280,24 @@ mod tests {
         assert_eq!(t.due(t0, 0, false), Due::default());
         assert_eq!(t.wait(t0), Duration::from_secs(1));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(t.due(t1, 0, false), Due { commit: true, ..Due::default() });
+        assert_eq!(
+            t.due(t1, 0, false),
+            Due {
+                commit: true,
+                ..Due::default()
+            }
+        );
         t.committed(t1);
         assert!(!t.due(t1, 0, false).commit);
         let t10 = t0 + Duration::from_secs(10);
-        assert_eq!(t.due(t10, 0, false), Due { commit: true, rollup: false, publish: true });
+        assert_eq!(
+            t.due(t10, 0, false),
+            Due {
+                commit: true,
+                rollup: false,
+                publish: true
+            }
+        );
         t.published(t10);
         assert!(!t.due(t10, 0, false).publish);
         assert!(t.due(t0 + Duration::from_secs(60), 0, false).rollup);
@@ -296,7 +309,14 @@ mod tests {
         let t = Timetable::new(schedule(), t0);
         assert!(t.due(t0, BATCH_FRAMES, false).commit);
         assert!(!t.due(t0, BATCH_FRAMES - 1, false).commit);
-        assert_eq!(t.due(t0, 0, true), Due { commit: true, rollup: true, publish: true });
+        assert_eq!(
+            t.due(t0, 0, true),
+            Due {
+                commit: true,
+                rollup: true,
+                publish: true
+            }
+        );
     }
 
     #[test]

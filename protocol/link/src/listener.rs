@@ -121,7 +121,6 @@ pub async fn forever() {
     std::future::pending::<()>().await
 }
 
-
 /// Places for long-lived things a client holds open (server-sent event streams, QUIC
 /// connections): at most a bound per client address and in all, so one address cannot
 /// hold every place.
@@ -197,6 +196,9 @@ mod tests {
         assert!(c.is_some(), "other addresses are not affected");
         assert!(slots.take("192.0.2.3").is_none(), "three in all");
         drop(a);
-        assert!(slots.take("192.0.2.1").is_some(), "a slot comes back when its stream ends");
+        assert!(
+            slots.take("192.0.2.1").is_some(),
+            "a slot comes back when its stream ends"
+        );
     }
 }

@@ -2,9 +2,9 @@
 //! under wasmtime: identical outcomes, byte-identical frames, then the scenario's check.
 
 use tally_collector::Collector;
-use tally_wasm_host::CollectorEngine;
-use tally_conformance::{engine, native, wasm};
 use tally_conformance::scenarios::{self, run};
+use tally_conformance::{engine, native, wasm};
+use tally_wasm_host::CollectorEngine;
 
 #[test]
 fn scenarios_agree_between_native_and_wasm() {

@@ -8,8 +8,8 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use tally_collector::Config;
-use tally_delta::MergedDeltas;
 use tally_conformance::{Driver, EVENT_KINDS, Ev, Kit, body, decode};
+use tally_delta::MergedDeltas;
 
 const KINDS: [&str; 10] = EVENT_KINDS;
 
