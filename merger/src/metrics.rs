@@ -186,7 +186,7 @@ impl Metrics {
             "tally_views_total",
             Kind::Counter,
             "Views of all videos, all time.",
-            state.total_views(),
+            totals.views,
         )
         .single(
             "tally_likes_total",

@@ -248,7 +248,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         cfg.edge_policy(),
         Some(tier_tx),
         Some(plan),
-        metrics.clone(),
+        metrics,
     )?;
     tracing::info!(
         frames = replayed,
@@ -269,7 +269,6 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let http_addr = http_listener.local_addr().map_err(bind_err("HTTP", cfg.http_listen))?;
     let api = api::Api {
         ingest: ingest.clone(),
-        metrics,
         operator_token: cfg.operator_token.as_deref().map(Arc::from),
         live_timeout_ms: cfg.live_timeout_ms,
         analytics,

@@ -20,7 +20,6 @@ pub mod public;
 pub mod sse;
 
 use crate::ingest::Ingest;
-use crate::metrics::Metrics;
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,8 +31,6 @@ use std::sync::Arc;
 pub struct Api {
     /// The ingest path and state.
     pub ingest: Ingest,
-    /// The process's telemetry.
-    pub metrics: Arc<Metrics>,
     /// Bearer token for operator endpoints; `None` disables them.
     pub operator_token: Option<Arc<str>>,
     /// An edge silent for this long stops counting in live gauges.

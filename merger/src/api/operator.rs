@@ -73,7 +73,7 @@ fn set_blocked(
 /// 200 while frames can be made durable; 503 once the frame log broke.
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Readiness", responses((status = 200, description = "ready", body = Health), (status = 503, description = "not ready", body = Health)))]
 pub async fn healthz(State(api): State<Api>) -> Response {
-    if api.metrics.log_broken() {
+    if api.ingest.metrics().log_broken() {
         let body = Health {
             status: "failing",
             error: Some(
@@ -93,7 +93,8 @@ pub async fn healthz(State(api): State<Api>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let text = api
-        .metrics
+        .ingest
+        .metrics()
         .render(&api.ingest.read(), api.feeds.len(), tally_delta::now_ms());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
