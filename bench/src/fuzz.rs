@@ -61,6 +61,7 @@ fn token(video: &str, session: &str) -> String {
             expires_s: T0 / 1000 + 3600,
             live: video.starts_with("live"),
             session: session.into(),
+            user: None,
             issued_s: T0 / 1000 - 3600,
         },
     )

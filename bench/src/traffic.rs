@@ -94,6 +94,7 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
             category: ["music", "gaming", "news", "sports", "education"][i % 5].into(),
             live: false,
             session: String::new(),
+            user: None,
             issued_s: shape.t0 / 1000 - 3_600,
             expires_s: shape.t0 / 1000 + 30 * 86_400,
         })
@@ -104,16 +105,18 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
         .map(|i| {
             let id = format!("s-{seed:x}-{i:08}");
             let video = zipf.sample(&mut rng);
+            let user = (i % 3 != 0).then(|| format!("u{:08}", i * 7919 % 10_000_000));
             let token = token::mint(
                 &shape.key,
                 &Claims {
                     session: id.clone(),
+                    user: user.clone(),
                     ..claims[video].clone()
                 },
             );
             Session {
                 id,
-                user: (i % 3 != 0).then(|| format!("u{:08}", i * 7919 % 10_000_000)),
+                user,
                 video,
                 position: 0.0,
                 device: DEVICES[i % 4],
@@ -192,6 +195,7 @@ pub fn generate(shape: &Shape, beacons: usize, seconds: u64, seed: u64) -> Vec<B
                 &shape.key,
                 &Claims {
                     session: s.id.clone(),
+                    user: s.user.clone(),
                     ..claims[s.video].clone()
                 },
             );

@@ -292,7 +292,7 @@ impl Analytics {
         }
         let mut sql = format!(
             "WITH m AS (SELECT epoch_ms(minute * 60000) AS ts, {cols} FROM main.minute_counts WHERE minute >= {lo_m} AND minute < {hi_m}),
-                  mh AS (SELECT DISTINCT minute // 60 AS h FROM main.minute_counts WHERE minute >= {lo_h} * 60 AND minute < {hi_h} * 60),
+                  mh AS (SELECT DISTINCT minute // 60 AS h FROM main.minute_counts WHERE minute >= {lo_h}::BIGINT * 60 AND minute < {hi_h}::BIGINT * 60),
                   w AS (SELECT epoch_ms(hour * 3600000) AS ts, {cols} FROM warm.hour_counts
                         WHERE hour >= {lo_h} AND hour < {hi_h} AND hour NOT IN (SELECT h FROM mh)),
                   wh AS (SELECT DISTINCT hour AS h FROM warm.hour_counts WHERE hour >= {lo_h} AND hour < {hi_h}),

@@ -26,8 +26,9 @@ use tally_delta::FactConfig;
 const MAGIC: &[u8; 8] = b"TALLYCKP";
 /// Version 2 added the bot-event counter to the ingest counters; version 3 keeps only
 /// the applied frames' sums in the state (the process's telemetry moved to
-/// [`crate::metrics`]).
-const VERSION: u32 = 3;
+/// [`crate::metrics`]); version 4 the engagement counters, watched spans and unlike
+/// tombstones of the fact index.
+const VERSION: u32 = 4;
 const HEAD: usize = 8 + 4 + 8 + 4;
 /// Checkpoints kept.
 pub const KEEP: usize = 2;

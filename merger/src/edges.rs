@@ -144,16 +144,22 @@ impl EdgePolicy {
     }
 }
 
-/// Failed authentications one address may make per window before it is refused
-/// without a check.
+/// Failed authentications one address may make per window before its further failures
+/// are answered slowly.
 pub const MAX_FAILURES: u32 = 10;
 /// The window (ms).
 pub const FAILURE_WINDOW_MS: u64 = 60_000;
+/// How long a throttled failure is held before its answer: with the per-address
+/// connection caps this bounds the guesses an address can make per second.
+pub const THROTTLED_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Addresses remembered at most (the oldest windows go first).
 const MAX_ADDRESSES: usize = 100_000;
 
-/// Failed edge authentications per client address: after [`MAX_FAILURES`] in a window,
-/// the address is refused until the window ends, so secrets cannot be guessed at speed.
+/// Failed edge authentications per client address. The right secret is always
+/// accepted, whatever the address did before; past [`MAX_FAILURES`] failures in a
+/// window, an address's further failures are answered `Throttled` after
+/// [`THROTTLED_DELAY`], so secrets cannot be guessed at speed. A success does not clear
+/// the count: an attacker behind the same address as a real edge gains nothing from it.
 #[derive(Default)]
 pub struct AuthThrottle {
     failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, u64)>>,
@@ -164,31 +170,30 @@ impl AuthThrottle {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `ip` may try now.
+    /// `Err(Throttled)` when `ip` is past its failures for the window.
     pub fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), AuthError> {
         match self.lock().get(&ip) {
-            Some(&(n, since)) if n >= MAX_FAILURES && now_ms < since + FAILURE_WINDOW_MS => Err(AuthError::Throttled {
+            Some(&(n, since)) if n > MAX_FAILURES && now_ms < since + FAILURE_WINDOW_MS => Err(AuthError::Throttled {
                 retry_in_s: (since + FAILURE_WINDOW_MS - now_ms).div_ceil(1000),
             }),
             _ => Ok(()),
         }
     }
 
-    /// Records the outcome of an attempt from `ip`.
-    pub fn record(&self, ip: std::net::IpAddr, ok: bool, now_ms: u64) {
+    /// Records a failed attempt from `ip`.
+    pub fn record_failure(&self, ip: std::net::IpAddr, now_ms: u64) {
         let mut m = self.lock();
-        if ok {
-            m.remove(&ip);
-            return;
-        }
         if m.len() >= MAX_ADDRESSES && !m.contains_key(&ip) {
             m.retain(|_, (_, since)| now_ms < *since + FAILURE_WINDOW_MS);
+            if m.len() >= MAX_ADDRESSES {
+                return;
+            }
         }
         let e = m.entry(ip).or_insert((0, now_ms));
         if now_ms >= e.1 + FAILURE_WINDOW_MS {
             *e = (0, now_ms);
         }
-        e.0 += 1;
+        e.0 = e.0.saturating_add(1);
     }
 }
 
@@ -274,18 +279,17 @@ mod tests {
     }
 
     #[test]
-    fn an_address_that_keeps_failing_is_refused_for_the_rest_of_its_window() {
+    fn an_address_that_keeps_failing_has_its_failures_throttled_for_the_rest_of_its_window() {
         let t = AuthThrottle::default();
         let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         for _ in 0..MAX_FAILURES {
+            t.record_failure(a, 1_000);
             assert!(t.check(a, 1_000).is_ok());
-            t.record(a, false, 1_000);
         }
+        t.record_failure(a, 1_000);
         assert_eq!(t.check(a, 2_000), Err(AuthError::Throttled { retry_in_s: 59 }));
         assert!(t.check(b, 2_000).is_ok(), "other addresses are not affected");
         assert!(t.check(a, 1_000 + FAILURE_WINDOW_MS).is_ok(), "the window ends");
-        t.record(a, true, 1_000 + FAILURE_WINDOW_MS);
-        assert!(t.check(a, 1_000 + FAILURE_WINDOW_MS).is_ok());
     }
 
     #[test]

@@ -320,6 +320,19 @@ fn facts(e: &mut Exposition, f: &FactIndex) {
         "Bytes of the fact sets' tables.",
         f.memory_bytes(),
     )
+    .labelled(
+        "tally_facts_over_cap_total",
+        Kind::Counter,
+        "New shares and comments not counted because their viewer had reached the per-(viewer, video) cap.",
+        "kind",
+        [("share", f.stats.over_cap[0]), ("comment", f.stats.over_cap[1])],
+    )
+    .single(
+        "tally_watch_refused_ms_total",
+        Kind::Counter,
+        "Watch time edges reported beyond the union of watched spans or the token's age (ms).",
+        f.stats.watch_refused_ms,
+    )
     .single(
         "tally_facts_beyond_window_total",
         Kind::Counter,

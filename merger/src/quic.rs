@@ -144,6 +144,9 @@ async fn hello(conn: &Connection, ingest: &Ingest, ip: std::net::IpAddr) -> Resu
     let bytes = recv.read_to_end(4096).await?;
     let h: Hello = protocol::decode(&bytes)?;
     let verdict = ingest.authenticate(ip, &h.edge_id, &h.secret);
+    if matches!(verdict, Err(AuthError::Throttled { .. })) {
+        tokio::time::sleep(crate::edges::THROTTLED_DELAY).await;
+    }
     let reply = match &verdict {
         Ok(()) => HelloReply::Welcome,
         Err(why) => HelloReply::Refused(why.to_string()),

@@ -91,7 +91,7 @@ try {
   out.session = await page.evaluate(() => Tally.sessionId());
   // the live viewer count, by SSE from the edge (the merger pushes the stream's gauge)
   await page
-    .waitForFunction(() => document.getElementById("live").getAttribute("watching") === "1", null, { timeout: 15000 })
+    .waitForFunction(() => document.getElementById("live").getAttribute("watching") === "1", null, { timeout: 30000 })
     .catch(() => {});
   out.live_element = await page.evaluate(() => document.getElementById("live").getAttribute("watching"));
   mark("live");

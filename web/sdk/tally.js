@@ -13,6 +13,14 @@
  * The SDK owns the view identity: one session id per tab (sessionStorage), rotated after
  * 30 minutes without events, so a reload inside the session is the same view; a fresh
  * event id per event; the platform's token is minted for that session id (its `sid`).
+ *
+ * Or the platform chooses the session on its server, mints the token for it when it
+ * renders the page (signed-in viewers' tokens carry their `uid`), and passes both:
+ *
+ *   Tally.attach(video, { endpoint, videoId: "v42", sessionId: "<sid>", token: "<token>" });
+ *
+ * Likes, shares and comments belong to the token's `uid` (else its `sid`); `userId` is
+ * sent for compatibility and counts for nothing.
  */
 (function (root) {
   "use strict";

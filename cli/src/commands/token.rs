@@ -21,6 +21,10 @@ pub(crate) struct TokenArgs {
     /// The viewer session the token is for: the player must send it as `session_id`.
     #[arg(long)]
     session: String,
+    /// The signed-in user, if any: likes, shares and comments count once per (user,
+    /// video) across the user's sessions. Without it they are the session's.
+    #[arg(long)]
+    user: Option<String>,
     /// How long the token is valid, e.g. `6h` or `30m`.
     #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -44,6 +48,7 @@ pub(crate) fn run(a: TokenArgs) -> Result<()> {
         expires_s: (now + a.ttl).as_secs(),
         live: a.live,
         session: a.session,
+        user: a.user.filter(|u| !u.is_empty()),
         issued_s: now.as_secs(),
     };
     println!("{}", token::mint(a.key.as_bytes(), &claims));

@@ -164,6 +164,7 @@ fn channel_token(video: &str, channel: &str, session: &str) -> String {
             category: "music".into(),
             live: false,
             session: session.into(),
+            user: None,
             issued_s: now - 60,
             expires_s: now + 3600,
         },

@@ -16,6 +16,7 @@ fn token(video: &str, channel: &str, session: &str, live: bool) -> String {
             category: "music".into(),
             live,
             session: session.into(),
+            user: None,
             issued_s: now - 60,
             expires_s: now + 3600,
         },
@@ -224,6 +225,33 @@ async fn filters_ranges_totals_comparison_pages_csv_and_concurrent_viewers() {
     .expect("a point for the live stream");
     assert_eq!(series["streams"][0]["stream"], "live-x");
     assert_eq!(series["streams"][0]["points"][0]["watching"], 1, "{series}");
+
+    // times at the edge of what is accepted answer or name the bound, never a 500
+    let edge_times = [
+        "from=253402300700000&to=253402300800000",
+        "from=253402300700000",
+        "from=0&to=253402300800000",
+        "from=253402300700000&to=253402300800000&compare=previous",
+        "from=253402300800001",
+        "to=18446744073709551615",
+    ];
+    for path in [
+        "timeseries?granularity=minute&",
+        "timeseries?granularity=day&",
+        "breakdown?by=video&",
+        "aggregate?",
+        "uniques?",
+        "bots?",
+        "concurrent?",
+    ] {
+        for t in edge_times {
+            let (status, j) = m.get(&format!("/v1/analytics/{path}{t}")).await;
+            assert!(
+                status == 200 || (status == 400 && j["error"].as_str().is_some_and(|e| e.contains('`'))),
+                "{path}{t}: {status} {j}"
+            );
+        }
+    }
 }
 
 /// Both OpenAPI documents are generated from the handlers: every documented GET answers

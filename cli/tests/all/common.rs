@@ -173,14 +173,23 @@ impl Drop for Merger {
     }
 }
 
-/// A value from a Prometheus `/metrics` page (0 when absent).
-pub(crate) async fn metric(http: SocketAddr, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+/// The Prometheus `/metrics` page of a merger (which wants its operator token) or an
+/// agent (which ignores it).
+pub(crate) async fn metrics_text(http: SocketAddr) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{http}/metrics"))
+        .bearer_auth("op-token")
+        .send()
         .await
         .expect("metrics answer")
         .text()
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// A value from a Prometheus `/metrics` page (0 when absent).
+pub(crate) async fn metric(http: SocketAddr, name: &str) -> f64 {
+    let text = metrics_text(http).await;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once(' '))
@@ -330,6 +339,11 @@ pub(crate) fn event_signed(id: &str, session: &str, video: &str, kind: &str, tok
 /// A playback token for `video` and `session`, signed with [`KEY`]: minted two days ago
 /// (tests send events up to a day late), valid for another hour.
 pub(crate) fn token(video: &str, session: &str) -> String {
+    token_for(video, session, None)
+}
+
+/// [`token`] for a signed-in `user` (the token's `uid`) when given.
+pub(crate) fn token_for(video: &str, session: &str, user: Option<&str>) -> String {
     let claims = tally_collector::Claims {
         video: video.into(),
         channel: "ch1".into(),
@@ -337,7 +351,18 @@ pub(crate) fn token(video: &str, session: &str) -> String {
         expires_s: now_ms() / 1000 + 3600,
         live: false,
         session: session.into(),
+        user: user.map(str::to_owned),
         issued_s: now_ms() / 1000 - 2 * 86_400,
     };
     tally_collector::token::mint(KEY.as_bytes(), &claims)
+}
+
+/// Resident memory of a process (KiB), from `/proc/<pid>/status`.
+pub(crate) fn rss_kib(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -5,7 +5,7 @@
 //! hours late, likes from several sessions and POPs) and checks the merger's API and
 //! the analysts' catalog against that truth.
 
-use crate::common::{Agent, Merger, loop_until, now_ms, token};
+use crate::common::{Agent, Merger, loop_until, now_ms, token_for};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -16,9 +16,10 @@ const HOUR: u64 = 3_600_000;
 fn ev(id: &str, session: &str, video: &str, kind: &str, ts: u64, user: Option<&str>) -> Value {
     let mut e = json!({
         "event_id": id, "session_id": session, "video_id": video, "type": kind,
-        "ts": ts, "position_s": 0.0, "device": "desktop", "source": "direct", "token": token(video, session),
+        "ts": ts, "position_s": 0.0, "device": "desktop", "source": "direct", "token": token_for(video, session, user),
     });
     if let Some(u) = user {
+        // what a client says of itself: the token's uid is what counts
         e["user_id"] = json!(u);
     }
     e

@@ -11,6 +11,7 @@ mod browser;
 mod edge;
 mod exact;
 mod faults;
+mod hostile;
 mod merger;
 mod spin;
 mod strangers;

@@ -67,15 +67,7 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
     for i in [0, 2, 1, 3, 5] {
         assert_eq!(c1.send_frame(&fra[i]).await.unwrap(), Ack::Applied, "fra frame {i}");
     }
-    let (_, metrics) = (
-        0,
-        reqwest::get(format!("http://{}/metrics", m.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = crate::common::metrics_text(m.http).await;
     assert!(metrics.contains("tally_frame_gaps 1"), "{metrics}");
     for f in &ams {
         assert_eq!(c2.send_frame(f).await.unwrap(), Ack::Applied);
@@ -130,12 +122,7 @@ async fn frames_over_quic_apply_exactly_once_despite_resends_reordering_and_gaps
         .await;
     assert_eq!(status, 200, "{top}");
     assert_eq!(top["items"].as_array().unwrap().len(), 2);
-    let metrics = reqwest::get(format!("http://{}/metrics", m.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_text(m.http).await;
     assert!(
         metrics.contains("tally_frames_total{outcome=\"applied\"} 10"),
         "{metrics}"
@@ -155,18 +142,29 @@ async fn unknown_edges_and_wrong_secrets_are_refused() {
         MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "wrong-secret").await,
         Err(ClientError::Refused(_))
     ));
-    // guessing: after 10 failures in a minute this address is refused without a check,
-    // even with the right secret
+    // guessing: past 10 failures in a minute this address's failures are throttled
+    // (held a second, then refused with the reason)...
     for _ in 0..9 {
         assert!(matches!(
             MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "guess-guess").await,
             Err(ClientError::Refused(_))
         ));
     }
-    match MergerClient::connect(m.quic, &m.fingerprint, "fra-1", SECRET).await {
+    let t = Instant::now();
+    match MergerClient::connect(m.quic, &m.fingerprint, "fra-1", "guess-guess").await {
         Err(ClientError::Refused(why)) => assert!(why.contains("too many failed attempts"), "{why}"),
         other => panic!("expected the throttle, got {:?}", other.map(|_| ())),
     }
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "a throttled failure is held: {:?}",
+        t.elapsed()
+    );
+    // ...but the right secret from the same address is never refused for others' failures
+    let c = MergerClient::connect(m.quic, &m.fingerprint, "fra-1", SECRET)
+        .await
+        .expect("the right secret gets in");
+    assert_eq!(c.send_frame(&frames("fra-1", 1, 1)[0]).await.unwrap(), Ack::Applied);
     // over HTTPS the same address gets 429 with the reason
     let https = Merger::start_with(&dir.path().join("https"), &["--https-listen", "127.0.0.1:0"]);
     let f = frames("fra-1", 1, 1).remove(0);
@@ -177,6 +175,10 @@ async fn unknown_edges_and_wrong_secrets_are_refused() {
         let want = if i < 10 { 401 } else { 429 };
         assert_eq!(r.0, want, "attempt {i}: {}", r.1);
     }
+    let r = https_post(https.https.unwrap(), &https.fingerprint, "fra-1", &f)
+        .await
+        .unwrap();
+    assert_eq!(r.0, 200, "the right secret over HTTPS: {}", r.1);
     // a client pinning another fingerprint does not even finish the handshake
     let other = "00".repeat(32);
     assert!(matches!(

@@ -22,14 +22,14 @@ fn manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../spin.toml")
 }
 
-fn https_merger(dir: &Path, extra: &[&str]) -> Merger {
+pub(crate) fn https_merger(dir: &Path, extra: &[&str]) -> Merger {
     let mut args = vec!["--https-listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     Merger::start_with(dir, &args)
 }
 
 /// Serves the Spin component as edge `edge`, its merger variables pointing at `m`.
-async fn spin(m: &Merger, edge: &str) -> RunningApp {
+pub(crate) async fn spin(m: &Merger, edge: &str) -> RunningApp {
     let host = m.https.expect("merger started with --https-listen").to_string();
     let vars = [
         ("merger_host", host.as_str()),
@@ -45,7 +45,7 @@ async fn spin(m: &Merger, edge: &str) -> RunningApp {
         .expect("the Spin component links against the harness")
 }
 
-fn url(app: &RunningApp, path: &str) -> String {
+pub(crate) fn url(app: &RunningApp, path: &str) -> String {
     format!("http://{}{path}", app.addr)
 }
 
@@ -184,13 +184,24 @@ async fn a_retried_request_and_a_refresh_across_requests_count_once() {
         answers.iter().all(|(s, j)| *s == 202 && j["accepted"] == 2),
         "{answers:?}"
     );
+    // ten distinct shares of one session and video: the merger counts the first
+    // MAX_SHARES of them, whichever instances of the app they went through
+    let cap = u64::from(tally_delta::MAX_SHARES);
     let burst_counted = loop_until(Duration::from_secs(10), || async {
         let (_, j) = m.get("/v1/videos/sv2/stats").await;
-        (j["shares"].as_u64() == Some(10)).then_some(j)
+        (j["shares"].as_u64() == Some(cap)).then_some(j)
     })
     .await
-    .expect("all ten shares reach the merger");
+    .expect("the capped shares reach the merger");
     assert_eq!(burst_counted["views"], 1, "{burst_counted}");
+    let over = loop_until(Duration::from_secs(10), || async {
+        let n = m.metric("tally_facts_over_cap_total{kind=\"share\"}").await as u64;
+        (n == 10 - cap).then_some(n)
+    })
+    .await;
+    assert_eq!(over, Some(10 - cap), "the shares over the cap are reported");
+    let (_, j) = m.get("/v1/videos/sv2/stats").await;
+    assert_eq!(j["shares"].as_u64(), Some(cap), "and never counted: {j}");
     // sessions have their own frames ids (their frames are numbered in the app's lanes)
     let (r1, r2) = (record(&app, "s1"), record(&app, "s2"));
     assert_ne!(r1.frames_id, r2.frames_id);

@@ -17,13 +17,13 @@ async fn stalled(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n + 1);
     for _ in 0..n {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
             .await
             .unwrap();
         conns.push(c);
     }
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
     let mut first = [0u8; 12];

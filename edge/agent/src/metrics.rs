@@ -36,6 +36,9 @@ pub struct AgentMetrics {
     pub frames_spooled: AtomicU64,
     /// Collector calls that trapped (the instance was replaced).
     pub instance_traps: AtomicU64,
+    /// Beacons not written to the write-ahead log because nothing in them could count
+    /// (malformed, or no event with a verifying token).
+    pub beacons_unlogged: AtomicU64,
     /// Component swaps done.
     pub component_swaps: AtomicU64,
     /// Interest streams opened again after a merger ended the push stream.
@@ -139,6 +142,12 @@ pub fn render(a: &Agent) -> String {
         Kind::Gauge,
         "1 while the spool refuses frames (beacons get 503).",
         u8::from(a.spool_full.load(Ordering::Relaxed)),
+    )
+    .single(
+        "tally_edge_beacons_unlogged_total",
+        Kind::Counter,
+        "Beacons kept out of the write-ahead log: nothing in them could count.",
+        load(&m.beacons_unlogged),
     )
     .single(
         "tally_edge_instance_traps_total",

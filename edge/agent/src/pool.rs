@@ -306,11 +306,25 @@ impl Worker {
         }
     }
 
+    /// Whether the beacon may count (see [`tally_collector::may_count`]).
+    fn gate(&self, body: &[u8]) -> bool {
+        let ok = tally_collector::may_count(body, self.cfg.token_key.as_bytes(), self.cfg.max_body_bytes as usize);
+        if !ok {
+            AgentMetrics::inc(&self.metrics.beacons_unlogged);
+        }
+        ok
+    }
+
     fn ingest(&mut self, body: &[u8], facts: &RequestFacts, tickets: &mut Vec<Ticket>) -> IngestReply {
         self.instance().map_err(IngestFailure::NoInstance)?;
         // A bot's beacon is refused whole (the collector only counts it as filtered), so
         // there is nothing to make durable: it is not logged, and a replay cannot count it.
-        if let Some(w) = self.wal.as_mut().filter(|_| facts.bot.is_none()) {
+        // Neither is a beacon the collector would refuse whole (not JSON, no well-formed
+        // event with a verifying token): a stranger's junk costs no disk and no fsync.
+        let loggable = self.wal.is_some()
+            && facts.bot.is_none()
+            && self.gate(body);
+        if let Some(w) = self.wal.as_mut().filter(|_| loggable) {
             // Logged before the collector counts it: a beacon that cannot be made
             // durable is refused, and nothing of it was counted.
             match w.append(self.covers, body, facts) {

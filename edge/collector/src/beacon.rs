@@ -324,6 +324,35 @@ pub fn event_sessions(body: &[u8]) -> Option<Vec<Option<String>>> {
     )
 }
 
+/// Whether a collector could count anything of this body: it parses, and some event is
+/// well-formed, names the video and session its token signs, and carries a token whose
+/// signature verifies under `token_key`. Cheap (one parse, at most one HMAC per distinct
+/// token), so a host runs it before it makes a beacon durable: a `false` body is one the
+/// collector refuses whole, and nothing of it need be logged.
+pub fn may_count(body: &[u8], token_key: &[u8], max_body_bytes: usize) -> bool {
+    if body.len() > max_body_bytes {
+        return false;
+    }
+    let Ok(mut events) = parse_batch(body) else {
+        return false;
+    };
+    let mut refused: Vec<u64> = Vec::new();
+    for raw in &mut events {
+        let Ok(ev) = raw.validate() else {
+            continue;
+        };
+        let h = xxhash_rust::xxh3::xxh3_64(ev.token.as_bytes());
+        if refused.contains(&h) {
+            continue;
+        }
+        match crate::token::verify(token_key, &ev.token) {
+            Ok(c) if c.video == ev.video_id && c.session == ev.session_id => return true,
+            _ => refused.push(h),
+        }
+    }
+    false
+}
+
 /// Parses the body into raw events; fails only when the body is not a beacon at all.
 pub(crate) fn parse_batch(body: &[u8]) -> Result<Vec<RawEvent<'_>>, String> {
     // One fast UTF-8 check of the whole body, so strings need no check of their own.

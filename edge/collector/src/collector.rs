@@ -7,13 +7,11 @@ use crate::{BatchError, Config, ConfigError, IngestOutcome, RejectReason, Reject
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use tally_delta::{
-    CounterRow, Country, Counts, DeltaFrame, Device, EdgeCounts, FactKey, FrameHeader, FrameId, LikeFact, LiveBeat,
-    RowFacts, Source, UniqueRow, UniqueSketch,
+    CounterRow, Country, Counts, DeltaFrame, Device, EdgeCounts, Engagement, FactKey, FrameHeader, FrameId, LikeFact,
+    LiveBeat, RowFacts, Source, UniqueRow, UniqueSketch, WATCH_SLACK_MS, WatchFact,
 };
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-/// Playback progress beyond wall-clock progress that still counts as watching (ms).
-const WATCH_SLACK_MS: u64 = 2_000;
 /// Verified tokens kept between flushes; the cache is cleared at a flush beyond this.
 const TOKEN_CACHE_MAX: usize = 100_000;
 /// Events one playback token may carry in one flush interval; more are refused. A player
@@ -25,6 +23,34 @@ pub const TOKEN_EVENTS_PER_INTERVAL: u32 = 1_000;
 struct RowAcc {
     counts: Counts,
     facts: RowFacts,
+    /// Index in `facts.watch` of each view's watched spans.
+    watch_of: HashMap<u64, usize, FoldBuild>,
+}
+
+impl RowAcc {
+    /// Adds `[from, to)` to the watched spans of `view` in this interval.
+    fn watched(&mut self, view: u64, issued_s: u64, from: u64, to: u64) {
+        let facts = &mut self.facts;
+        let i = *self.watch_of.entry(view).or_insert_with(|| {
+            facts.watch.push(WatchFact {
+                view: FactKey(view),
+                issued_s,
+                spans: Vec::new(),
+            });
+            facts.watch.len() - 1
+        });
+        let spans = &mut facts.watch[i].spans;
+        let full = spans.len() >= tally_delta::MAX_WATCH_SPANS;
+        match spans.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            // a player sends a few progress events per interval; more are joined
+            Some(last) if full => {
+                last.0 = last.0.min(from);
+                last.1 = last.1.max(to);
+            }
+            _ => spans.push((from, to)),
+        }
+    }
 }
 
 /// Per (session, video) playback state while the session is remembered.
@@ -75,11 +101,14 @@ struct Labels {
     live: bool,
 }
 
-/// A verified token: its video's labels, the session it is bound to and its life.
+/// A verified token: its video's labels, the session it is bound to, the viewer its
+/// engagement belongs to and its life.
 struct Verified {
     token: Box<str>,
     labels: u32,
     session: u64,
+    /// The signed-in user (hashed with another seed), else the session.
+    viewer: u64,
     validity: Validity,
     /// Flush interval the event count below belongs to.
     interval: u64,
@@ -120,6 +149,10 @@ impl TokenCache {
                     token: token.into(),
                     labels: idx,
                     session: xxh3_64(c.session.as_bytes()),
+                    viewer: c
+                        .user
+                        .as_deref()
+                        .map_or(xxh3_64(c.session.as_bytes()), |u| xxh3_64_with_seed(u.as_bytes(), 1)),
                     validity,
                     interval: 0,
                     events: 0,
@@ -143,7 +176,7 @@ impl TokenCache {
 struct Ids {
     session: u64,
     video: u64,
-    /// The user when signed in (hashed with another seed), else the session.
+    /// The token's user when signed in (hashed with another seed), else the session.
     viewer: u64,
 }
 
@@ -312,7 +345,7 @@ impl Collector {
             .tokens
             .resolve(&self.cfg.token_key, &ev.token)
             .map_err(RejectReason::Token)?;
-        let (claims_idx, bound_session, validity) = (t.labels, t.session, t.validity);
+        let (claims_idx, bound_session, viewer, validity) = (t.labels, t.session, t.viewer, t.validity);
         if t.interval != interval {
             t.interval = interval;
             t.events = 0;
@@ -355,15 +388,12 @@ impl Collector {
             device,
             source: ev.source,
         };
-        let viewer = ev
-            .user_id
-            .as_deref()
-            .map_or(session, |u| xxh3_64_with_seed(u.as_bytes(), 1));
+        // whose a like, share or comment is comes from the token, never from the beacon
         let ids = Ids { session, video, viewer };
 
         match ev.kind {
             kind if kind.is_playback() => {
-                let delta = self.playback(ev, ids, arrival, validity.issued_s.saturating_mul(1000));
+                let (delta, span) = self.playback(ev, ids, arrival, validity.issued_s.saturating_mul(1000));
                 if delta.views > 0 {
                     self.stats.views += delta.views;
                     self.uniques.entry((minute, claims_idx)).or_default().insert(ids.viewer);
@@ -371,14 +401,15 @@ impl Collector {
                 if !delta.is_zero() {
                     let row = self.counters.entry(agg).or_default();
                     row.counts.add(&delta);
-                    if delta.views > 0 || delta.completions > 0 {
-                        let key = FactKey(view_key(session, &ev.video_id));
-                        if delta.views > 0 {
-                            row.facts.views.push(key);
-                        }
-                        if delta.completions > 0 {
-                            row.facts.completions.push(key);
-                        }
+                    let key = view_key(session, &ev.video_id);
+                    if delta.views > 0 {
+                        row.facts.views.push(FactKey(key));
+                    }
+                    if delta.completions > 0 {
+                        row.facts.completions.push(FactKey(key));
+                    }
+                    if let Some((from, to)) = span {
+                        row.watched(key, validity.issued_s, from, to);
                     }
                 }
                 if live && ev.ts_ms + self.cfg.heartbeat_timeout_ms >= arrival {
@@ -399,7 +430,10 @@ impl Collector {
             }
             EventType::Share | EventType::Comment => {
                 let row = self.counters.entry(agg).or_default();
-                let key = FactKey(event_key_of(session, &ev.event_id));
+                let key = Engagement {
+                    owner: FactKey(owner_key(viewer, &ev.video_id)),
+                    key: FactKey(event_key_of(session, &ev.event_id)),
+                };
                 if ev.kind == EventType::Share {
                     row.counts.shares += 1;
                     row.facts.shares.push(key);
@@ -413,7 +447,8 @@ impl Collector {
         Ok(true)
     }
 
-    /// Updates a session's playback state; returns the counts it adds.
+    /// Updates a session's playback state; returns the counts it adds and the media span
+    /// `[from, to)` its watch time covers.
     ///
     /// A view is one per (session, video): a session that comes back after a long pause
     /// is the same view (players rotate the session id after 30 minutes of inactivity).
@@ -421,7 +456,7 @@ impl Collector {
     /// Watch time is capped twice: by the event times (no more progress than time passed,
     /// plus slack) and by arrival time: a session cannot have watched more than the time
     /// since its token was issued, whatever its events claim.
-    fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64, issued_ms: u64) -> Counts {
+    fn playback(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64, issued_ms: u64) -> (Counts, Option<(u64, u64)>) {
         let min_watch = self.cfg.min_watch_ms;
         let (sv, _) = self
             .sessions
@@ -434,6 +469,7 @@ impl Collector {
             });
         sv.last_activity = sv.last_activity.max(ev.ts_ms);
         let mut delta = Counts::default();
+        let mut from = 0;
         if let Some(pos) = ev
             .position_ms
             .or(if ev.kind == EventType::Play { Some(0) } else { None })
@@ -442,6 +478,7 @@ impl Collector {
                 Some((last_pos, last_ts)) if ev.ts_ms > last_ts => {
                     if ev.kind != EventType::Play && ev.kind != EventType::Resume && pos > last_pos {
                         delta.watch_ms = (pos - last_pos).min(ev.ts_ms - last_ts + WATCH_SLACK_MS);
+                        from = last_pos;
                     }
                     sv.last_pos = Some((pos, ev.ts_ms));
                 }
@@ -460,7 +497,8 @@ impl Collector {
             sv.completed = true;
             delta.completions = 1;
         }
-        delta
+        let span = (delta.watch_ms > 0).then(|| (from, from + delta.watch_ms));
+        (delta, span)
     }
 
     fn live_event(&mut self, ev: &Event<'_>, ids: Ids, arrival: u64) {
@@ -747,6 +785,12 @@ impl<'a> Interner<'a> {
 /// at every POP and in every incarnation of every collector.
 pub(crate) fn view_key(session_hash: u64, video_id: &str) -> u64 {
     xxh3_64_with_seed(video_id.as_bytes(), session_hash)
+}
+
+/// Whose a share or comment is: the token's viewer and the video. The merger counts at
+/// most [`tally_delta::MAX_SHARES`] / [`tally_delta::MAX_COMMENTS`] per owner.
+pub(crate) fn owner_key(viewer: u64, video_id: &str) -> u64 {
+    xxh3_64_with_seed(video_id.as_bytes(), viewer ^ 0x4f57_4e45_5253_4849)
 }
 
 /// The identity of a share or comment: its event id within its session.

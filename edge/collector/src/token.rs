@@ -11,12 +11,15 @@
 //! | `cat` | category (optional) |
 //! | `live` | the video is a live stream (optional, default false) |
 //! | `sid` | the viewer session the token is for: beacons must carry it as `session_id` |
+//! | `uid` | the signed-in user (optional): likes, shares and comments are this user's |
 //! | `iat` | issued at, seconds since the Unix epoch |
 //! | `exp` | expiry, seconds since the Unix epoch |
 //!
 //! Channel, category and the live flag come only from here, so a client cannot forge
 //! them; `sid` binds the token to one session, so a harvested token yields one view per
-//! video, and `iat` bounds the watch time a session can claim (see the collector).
+//! video, and `iat` bounds the watch time a session can claim (see the collector). The
+//! viewer a like, share or comment belongs to is `uid` when present, else `sid`: a
+//! beacon's own `user_id` field decides nothing.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -47,6 +50,10 @@ pub struct Claims {
     /// The viewer session (a nonce the platform chose) whose beacons may use the token.
     #[serde(rename = "sid")]
     pub session: String,
+    /// The signed-in user, if any: engagement counts once per (user, video) across the
+    /// user's sessions and devices.
+    #[serde(rename = "uid", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Issued at, seconds since the Unix epoch.
     #[serde(rename = "iat")]
     pub issued_s: u64,
@@ -174,6 +181,7 @@ mod tests {
             category: "music".into(),
             live: true,
             session: "s1".into(),
+            user: None,
             issued_s: 1_000,
             expires_s: 2_000,
         }

@@ -295,6 +295,7 @@ mod tests {
                 expires_s: at / 1000 + 3_600,
                 live: false,
                 session: session.into(),
+                user: None,
                 issued_s: at / 1000 - 60,
             },
         );

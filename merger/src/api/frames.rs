@@ -67,7 +67,11 @@ pub async fn post_frame(
     let ip = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    api.ingest.authenticate(ip, edge, secret).map_err(|why| {
+    let verdict = api.ingest.authenticate(ip, edge, secret);
+    if matches!(verdict, Err(AuthError::Throttled { .. })) {
+        tokio::time::sleep(crate::edges::THROTTLED_DELAY).await;
+    }
+    verdict.map_err(|why| {
         let code = match why {
             AuthError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::Refused { .. } => StatusCode::UNAUTHORIZED,

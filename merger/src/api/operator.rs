@@ -89,12 +89,17 @@ pub async fn healthz(State(api): State<Api>) -> Response {
     .into_response()
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+/// Prometheus metrics, with the operator token: they carry platform totals (views,
+/// likes, facts counted) that the analytics API gives only to platform keys.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics", security(("operator" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "no or wrong operator token", body = Problem),
+        (status = 403, description = "operator endpoints are disabled", body = Problem)))]
+pub async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&api, &headers)?;
     let text = api
         .ingest
         .metrics()
         .render(&api.ingest.read(), api.feeds.len(), tally_delta::now_ms());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -134,13 +134,17 @@ impl Ingest {
         })
     }
 
-    /// Checks an edge's secret (see [`EdgePolicy::authenticate`]) for a client at `ip`,
-    /// which is refused without a check after too many failures (see [`AuthThrottle`]).
+    /// Checks an edge's secret (see [`EdgePolicy::authenticate`]) for a client at `ip`.
+    /// The right secret always passes; it is the failures that are throttled (see
+    /// [`AuthThrottle`]), so an address shared with someone guessing (a CDN's egress)
+    /// does not lock a POP out.
     pub fn authenticate(&self, ip: std::net::IpAddr, edge_id: &str, secret: &str) -> Result<(), AuthError> {
         let now = now_ms();
-        self.throttle.check(ip, now)?;
         let r = self.edges.authenticate(edge_id, secret);
-        self.throttle.record(ip, r.is_ok(), now);
+        if r.is_err() {
+            self.throttle.record_failure(ip, now);
+            self.throttle.check(ip, now)?;
+        }
         r
     }
 

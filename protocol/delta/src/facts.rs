@@ -1,46 +1,91 @@
 //! Fact identities, and the set semantics that count each fact once system-wide.
 //!
 //! An edge pre-aggregates, but for every fact that must be exact it also ships the
-//! fact's identity next to the row it counts in:
+//! fact's identity next to the row it counts in. Every identity that decides *whose* a
+//! fact is comes from the signed playback token, never from a client field: the viewer
+//! is the token's `uid` (a signed-in user) or else its `sid` (the session the platform
+//! chose for the page load).
 //!
 //! | fact | identity | rule at the merger |
 //! | --- | --- | --- |
 //! | view | 64-bit hash of (session, video) | counted when the key is new |
 //! | completion | the same key, in a set of its own | counted when new |
-//! | share, comment | 64-bit hash of (session, event id) | counted when new |
-//! | like / unlike | (user or session hash, video) with the event time | last writer by event time wins; the count is the set of likers |
+//! | share, comment | hash of (session, event id), charged to (viewer, video) | counted when new, at most [`MAX_SHARES`] / [`MAX_COMMENTS`] per (viewer, video) in the window |
+//! | like / unlike | (viewer, video) with the event time | last writer by event time wins; the count is the set of likers |
+//! | watch time | the view's key with the media spans watched and the token's issue time | spans united; credited up to the measure of the union, never more than the token's age |
 //!
 //! [`FactIndex::resolve`] rewrites a frame's rows so that they count only facts the
-//! index had not seen. A union of key sets is idempotent, commutative and associative,
-//! so whichever POPs, replicas, retries and restarts a fact passes through it counts
-//! once, provided its copies meet within the window the sets cover.
+//! index had not seen. Unions of key sets and of watched spans, maxima and last-writer
+//! registers are idempotent, commutative and associative, so whichever POPs, replicas,
+//! retries and restarts a fact passes through it counts once, provided its copies meet
+//! within the window the sets cover.
 //!
-//! **Bounded memory.** Key sets are bucketed by the fact's event time in buckets of
+//! **Bounded memory.** Key sets, engagement counters, watched spans and unlike
+//! tombstones are bucketed by the fact's event time in buckets of
 //! [`FactConfig::bucket_ms`]; a whole bucket is dropped once it ends more than
 //! [`FactConfig::window_ms`] before the watermark (the newest frame end time seen).
 //! The default window is the lateness bound (24 h) plus 4 h of grace for frames that
-//! wait in an edge's spool, so keys live 28-32 h. A fact older than every retained
-//! bucket is counted (it cannot be checked) and reported as beyond the window. Like
-//! state is kept for ever: one entry per (user, video) that ever liked or unliked.
+//! wait in an edge's spool, so entries live 28-32 h. A fact older than every retained
+//! bucket is counted (it cannot be checked) and reported as beyond the window.
+//!
+//! **Like registers** are the one table kept beyond the window: one entry per (viewer,
+//! video) that likes the video now. An unlike deletes the register and leaves a
+//! tombstone for the window (so a like that arrives late from another POP, dated
+//! before the unlike, does not count); an unlike of a video the viewer does not like
+//! changes nothing and leaves at most that tombstone. Registers are therefore bounded
+//! by the platform's current likes, and every one needs a token the platform signed.
 
 use crate::DeltaFrame;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+/// Shares one viewer's identity can add to one video within the fact window.
+pub const MAX_SHARES: u32 = 5;
+/// Comments one viewer's identity can add to one video within the fact window.
+pub const MAX_COMMENTS: u32 = 10;
+/// Watched spans remembered per view; beyond this the two closest are joined.
+pub const MAX_WATCH_SPANS: usize = 16;
+/// Watch time a view may have beyond its token's age (clock slack between platform and
+/// edge, ms).
+pub const WATCH_SLACK_MS: u64 = 2_000;
 
 /// The identity of one fact: a 64-bit hash, sent as 8 fixed bytes (a varint would take
 /// up to 10 for a uniform hash).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FactKey(#[serde(with = "postcard::fixint::le")] pub u64);
 
-/// One like or unlike of the row's video by one user (or signed-out session).
+/// One like or unlike of the row's video by one viewer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LikeFact {
-    /// Hash of the user id (or of the session id when signed out).
+    /// Hash of the token's viewer (its `uid`, else its `sid`).
     pub user: FactKey,
     /// Event time (ms since the Unix epoch); the latest wins.
     pub ts_ms: u64,
     /// Like (true) or unlike (false).
     pub liked: bool,
+}
+
+/// One share or comment: its own identity and the (viewer, video) it is charged to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Engagement {
+    /// Hash of (token viewer, video): at most [`MAX_SHARES`] / [`MAX_COMMENTS`] count per owner.
+    pub owner: FactKey,
+    /// Hash of (session, event id): a retried copy has the same key.
+    pub key: FactKey,
+}
+
+/// The media a view watched in one frame interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchFact {
+    /// The view's key (the same as its [`RowFacts::views`] key).
+    pub view: FactKey,
+    /// When the view's token was issued (seconds since the Unix epoch): the view cannot
+    /// have watched for longer than the token has existed.
+    pub issued_s: u64,
+    /// Media positions watched, `[from_ms, to_ms)`.
+    pub spans: Vec<(u64, u64)>,
 }
 
 /// The identities of the facts a counter row counts.
@@ -50,12 +95,14 @@ pub struct RowFacts {
     pub views: Vec<FactKey>,
     /// One key per completion.
     pub completions: Vec<FactKey>,
-    /// One key per share.
-    pub shares: Vec<FactKey>,
-    /// One key per comment.
-    pub comments: Vec<FactKey>,
+    /// One entry per share.
+    pub shares: Vec<Engagement>,
+    /// One entry per comment.
+    pub comments: Vec<Engagement>,
     /// Every like and unlike event.
     pub likes: Vec<LikeFact>,
+    /// Watched spans per view.
+    pub watch: Vec<WatchFact>,
 }
 
 impl RowFacts {
@@ -66,6 +113,7 @@ impl RowFacts {
             && self.shares.is_empty()
             && self.comments.is_empty()
             && self.likes.is_empty()
+            && self.watch.is_empty()
     }
 }
 
@@ -136,88 +184,162 @@ pub struct FactStats {
     pub duplicates: [u64; 5],
     /// Facts older than every retained bucket: counted unchecked.
     pub beyond_window: u64,
+    /// New shares (0) and comments (1) refused because their viewer had reached
+    /// [`MAX_SHARES`] / [`MAX_COMMENTS`] for the video.
+    pub over_cap: [u64; 2],
+    /// Watch time reported beyond the measure of the spans or the token's age (ms).
+    pub watch_refused_ms: u64,
 }
 
 type KeyHasher = foldhash::fast::RandomState;
 
-/// A set of fact keys in event-time buckets. Serialisable (the merger checkpoints it);
-/// a restored set hashes with fresh random seeds.
+/// Entries in event-time buckets, an entry in at most one bucket. Serialisable (the
+/// merger checkpoints it); a restored map hashes with fresh random seeds.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize + Eq + Hash, V: Serialize", deserialize = "K: DeserializeOwned + Eq + Hash, V: DeserializeOwned"))]
+struct Windowed<K, V> {
+    buckets: BTreeMap<u64, HashMap<K, V, KeyHasher>>,
+}
+
+impl<K, V> Default for Windowed<K, V> {
+    fn default() -> Self {
+        Windowed {
+            buckets: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Copy, V> Windowed<K, V> {
+    /// The bucket holding `key`, newest first.
+    fn held(&self, key: &K) -> Option<u64> {
+        self.buckets.iter().rev().find(|(_, m)| m.contains_key(key)).map(|(b, _)| *b)
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.buckets.values().rev().find_map(|m| m.get(key))
+    }
+
+    /// The entry of `key`, moved to `bucket` if it was held in an older one (so an entry
+    /// whose facts keep coming stays remembered); `None` when absent.
+    fn get_mut_at(&mut self, key: &K, bucket: u64) -> Option<&mut V> {
+        let held = self.held(key)?;
+        if held < bucket {
+            let v = self.buckets.get_mut(&held)?.remove(key)?;
+            self.put(*key, bucket, v);
+            return self.buckets.get_mut(&bucket)?.get_mut(key);
+        }
+        self.buckets.get_mut(&held)?.get_mut(key)
+    }
+
+    /// Stores `v` for `key` in `bucket` (the caller knows no other bucket holds it).
+    fn put(&mut self, key: K, bucket: u64, v: V) {
+        self.buckets.entry(bucket).or_default().insert(key, v);
+    }
+
+    /// Drops every bucket below `bucket`; returns how many entries went.
+    fn drop_below(&mut self, bucket: u64) -> usize {
+        let keep = self.buckets.split_off(&bucket);
+        let gone = std::mem::replace(&mut self.buckets, keep);
+        gone.values().map(HashMap::len).sum()
+    }
+
+    fn len(&self) -> usize {
+        self.buckets.values().map(HashMap::len).sum()
+    }
+
+    /// Bytes of the hash tables: one slot per entry plus a control byte (slots are
+    /// allocated in powers of two, at most 7/8 full), plus `extra` per entry held
+    /// elsewhere (heap parts of the values).
+    fn memory_bytes(&self, extra: impl Fn(&V) -> usize) -> usize {
+        let slot = std::mem::size_of::<(K, V)>() + 1;
+        self.buckets
+            .values()
+            .map(|m| m.capacity() * 8 / 7 * slot + m.values().map(&extra).sum::<usize>())
+            .sum()
+    }
+}
+
+/// A set of fact keys in event-time buckets.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeySet {
-    buckets: BTreeMap<u64, HashSet<u64, KeyHasher>>,
-    #[serde(skip)]
-    hasher: KeyHasher,
+    keys: Windowed<u64, ()>,
 }
 
 impl KeySet {
-    /// Whether the key is in any retained bucket (newest buckets first).
+    /// Whether the key is in any retained bucket.
     pub fn contains(&self, key: u64) -> bool {
-        self.buckets.values().rev().any(|s| s.contains(&key))
+        self.keys.held(&key).is_some()
     }
 
     /// Adds `key` to `bucket` unless some bucket has it; returns whether it was new. A
     /// key seen again in a later bucket moves there, so a fact whose copies keep coming
     /// (a long session seen at several POPs) stays remembered.
     pub fn insert(&mut self, key: u64, bucket: u64) -> bool {
-        let held = self
-            .buckets
-            .iter()
-            .rev()
-            .find(|(_, s)| s.contains(&key))
-            .map(|(b, _)| *b);
-        if let Some(held) = held {
-            if held < bucket {
-                if let Some(s) = self.buckets.get_mut(&held) {
-                    s.remove(&key);
-                }
-                self.put(key, bucket);
-            }
+        if self.keys.get_mut_at(&key, bucket).is_some() {
             return false;
         }
-        self.put(key, bucket)
-    }
-
-    fn put(&mut self, key: u64, bucket: u64) -> bool {
-        let hasher = &self.hasher;
-        self.buckets
-            .entry(bucket)
-            .or_insert_with(|| HashSet::with_hasher(hasher.clone()))
-            .insert(key)
+        self.keys.put(key, bucket, ());
+        true
     }
 
     /// Drops every bucket below `bucket`; returns how many keys went.
     pub fn drop_below(&mut self, bucket: u64) -> usize {
-        let keep = self.buckets.split_off(&bucket);
-        let gone = std::mem::replace(&mut self.buckets, keep);
-        gone.values().map(HashSet::len).sum()
+        self.keys.drop_below(bucket)
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.buckets.values().map(HashSet::len).sum()
+        self.keys.len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.keys.buckets.is_empty()
     }
 
-    /// Bytes of the hash tables: 8 per slot plus 1 control byte (slots are allocated in
-    /// powers of two, at most 7/8 full).
+    /// Bytes of the hash tables: 8 per slot plus 1 control byte.
     pub fn memory_bytes(&self) -> usize {
-        self.buckets.values().map(|s| s.capacity() * 8 / 7 * 9).sum()
+        self.keys.memory_bytes(|_| 0)
     }
 }
 
-/// The latest like event of one user for one video.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct LikeState {
-    ts_ms: u64,
-    liked: bool,
+/// The watched media of one view, and the watch time credited for it so far.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Watched {
+    /// Sorted, disjoint `[from, to)` media positions (ms).
+    spans: Vec<(u64, u64)>,
+    credited_ms: u64,
+}
+
+impl Watched {
+    /// Unites `more` into the spans; joins the closest neighbours while there are more
+    /// than [`MAX_WATCH_SPANS`].
+    fn unite(&mut self, more: &[(u64, u64)]) {
+        self.spans.extend(more.iter().filter(|(a, b)| a < b).copied());
+        self.spans.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.spans.len());
+        for &(a, b) in &self.spans {
+            match out.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        while out.len() > MAX_WATCH_SPANS {
+            let i = (1..out.len()).min_by_key(|&i| out[i].0 - out[i - 1].1).unwrap_or(1);
+            out[i - 1].1 = out[i].1;
+            out.remove(i);
+        }
+        self.spans = out;
+    }
+
+    fn measure(&self) -> u64 {
+        self.spans.iter().map(|(a, b)| b - a).sum()
+    }
 }
 
 /// The place where every copy of a fact meets: time-bucketed key sets for views,
-/// completions, shares and comments, and last-writer-wins like registers.
+/// completions, shares and comments, per-viewer engagement counters, watched spans,
+/// and last-writer-wins like registers with windowed unlike tombstones.
 ///
 /// Serialisable for checkpoints; the configuration is not part of it (see
 /// [`FactIndex::with_config`]).
@@ -226,8 +348,14 @@ pub struct FactIndex {
     #[serde(skip)]
     cfg: FactConfig,
     sets: [KeySet; 4],
+    /// Shares (0) and comments (1) counted per owner (viewer, video).
+    engaged: [Windowed<u64, u32>; 2],
+    watched: Windowed<u64, Watched>,
     video_ids: HashMap<String, u32>,
-    likes: HashMap<(u32, u64), LikeState, KeyHasher>,
+    /// (video, viewer) that like the video now, with the like's event time.
+    likes: HashMap<(u32, u64), u64, KeyHasher>,
+    /// (video, viewer) whose latest event is an unlike, with its event time.
+    unliked: Windowed<(u32, u64), u64>,
     watermark_ms: u64,
     /// What resolving found so far.
     pub stats: FactStats,
@@ -270,18 +398,28 @@ impl FactIndex {
         )
     }
 
-    /// Bytes the key sets and like registers take (see [`KeySet::memory_bytes`]).
-    pub fn memory_bytes(&self) -> usize {
-        let likes = self.likes.capacity() * 8 / 7 * (std::mem::size_of::<((u32, u64), LikeState)>() + 1);
-        self.sets.iter().map(KeySet::memory_bytes).sum::<usize>() + likes
+    /// Views whose watched spans are held, and unlike tombstones.
+    pub fn windowed_sizes(&self) -> (usize, usize) {
+        (self.watched.len(), self.unliked.len())
     }
 
-    /// Users who like `video` now.
+    /// Bytes the key sets, counters, spans, tombstones and like registers take (see
+    /// [`KeySet::memory_bytes`]).
+    pub fn memory_bytes(&self) -> usize {
+        let likes = self.likes.capacity() * 8 / 7 * (std::mem::size_of::<((u32, u64), u64)>() + 1);
+        self.sets.iter().map(KeySet::memory_bytes).sum::<usize>()
+            + self.engaged.iter().map(|e| e.memory_bytes(|_| 0)).sum::<usize>()
+            + self.watched.memory_bytes(|w| w.spans.capacity() * 16)
+            + self.unliked.memory_bytes(|_| 0)
+            + likes
+    }
+
+    /// Viewers who like `video` now.
     pub fn likers(&self, video: &str) -> usize {
         let Some(&v) = self.video_ids.get(video) else {
             return 0;
         };
-        self.likes.iter().filter(|((vid, _), s)| *vid == v && s.liked).count()
+        self.likes.keys().filter(|(vid, _)| *vid == v).count()
     }
 
     fn bucket_of(&self, minute: u32) -> u64 {
@@ -303,8 +441,14 @@ impl FactIndex {
             for s in &mut self.sets {
                 s.drop_below(first);
             }
+            for e in &mut self.engaged {
+                e.drop_below(first);
+            }
+            self.watched.drop_below(first);
+            self.unliked.drop_below(first);
         }
         let first = self.first_kept_bucket();
+        let frame_end = frame.header.interval_end_ms;
         for row in &mut frame.counters {
             let Some(facts) = row.facts.take() else {
                 continue;
@@ -312,8 +456,7 @@ impl FactIndex {
             let bucket = self.bucket_of(row.minute);
             let checkable = bucket >= first;
             let mut fresh = [0u64; 4];
-            let lists = [&facts.views, &facts.completions, &facts.shares, &facts.comments];
-            for (kind, keys) in lists.into_iter().enumerate() {
+            for (kind, keys) in [&facts.views, &facts.completions].into_iter().enumerate() {
                 for k in keys {
                     if !checkable {
                         self.stats.beyond_window += 1;
@@ -324,6 +467,14 @@ impl FactIndex {
                         self.stats.duplicates[kind] += 1;
                     }
                 }
+            }
+            for (i, list) in [&facts.shares, &facts.comments].into_iter().enumerate() {
+                let kind = i + 2;
+                for e in list {
+                    fresh[kind] += u64::from(self.engagement(i, e, bucket, checkable));
+                }
+            }
+            for kind in 0..4 {
                 self.stats.counted[kind] += fresh[kind];
             }
             row.counts.views = fresh[0];
@@ -336,56 +487,127 @@ impl FactIndex {
                 let next = self.video_ids.len() as u32;
                 let vid = *self.video_ids.entry(video.to_owned()).or_insert(next);
                 for l in &facts.likes {
-                    likes += self.like(vid, l);
+                    likes += self.like(vid, l, bucket);
                 }
             }
             row.counts.likes = likes;
+            let sent = row.counts.watch_ms;
+            row.counts.watch_ms = facts
+                .watch
+                .iter()
+                .map(|w| self.watch(w, bucket, checkable, frame_end))
+                .fold(0u64, u64::saturating_add);
+            self.stats.watch_refused_ms = self
+                .stats
+                .watch_refused_ms
+                .saturating_add(sent.saturating_sub(row.counts.watch_ms));
         }
         frame.counters.retain(|r| !r.counts.is_zero());
     }
 
-    /// Applies one like event; returns the change in the video's like count.
-    fn like(&mut self, video: u32, l: &LikeFact) -> i64 {
-        let next = LikeState {
-            ts_ms: l.ts_ms,
-            liked: l.liked,
+    /// Applies one share (`i` 0) or comment (1); returns whether it counts.
+    fn engagement(&mut self, i: usize, e: &Engagement, bucket: u64, checkable: bool) -> bool {
+        let kind = i + 2;
+        if !checkable {
+            self.stats.beyond_window += 1;
+            return true;
+        }
+        if !self.sets[kind].insert(e.key.0, bucket) {
+            self.stats.duplicates[kind] += 1;
+            return false;
+        }
+        let cap = if i == 0 { MAX_SHARES } else { MAX_COMMENTS };
+        let counter = &mut self.engaged[i];
+        match counter.get_mut_at(&e.owner.0, bucket) {
+            Some(n) if *n >= cap => {
+                self.stats.over_cap[i] += 1;
+                false
+            }
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None => {
+                counter.put(e.owner.0, bucket, 1);
+                true
+            }
+        }
+    }
+
+    /// Unites one view's watched spans; returns the watch time newly credited: what the
+    /// union grew by, within the token's age at the frame's end.
+    fn watch(&mut self, w: &WatchFact, bucket: u64, checkable: bool, frame_end: u64) -> u64 {
+        let age = frame_end
+            .saturating_sub(w.issued_s.saturating_mul(1000))
+            .saturating_add(WATCH_SLACK_MS);
+        if !checkable {
+            self.stats.beyond_window += 1;
+            let mut alone = Watched::default();
+            alone.unite(&w.spans);
+            return alone.measure().min(age);
+        }
+        let state = match self.watched.get_mut_at(&w.view.0, bucket) {
+            Some(s) => s,
+            None => {
+                self.watched.put(w.view.0, bucket, Watched::default());
+                match self.watched.get_mut_at(&w.view.0, bucket) {
+                    Some(s) => s,
+                    None => return 0,
+                }
+            }
         };
-        let slot = self.likes.entry((video, l.user.0));
+        state.unite(&w.spans);
+        let target = state.measure().min(age);
+        let credit = target.saturating_sub(state.credited_ms);
+        state.credited_ms = state.credited_ms.max(target);
+        credit
+    }
+
+    /// Applies one like event; returns the change in the video's like count.
+    fn like(&mut self, video: u32, l: &LikeFact, bucket: u64) -> i64 {
         let kind = FactKind::Like as usize;
-        match slot {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(next);
-                if l.liked {
-                    self.stats.counted[kind] += 1;
+        let key = (video, l.user.0);
+        let changed = match (self.likes.get(&key).copied(), l.liked) {
+            // a later like from another session or POP: the viewer still likes it
+            (Some(at), true) => {
+                if l.ts_ms > at {
+                    self.likes.insert(key, l.ts_ms);
+                }
+                0
+            }
+            // an unlike after the like: the register goes, a tombstone stays for the window
+            (Some(at), false) if l.ts_ms > at => {
+                self.likes.remove(&key);
+                self.tombstone(key, l.ts_ms, bucket);
+                -1
+            }
+            (Some(_), false) => 0,
+            // a like, unless an unlike dated after it was seen (at equal times the like wins)
+            (None, true) => match self.unliked.get(&key) {
+                Some(&un) if un > l.ts_ms => 0,
+                _ => {
+                    self.likes.insert(key, l.ts_ms);
                     1
-                } else {
-                    self.stats.duplicates[kind] += 1;
-                    0
                 }
+            },
+            // an unlike of a video the viewer does not like: nothing changes
+            (None, false) => {
+                self.tombstone(key, l.ts_ms, bucket);
+                0
             }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let cur = *o.get();
-                // later event time wins; at equal times a like beats an unlike
-                if (next.ts_ms, next.liked) <= (cur.ts_ms, cur.liked) {
-                    self.stats.duplicates[kind] += 1;
-                    return 0;
-                }
-                o.insert(next);
-                match (cur.liked, next.liked) {
-                    (false, true) => {
-                        self.stats.counted[kind] += 1;
-                        1
-                    }
-                    (true, false) => {
-                        self.stats.counted[kind] += 1;
-                        -1
-                    }
-                    _ => {
-                        self.stats.duplicates[kind] += 1;
-                        0
-                    }
-                }
-            }
+        };
+        if changed == 0 {
+            self.stats.duplicates[kind] += 1;
+        } else {
+            self.stats.counted[kind] += 1;
+        }
+        changed
+    }
+
+    fn tombstone(&mut self, key: (u32, u64), ts_ms: u64, bucket: u64) {
+        match self.unliked.get_mut_at(&key, bucket) {
+            Some(t) => *t = (*t).max(ts_ms),
+            None => self.unliked.put(key, bucket, ts_ms),
         }
     }
 }
@@ -548,6 +770,117 @@ mod tests {
         }
         assert_eq!(net, 2);
         assert_eq!(ix.likers("v"), 2);
+    }
+
+    fn engaged(owner: u64, keys: &[u64]) -> RowFacts {
+        RowFacts {
+            shares: keys
+                .iter()
+                .map(|&k| Engagement {
+                    owner: FactKey(owner),
+                    key: FactKey(k),
+                })
+                .collect(),
+            ..RowFacts::default()
+        }
+    }
+
+    #[test]
+    fn shares_count_at_most_the_cap_per_viewer_and_video_and_copies_never_twice() {
+        let mut ix = FactIndex::new(FactConfig::default());
+        let now = 1_000 * H;
+        let m = (now / 60_000) as u32;
+        let cap = MAX_SHARES as u64;
+        // one viewer sends twice the cap in distinct shares, in two frames
+        let keys: Vec<u64> = (0..2 * cap).collect();
+        let (a, b) = keys.split_at(3);
+        let mut f1 = frame(1, now, vec![(m, engaged(7, a))]);
+        ix.resolve(&mut f1);
+        let mut f2 = frame(2, now, vec![(m + 1, engaged(7, b))]);
+        ix.resolve(&mut f2);
+        assert_eq!(total(&f1).shares + total(&f2).shares, cap);
+        assert_eq!(ix.stats.over_cap[0], cap);
+        // a copy of a counted share is a duplicate, not another refusal
+        let mut again = frame(3, now, vec![(m, engaged(7, &[0]))]);
+        ix.resolve(&mut again);
+        assert_eq!((total(&again).shares, ix.stats.duplicates[2]), (0, 1));
+        // another viewer is not limited by the first
+        let mut other = frame(4, now, vec![(m, engaged(8, &[100, 101]))]);
+        ix.resolve(&mut other);
+        assert_eq!(total(&other).shares, 2);
+    }
+
+    #[test]
+    fn an_unlike_before_any_like_keeps_no_register_and_still_beats_an_older_like() {
+        let mut ix = FactIndex::new(FactConfig::default());
+        let now = 1_000 * H;
+        let m = (now / 60_000) as u32;
+        let like = |user, ts_ms, liked| RowFacts {
+            likes: vec![LikeFact {
+                user: FactKey(user),
+                ts_ms,
+                liked,
+            }],
+            ..RowFacts::default()
+        };
+        // many unlikes of viewers who never liked: no register, nothing counted
+        for u in 0..100 {
+            let mut f = frame(u + 1, now, vec![(m, like(u, now, false))]);
+            ix.resolve(&mut f);
+            assert_eq!(total(&f).likes, 0);
+        }
+        assert_eq!(ix.sizes().1, 0, "no like register for unlikes");
+        assert_eq!(ix.windowed_sizes().1, 100, "tombstones, dropped with the window");
+        // viewer 5 liked at now-10 on another POP, whose frame arrives after the unlike
+        let mut late = frame(200, now, vec![(m, like(5, now - 10, true))]);
+        ix.resolve(&mut late);
+        assert_eq!(total(&late).likes, 0);
+        // a like after the unlike counts
+        let mut after = frame(201, now, vec![(m, like(5, now + 10, true))]);
+        ix.resolve(&mut after);
+        assert_eq!(total(&after).likes, 1);
+        assert_eq!(ix.sizes().1, 1);
+        // the tombstones go with the window
+        let later = now + FactConfig::default().window_ms + 2 * FactConfig::default().bucket_ms;
+        ix.resolve(&mut frame(300, later, vec![]));
+        assert_eq!(ix.windowed_sizes().1, 0);
+        assert_eq!(ix.likers("v"), 1);
+    }
+
+    fn watched(view: u64, issued_s: u64, spans: &[(u64, u64)]) -> RowFacts {
+        RowFacts {
+            watch: vec![WatchFact {
+                view: FactKey(view),
+                issued_s,
+                spans: spans.to_vec(),
+            }],
+            ..RowFacts::default()
+        }
+    }
+
+    #[test]
+    fn watch_time_is_the_union_of_spans_within_the_tokens_age() {
+        let mut ix = FactIndex::new(FactConfig::default());
+        let now = 1_000 * H;
+        let m = (now / 60_000) as u32;
+        let issued = (now - 600_000) / 1000; // ten minutes ago
+        let steps: [(&[(u64, u64)], u64); 5] = [
+            (&[(0, 60_000)], 60_000),               // POP A: the first minute
+            (&[(0, 60_000)], 0),                    // the same beacon retried at POP B
+            (&[(60_000, 120_000)], 60_000),         // the session moves to POP B
+            (&[(30_000, 90_000), (500, 900)], 0),   // overlaps add nothing
+            (&[(120_000, 2_000_000)], 480_000 + WATCH_SLACK_MS), // a claim beyond the token's age
+        ];
+        for (i, (spans, want)) in steps.into_iter().enumerate() {
+            let mut f = frame(i as u64 + 1, now, vec![(m, watched(9, issued, spans))]);
+            f.counters[0].counts.watch_ms = 1;
+            ix.resolve(&mut f);
+            assert_eq!(total(&f).watch_ms, want, "step {i}");
+        }
+        // later frames credit what the token's age now allows, once
+        let mut f = frame(9, now + 60_000, vec![(m, watched(9, issued, &[(0, 10)]))]);
+        ix.resolve(&mut f);
+        assert_eq!(total(&f).watch_ms, 60_000);
     }
 
     #[test]

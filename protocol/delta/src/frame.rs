@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// The version byte of frames this crate writes and reads.
 /// Version 2 added the identities of counted facts ([`CounterRow::facts`]); version 3
-/// the events refused as bots ([`EdgeCounts::bots`]).
-pub const FRAME_VERSION: u8 = 3;
+/// the events refused as bots ([`EdgeCounts::bots`]); version 4 the owners of shares and
+/// comments and the watched spans of views ([`RowFacts::shares`], [`RowFacts::watch`]).
+pub const FRAME_VERSION: u8 = 4;
 const MAGIC: [u8; 2] = *b"TD";
 const CRC_LEN: usize = 4;
 
@@ -72,11 +73,11 @@ pub struct CounterRow {
     pub source: Source,
     /// Whether the video is a live stream.
     pub live: bool,
-    /// The counts. The merger recomputes views, completions, shares, comments and likes
-    /// from [`CounterRow::facts`]; watch time is taken as sent.
+    /// The counts. The merger recomputes all of them from [`CounterRow::facts`] when the
+    /// row carries facts (what an edge counted is its own preview).
     pub counts: Counts,
     /// The identities of the facts the row counts (see [`crate::FactIndex`]); `None`
-    /// once resolved, or when the row only carries watch time.
+    /// once resolved.
     pub facts: Option<RowFacts>,
 }
 

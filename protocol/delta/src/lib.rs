@@ -24,7 +24,8 @@ mod split;
 pub use clock::now_ms;
 pub use dims::{Country, Device, Source};
 pub use facts::{
-    DEFAULT_FACT_WINDOW_MS, FactConfig, FactIndex, FactKey, FactKind, FactStats, KeySet, LikeFact, RowFacts,
+    DEFAULT_FACT_WINDOW_MS, Engagement, FactConfig, FactIndex, FactKey, FactKind, FactStats, KeySet, LikeFact,
+    MAX_COMMENTS, MAX_SHARES, MAX_WATCH_SPANS, RowFacts, WATCH_SLACK_MS, WatchFact,
 };
 pub use frame::{
     CounterRow, Counts, DeltaFrame, EdgeCounts, FRAME_VERSION, FrameError, FrameHeader, FrameId, LiveBeat, LiveGauge,

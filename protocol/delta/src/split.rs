@@ -36,46 +36,85 @@ pub fn part_id(id: &FrameId, i: u64) -> FrameId {
     }
 }
 
-/// Cuts a row whose fact keys take more than `budget` bytes into rows of the same
-/// dimensions, each with at most `budget / 8` keys.
+/// Cuts a row whose facts take more than `budget` bytes into rows of the same
+/// dimensions, each with facts of at most about `budget` bytes. The merger recomputes
+/// every count from the facts, so each piece's counts are those of its own facts; the
+/// first piece keeps the likes and what the row counted without facts.
 fn cut_row(row: CounterRow, budget: usize) -> Vec<CounterRow> {
-    let per = (budget / 8).max(1);
     let Some(facts) = row.facts.as_ref() else {
         return vec![row];
     };
-    let keys = facts.views.len() + facts.completions.len() + facts.shares.len() + facts.comments.len();
-    if keys <= per {
+    if encoded_len(facts) <= budget {
         return vec![row];
     }
-    let mut out = Vec::new();
     let mut first = row.clone();
     let facts = first.facts.take().unwrap_or_default();
-    // the first row keeps what is not keyed (watch time) and the likes
     first.counts.views = 0;
     first.counts.completions = 0;
     first.counts.shares = 0;
     first.counts.comments = 0;
+    first.counts.watch_ms = 0;
     first.facts = Some(RowFacts {
         likes: facts.likes,
         ..RowFacts::default()
     });
-    out.push(first);
-    let lists = [facts.views, facts.completions, facts.shares, facts.comments];
-    for (kind, keys) in lists.into_iter().enumerate() {
-        for chunk in keys.chunks(per) {
-            let mut r = row.clone();
-            r.counts = crate::Counts::default();
-            let mut f = RowFacts::default();
-            let n = chunk.len() as u64;
-            match kind {
-                0 => (f.views, r.counts.views) = (chunk.to_vec(), n),
-                1 => (f.completions, r.counts.completions) = (chunk.to_vec(), n),
-                2 => (f.shares, r.counts.shares) = (chunk.to_vec(), n),
-                _ => (f.comments, r.counts.comments) = (chunk.to_vec(), n),
-            }
-            r.facts = Some(f);
-            out.push(r);
+    let mut out = vec![first];
+    let piece = |f: RowFacts| {
+        let mut r = row.clone();
+        r.counts = crate::Counts {
+            views: f.views.len() as u64,
+            completions: f.completions.len() as u64,
+            shares: f.shares.len() as u64,
+            comments: f.comments.len() as u64,
+            ..crate::Counts::default()
+        };
+        r.facts = Some(f);
+        r
+    };
+    let per = |size: usize| (budget / size).max(1);
+    for c in facts.views.chunks(per(8)) {
+        out.push(piece(RowFacts {
+            views: c.to_vec(),
+            ..RowFacts::default()
+        }));
+    }
+    for c in facts.completions.chunks(per(8)) {
+        out.push(piece(RowFacts {
+            completions: c.to_vec(),
+            ..RowFacts::default()
+        }));
+    }
+    for c in facts.shares.chunks(per(16)) {
+        out.push(piece(RowFacts {
+            shares: c.to_vec(),
+            ..RowFacts::default()
+        }));
+    }
+    for c in facts.comments.chunks(per(16)) {
+        out.push(piece(RowFacts {
+            comments: c.to_vec(),
+            ..RowFacts::default()
+        }));
+    }
+    let mut watch = Vec::new();
+    let mut bytes = 0;
+    for w in facts.watch {
+        let size = encoded_len(&w);
+        if bytes + size > budget && !watch.is_empty() {
+            out.push(piece(RowFacts {
+                watch: std::mem::take(&mut watch),
+                ..RowFacts::default()
+            }));
+            bytes = 0;
         }
+        bytes += size;
+        watch.push(w);
+    }
+    if !watch.is_empty() {
+        out.push(piece(RowFacts {
+            watch,
+            ..RowFacts::default()
+        }));
     }
     out
 }

@@ -27,6 +27,9 @@ use tokio_rustls::TlsAcceptor;
 pub struct Bounds {
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed at accept, so
+    /// one address cannot take every place.
+    pub per_address: usize,
     /// Longest a TLS handshake may take.
     pub handshake: Duration,
     /// Longest a request's headers (or the wait for the next request) may take.
@@ -37,6 +40,7 @@ impl Default for Bounds {
     fn default() -> Self {
         Bounds {
             max_connections: 4_096,
+            per_address: 512,
             handshake: Duration::from_secs(10),
             header_read: Duration::from_secs(10),
         }
@@ -55,6 +59,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
+    let addresses = Slots::new(bounds.per_address, bounds.max_connections);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -76,12 +81,19 @@ pub async fn serve(
                 continue;
             }
         };
+        // one address past its share is closed at once (its place goes back)
+        let Some(place) = addresses.take(&peer.ip().to_string()) else {
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let watcher = graceful.watcher();
         // handlers see the client's address, as axum's own server would give it
         let service = TowerToHyperService::new(app.clone().layer(axum::Extension(ConnectInfo(peer))));
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _place = place;
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -128,7 +140,8 @@ pub async fn forever() {
 pub struct Slots {
     per_address: usize,
     total: usize,
-    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Places taken per address, and in all.
+    open: std::sync::Mutex<(std::collections::HashMap<String, usize>, usize)>,
 }
 
 /// One place; given back when dropped (when the stream or connection ends).
@@ -153,16 +166,17 @@ impl Slots {
 
     /// Takes a place for `address`, if it has one left and there is one left in all.
     pub fn take(self: &Arc<Self>, address: &str) -> Option<Slot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = open.values().sum();
+        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (open, total) = &mut *guard;
+        if *total >= self.total {
+            return None;
+        }
         let n = open.entry(address.to_owned()).or_default();
-        if *n >= self.per_address || total >= self.total {
-            if *n == 0 {
-                open.remove(address);
-            }
+        if *n >= self.per_address {
             return None;
         }
         *n += 1;
+        *total += 1;
         Some(Slot {
             slots: self.clone(),
             address: address.to_owned(),
@@ -172,9 +186,11 @@ impl Slots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (open, total) = &mut *guard;
         if let Some(n) = open.get_mut(&self.address) {
             *n -= 1;
+            *total -= 1;
             if *n == 0 {
                 open.remove(&self.address);
             }

@@ -91,12 +91,21 @@ pub struct Ev {
     pub source: String,
     /// Playback token.
     pub token: String,
+    /// The key and claims the token was minted with by [`Kit::ev`] (`None` once the
+    /// token was replaced).
+    #[serde(skip)]
+    pub minted: Option<(Vec<u8>, Claims)>,
 }
 
 impl Ev {
-    /// Sets the user.
+    /// Makes the event a signed-in user's: the token is minted again with the user as
+    /// its `uid` (what engagement is counted by), and the beacon names it too.
     pub fn user(mut self, u: &str) -> Self {
         self.user_id = Some(u.into());
+        if let Some((key, claims)) = &mut self.minted {
+            claims.user = Some(u.into());
+            self.token = tally_collector::token::mint(key, claims);
+        }
         self
     }
     /// Sets the playback position.
@@ -107,6 +116,7 @@ impl Ev {
     /// Replaces the token.
     pub fn token(mut self, t: &str) -> Self {
         self.token = t.into();
+        self.minted = None;
         self
     }
 }
@@ -158,6 +168,7 @@ impl Kit {
             expires_s: self.t0 / 1000 + 10 * 86_400,
             live: false,
             session: session.into(),
+            user: None,
             issued_s: self.t0 / 1000 - 3_600,
         }
     }
@@ -169,7 +180,12 @@ impl Kit {
 
     /// An event at `t0 + offset_ms` with a valid non-live token.
     pub fn ev(&self, id: &str, session: &str, video: &str, kind: &str, offset_ms: u64) -> Ev {
+        let claims = Claims {
+            expires_s: self.t0 / 1000 + 10 * 86_400,
+            ..self.claims(video, session)
+        };
         Ev {
+            minted: Some((self.key.clone(), claims)),
             event_id: id.into(),
             session_id: session.into(),
             user_id: None,

@@ -274,6 +274,7 @@ impl Traffic {
                 category: ["music", "gaming", "news", "sports", "education"][i % 5].into(),
                 live: i >= first_live && i < first_live + plan.live_streams,
                 session: String::new(),
+                user: None,
                 issued_s: 0,
                 expires_s: 0,
             })
@@ -465,10 +466,16 @@ impl Traffic {
         let id = format!("s{:x}-{num:07}", self.plan.seed);
         // minted when the page loaded, which for a late phone was hours ago
         let issued_s = (now.saturating_sub(late_by) / 1000).saturating_sub(1);
+        // a signed-in viewer's token names the user: likes are that user's, across sessions
+        let user = self
+            .rng
+            .random_bool(0.6)
+            .then(|| format!("u{:06}", self.rng.random_range(0..200_000)));
         let token = token::mint(
             &self.plan.key,
             &Claims {
                 session: id.clone(),
+                user: user.clone(),
                 issued_s,
                 expires_s: issued_s + 86_400,
                 ..self.claims[video as usize].clone()
@@ -479,9 +486,7 @@ impl Traffic {
             num,
             id,
             token,
-            user: rng
-                .random_bool(0.6)
-                .then(|| format!("u{:06}", rng.random_range(0..200_000))),
+            user,
             video,
             live,
             pop: rng.random_range(0..self.plan.pops.max(1)),

@@ -224,3 +224,22 @@ test("it adds no more than a few KB gzipped", () => {
   assert.ok(gz < 5 * 1024, `${gz} bytes gzipped`);
   console.log(`tally.js: ${src.length} bytes, ${gz} gzipped`);
 });
+
+test("a session the platform chose on its server is used as given, with its token", async () => {
+  const before = Tally.sessionId();
+  const media = new FakeMedia();
+  const t = attach(media, { sessionId: "srv-sid-9", token: "token-for-srv-sid-9" });
+  media.fire("play");
+  t.like();
+  await t.flush();
+  await tick();
+  const events = await sent();
+  assert.ok(events.length >= 2, JSON.stringify(events));
+  for (const e of events) {
+    assert.equal(e.session_id, "srv-sid-9");
+    assert.equal(e.token, "token-for-srv-sid-9");
+  }
+  assert.equal(Tally.sessionId(), before, "the tab's own session is left alone");
+  await t.detach();
+  trackers = trackers.filter((x) => x !== t);
+});

@@ -41,6 +41,14 @@ fn truth(evs: &[Raw]) -> Truth {
             .collect::<BTreeSet<_>>()
             .len() as u64
     };
+    // shares and comments: each distinct one, at most `cap` per (user, video)
+    let capped = |what: &str, cap: u64| {
+        let mut per: BTreeMap<(String, u8), u64> = BTreeMap::new();
+        for e in evs.iter().filter(|e| kind(e) == what) {
+            *per.entry((user_of(e.0), e.1)).or_default() += 1;
+        }
+        per.values().map(|n| (*n).min(cap)).sum::<u64>()
+    };
     // latest (ts, liked) per (user, video); at equal times a like wins
     let mut likes: BTreeMap<(String, u8), (u64, bool)> = BTreeMap::new();
     for e in evs.iter().filter(|e| matches!(kind(e), "like" | "unlike")) {
@@ -51,8 +59,8 @@ fn truth(evs: &[Raw]) -> Truth {
     Truth {
         views: pairs(&|e| playback.contains(&kind(e))),
         completions: pairs(&|e| kind(e) == "complete"),
-        shares: evs.iter().filter(|e| kind(e) == "share").count() as u64,
-        comments: evs.iter().filter(|e| kind(e) == "comment").count() as u64,
+        shares: capped("share", u64::from(tally_delta::MAX_SHARES)),
+        comments: capped("comment", u64::from(tally_delta::MAX_COMMENTS)),
         likes: likes.values().filter(|v| v.1).count() as i64,
     }
 }
