@@ -321,9 +321,7 @@ impl Worker {
         // there is nothing to make durable: it is not logged, and a replay cannot count it.
         // Neither is a beacon the collector would refuse whole (not JSON, no well-formed
         // event with a verifying token): a stranger's junk costs no disk and no fsync.
-        let loggable = self.wal.is_some()
-            && facts.bot.is_none()
-            && self.gate(body);
+        let loggable = self.wal.is_some() && facts.bot.is_none() && self.gate(body);
         if let Some(w) = self.wal.as_mut().filter(|_| loggable) {
             // Logged before the collector counts it: a beacon that cannot be made
             // durable is refused, and nothing of it was counted.

@@ -196,7 +196,10 @@ type KeyHasher = foldhash::fast::RandomState;
 /// Entries in event-time buckets, an entry in at most one bucket. Serialisable (the
 /// merger checkpoints it); a restored map hashes with fresh random seeds.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize + Eq + Hash, V: Serialize", deserialize = "K: DeserializeOwned + Eq + Hash, V: DeserializeOwned"))]
+#[serde(bound(
+    serialize = "K: Serialize + Eq + Hash, V: Serialize",
+    deserialize = "K: DeserializeOwned + Eq + Hash, V: DeserializeOwned"
+))]
 struct Windowed<K, V> {
     buckets: BTreeMap<u64, HashMap<K, V, KeyHasher>>,
 }
@@ -212,7 +215,11 @@ impl<K, V> Default for Windowed<K, V> {
 impl<K: Eq + Hash + Copy, V> Windowed<K, V> {
     /// The bucket holding `key`, newest first.
     fn held(&self, key: &K) -> Option<u64> {
-        self.buckets.iter().rev().find(|(_, m)| m.contains_key(key)).map(|(b, _)| *b)
+        self.buckets
+            .iter()
+            .rev()
+            .find(|(_, m)| m.contains_key(key))
+            .map(|(b, _)| *b)
     }
 
     fn get(&self, key: &K) -> Option<&V> {
@@ -865,10 +872,10 @@ mod tests {
         let m = (now / 60_000) as u32;
         let issued = (now - 600_000) / 1000; // ten minutes ago
         let steps: [(&[(u64, u64)], u64); 5] = [
-            (&[(0, 60_000)], 60_000),               // POP A: the first minute
-            (&[(0, 60_000)], 0),                    // the same beacon retried at POP B
-            (&[(60_000, 120_000)], 60_000),         // the session moves to POP B
-            (&[(30_000, 90_000), (500, 900)], 0),   // overlaps add nothing
+            (&[(0, 60_000)], 60_000),                            // POP A: the first minute
+            (&[(0, 60_000)], 0),                                 // the same beacon retried at POP B
+            (&[(60_000, 120_000)], 60_000),                      // the session moves to POP B
+            (&[(30_000, 90_000), (500, 900)], 0),                // overlaps add nothing
             (&[(120_000, 2_000_000)], 480_000 + WATCH_SLACK_MS), // a claim beyond the token's age
         ];
         for (i, (spans, want)) in steps.into_iter().enumerate() {
