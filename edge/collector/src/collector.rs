@@ -14,6 +14,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Verified tokens kept between flushes; the cache is cleared at a flush beyond this.
 const TOKEN_CACHE_MAX: usize = 100_000;
+/// Bot events one request adds to the filtered figures at most (a player's beacon
+/// carries a few events).
+pub const BOT_EVENTS_PER_REQUEST: u64 = 10;
 /// Events one playback token may carry in one flush interval; more are refused. A player
 /// sends a few per second, an offline queue its backlog within the batch limit.
 pub const TOKEN_EVENTS_PER_INTERVAL: u32 = 1_000;
@@ -252,10 +255,12 @@ impl Collector {
         if facts.bot.is_some() {
             // The host classified the request as a bot: nothing in it counts, and every
             // event is refused with that reason. Only well-formed events are counted as
-            // filtered bot events, so a request padded with empty events cannot inflate
-            // the bot figures (the host's per-address limits bound the requests).
+            // filtered bot events, at most BOT_EVENTS_PER_REQUEST of one request, so a
+            // request padded with events cannot inflate the bot figures (the host's
+            // per-address limits bound the requests).
             let n = raw.len() as u64;
             let formed = raw.iter_mut().map(|r| r.validate().is_ok()).filter(|ok| *ok).count() as u64;
+            let formed = formed.min(BOT_EVENTS_PER_REQUEST);
             out.rejected = (0..raw.len() as u32)
                 .map(|index| Rejection {
                     index,

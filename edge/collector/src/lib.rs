@@ -17,7 +17,7 @@ pub mod route;
 pub mod token;
 
 pub use beacon::{Event, EventType, MAX_ID_LEN, MAX_TOKEN_LEN, event_sessions, may_count};
-pub use collector::{Collector, StateError, TOKEN_EVENTS_PER_INTERVAL};
+pub use collector::{BOT_EVENTS_PER_REQUEST, Collector, StateError, TOKEN_EVENTS_PER_INTERVAL};
 pub use config::{Config, ConfigError};
 pub use token::{Claims, TokenError, Validity};
 
