@@ -23,6 +23,7 @@ pub mod analytics;
 pub mod api;
 pub mod blocked;
 pub mod checkpoint;
+pub mod cluster;
 pub mod concurrency;
 pub mod config;
 pub mod edges;

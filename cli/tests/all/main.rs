@@ -7,6 +7,7 @@ mod common;
 
 mod abuse;
 mod analytics;
+mod cluster;
 mod browser;
 mod edge;
 mod exact;

@@ -18,6 +18,7 @@ mod dims;
 mod facts;
 mod frame;
 mod merge;
+mod partition;
 mod sketch;
 mod split;
 
@@ -32,5 +33,6 @@ pub use frame::{
     LiveStatus, UniqueRow,
 };
 pub use merge::{DimKey, MergedDeltas};
+pub use partition::partition_of;
 pub use sketch::{SketchError, UniqueSketch};
 pub use split::part_id;

@@ -1,0 +1,230 @@
+//! Cluster mode's frame log against a real three-node NATS JetStream cluster
+//! (`nats-server` 2.15.1 from PyPI, installed by `scripts/cluster-deps`; R3, fsync on
+//! every write): frames cut by partition and published through it count exactly once,
+//! through a kill -9 of the stream's leader and a resend of every frame.
+
+use crate::common::loop_until;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tally_collector::Collector;
+use tally_conformance::{Kit, body};
+use tally_delta::{DeltaFrame, MergedDeltas};
+use tally_merger::cluster::log::{FrameLog, LogConfig};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory with `nats-server`, installed (idempotently) by `scripts/cluster-deps`.
+fn nats_bin() -> PathBuf {
+    let out = Command::new(repo().join("scripts/cluster-deps"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/cluster-deps runs");
+    assert!(out.status.success(), "scripts/cluster-deps failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three `nats-server` processes forming one JetStream cluster on loopback.
+struct Nats {
+    bin: PathBuf,
+    dir: PathBuf,
+    client: Vec<u16>,
+    route: Vec<u16>,
+    procs: Vec<Option<Child>>,
+}
+
+impl Nats {
+    fn start(dir: &Path, n: usize) -> Nats {
+        let mut nats = Nats {
+            bin: nats_bin().join("nats-server"),
+            dir: dir.to_owned(),
+            client: (0..n).map(|_| free_port()).collect(),
+            route: (0..n).map(|_| free_port()).collect(),
+            procs: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            nats.spawn(i);
+        }
+        nats
+    }
+
+    fn name(i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = (0..self.route.len())
+            .filter(|&j| j != i)
+            .map(|j| format!("nats-route://127.0.0.1:{}", self.route[j]))
+            .collect();
+        let conf = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{client}\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\ncluster {{\n  name: tally\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n",
+            name = Self::name(i),
+            client = self.client[i],
+            store = self.dir.join(Self::name(i)).display(),
+            route = self.route[i],
+            routes = routes.join(", "),
+        );
+        let path = self.dir.join(format!("{}.conf", Self::name(i)));
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", Self::name(i)))).unwrap();
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        self.procs[i] = Some(child);
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.client.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The stream's leader (a server name), asked of the cluster.
+async fn leader(urls: &[String], stream: &str) -> Option<String> {
+    let client = async_nats::connect(urls).await.ok()?;
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.ok()?;
+    s.info().await.ok()?.cluster.as_ref()?.leader.clone()
+}
+
+/// Frames of `sessions` sessions over `videos` videos, one play each, flushed every
+/// `per_frame` sessions; and the views each video should have.
+fn traffic(
+    sessions: usize,
+    videos: usize,
+    per_frame: usize,
+) -> (Vec<DeltaFrame>, std::collections::BTreeMap<String, u64>) {
+    let kit = Kit::default();
+    let mut c = Collector::new(kit.config()).unwrap();
+    let mut frames = Vec::new();
+    let mut truth = std::collections::BTreeMap::new();
+    for s in 0..sessions {
+        let video = format!("v{}", s % videos);
+        *truth.entry(video.clone()).or_insert(0) += 1;
+        let ev = kit.ev(&format!("e{s}"), &format!("s{s}"), &video, "play", s as u64 * 10);
+        let out = c.ingest(&body(&[ev]), &kit.facts(s as u64 * 10)).unwrap();
+        assert_eq!(out.accepted, 1);
+        if (s + 1) % per_frame == 0 {
+            frames.push(c.flush(kit.t0 + s as u64 * 10 + 1));
+        }
+    }
+    frames.push(c.flush(kit.t0 + sessions as u64 * 10 + 1));
+    frames.retain(|f| !f.is_empty());
+    (frames, truth)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_and_resends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), 3);
+    let mut cfg = LogConfig::new(nats.urls());
+    cfg.partitions = 8;
+    // R3 needs the cluster's meta leader: wait for the stream to be created
+    let started = Instant::now();
+    let log = loop_until(Duration::from_secs(30), || {
+        let cfg = cfg.clone();
+        async move {
+            FrameLog::open(cfg)
+                .await
+                .inspect_err(|e| eprintln!("cluster not ready yet: {e}"))
+                .ok()
+        }
+    })
+    .await
+    .expect("a JetStream cluster of three forms and takes the stream");
+    println!(
+        "three NATS nodes and an R3 stream ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let (frames, truth) = traffic(600, 37, 40);
+    let half = frames.len() / 2;
+    let mut stored = 0;
+    for f in &frames[..half] {
+        stored += log.publish(f).await.expect("published").stored;
+    }
+    // kill -9 the stream's leader while frames flow; the rest go through the others
+    let lead = leader(&nats.urls(), &cfg.stream)
+        .await
+        .expect("the stream has a leader");
+    let i = (0..3).find(|&i| Nats::name(i) == lead).expect("a known node");
+    nats.kill(i);
+    let mut acked = half;
+    for f in &frames[half..] {
+        // a publish in flight when the leader went may fail: the edge resends it
+        let r = loop_until(Duration::from_secs(30), || async { log.publish(f).await.ok() }).await;
+        stored += r.expect("published after the leader's death").stored;
+        acked += 1;
+    }
+    let new_lead = leader(&nats.urls(), &cfg.stream).await;
+    // every frame resent (an edge that did not hear the answers): all duplicates
+    let mut dup = 0;
+    for f in &frames {
+        let r = loop_until(Duration::from_secs(30), || async { log.publish(f).await.ok() }).await;
+        let r = r.expect("resent");
+        assert_eq!(r.stored, 0, "a resent part is not stored again");
+        dup += r.duplicates;
+    }
+    assert_eq!(dup, stored, "every part of every resent frame was recognised");
+    // the killed node comes back and catches up
+    nats.spawn(i);
+
+    // read every partition from the start and apply it, as a partition's owner would
+    let last = log.last_sequence().await.unwrap();
+    let mut counted = std::collections::BTreeMap::new();
+    for p in 0..cfg.partitions {
+        let mut reader = log.read(p, 1).await.unwrap();
+        let mut state = MergedDeltas::default();
+        let mut parts = 0;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(1), reader.next()).await;
+            let Ok(Some(Ok((seq, frame)))) = next else { break };
+            state.apply(&frame).unwrap();
+            for r in &frame.counters {
+                assert_eq!(tally_delta::partition_of(frame.str(r.video), cfg.partitions), p);
+            }
+            parts += 1;
+            if seq == last {
+                break;
+            }
+        }
+        assert!(parts > 0, "partition {p} has parts");
+        for (video, c) in state.by_video() {
+            assert!(counted.insert(video, c.views).is_none(), "a video in two partitions");
+        }
+    }
+    let views: u64 = counted.values().sum();
+    println!(
+        "frames sent {} (+{} resent), acknowledged {acked}, parts stored {stored}, resent parts dropped {dup}; leader {lead} killed, then {new_lead:?}; views counted {views} of {}",
+        frames.len(),
+        frames.len(),
+        truth.values().sum::<u64>()
+    );
+    assert_eq!(counted, truth, "views per video equal the truth");
+}
