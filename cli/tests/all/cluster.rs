@@ -1,9 +1,12 @@
 //! Cluster mode's frame log against a real three-node NATS JetStream cluster
 //! (`nats-server` 2.15.1 from PyPI, installed by `scripts/cluster-deps`; R3, fsync on
 //! every write): frames cut by partition and published through it count exactly once,
-//! through a kill -9 of the stream's leader and a resend of every frame.
+//! through a kill -9 of the stream's leader and a resend of every frame; partition
+//! leases balance across nodes, move when a node stops renewing, and fence a node that
+//! was frozen past its lease.
 
 use crate::common::loop_until;
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use tally_collector::Collector;
 use tally_conformance::{Kit, body};
 use tally_delta::{DeltaFrame, MergedDeltas};
+use tally_merger::cluster::lease::{Lease, Leases};
 use tally_merger::cluster::log::{FrameLog, LogConfig};
 
 fn repo() -> PathBuf {
@@ -139,15 +143,11 @@ fn traffic(
     (frames, truth)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_and_resends() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = Nats::start(dir.path(), 3);
+/// Opens the log on a fresh three-node cluster (waiting for it to form).
+async fn open_log(nats: &Nats, partitions: u32) -> FrameLog {
     let mut cfg = LogConfig::new(nats.urls());
-    cfg.partitions = 8;
-    // R3 needs the cluster's meta leader: wait for the stream to be created
-    let started = Instant::now();
-    let log = loop_until(Duration::from_secs(30), || {
+    cfg.partitions = partitions;
+    loop_until(Duration::from_secs(30), || {
         let cfg = cfg.clone();
         async move {
             FrameLog::open(cfg)
@@ -157,7 +157,102 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
         }
     })
     .await
-    .expect("a JetStream cluster of three forms and takes the stream");
+    .expect("a JetStream cluster of three forms and takes the stream")
+}
+
+type Held = std::collections::BTreeMap<u32, Lease>;
+
+/// Balancing rounds of every node until each holds its share and every partition is held.
+async fn settle(nodes: &[&Leases], held: &mut [Held], partitions: u32) -> Vec<usize> {
+    for _ in 0..40 {
+        for (n, h) in nodes.iter().zip(held.iter_mut()) {
+            n.announce("addr").await.unwrap();
+            n.balance(h).await.unwrap();
+        }
+        let counts: Vec<usize> = held.iter().map(|h| h.len()).collect();
+        let share = (partitions as usize).div_ceil(nodes.len());
+        if counts.iter().sum::<usize>() == partitions as usize && counts.iter().all(|&c| c <= share) {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.iter().map(|h| h.len()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_balance_across_nodes_move_when_a_node_stops_and_fence_a_frozen_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), 3);
+    let p = 16;
+    let log = open_log(&nats, p).await;
+    let ttl = Duration::from_secs(2);
+    let js = log.context();
+    let open = |node: &'static str| Leases::open(js, log.stream_name(), node, p, ttl, 3);
+    let (a, b, c) = (
+        open("a").await.unwrap(),
+        open("b").await.unwrap(),
+        open("c").await.unwrap(),
+    );
+
+    // two nodes share the partitions
+    let mut held = vec![Held::new(), Held::new()];
+    let counts = settle(&[&a, &b], &mut held, p).await;
+    assert_eq!(counts, vec![8, 8], "two nodes split 16 partitions");
+    let holders = a.holders().await.unwrap();
+    assert_eq!(holders.len(), 16);
+    for (part, node) in &holders {
+        let mine = if node == "a" { &held[0] } else { &held[1] };
+        assert!(mine.contains_key(part), "p{part} held by {node} as the bucket says");
+    }
+
+    // a third joins: every node ends with at most its share, all held, none twice
+    held.push(Held::new());
+    let counts = settle(&[&a, &b, &c], &mut held, p).await;
+    println!("after c joined: {counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), 16);
+    assert!(counts.iter().all(|&n| n <= 6) && counts[2] > 0, "{counts:?}");
+    let all: BTreeSet<u32> = held.iter().flat_map(|h| h.keys().copied()).collect();
+    assert_eq!(all.len(), 16, "no partition held twice");
+
+    // c stops renewing (frozen or dead): its leases age out and a and b take them
+    let frozen = held.pop().unwrap();
+    let t = Instant::now();
+    let mut two = held;
+    let counts = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (n, h) in [&a, &b].iter().zip(two.iter_mut()) {
+            n.announce("addr").await.unwrap();
+            n.balance(h).await.unwrap();
+        }
+        let counts: Vec<usize> = two.iter().map(|h| h.len()).collect();
+        if counts.iter().sum::<usize>() == 16 || t.elapsed() > Duration::from_secs(20) {
+            break counts;
+        }
+    };
+    println!(
+        "c's {} partitions moved to a and b in {:.1} s: {counts:?}",
+        frozen.len(),
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(counts.iter().sum::<usize>(), 16, "c's partitions were taken over");
+    // c wakes up: every renewal is refused, so it knows to stop acting for them
+    for lease in frozen.values() {
+        assert_eq!(
+            c.renew(*lease).await.unwrap(),
+            None,
+            "a frozen owner's stale token is refused"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_and_resends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), 3);
+    let started = Instant::now();
+    let log = open_log(&nats, 8).await;
+    let mut cfg = LogConfig::new(nats.urls());
+    cfg.partitions = 8;
     println!(
         "three NATS nodes and an R3 stream ready in {:.1} s",
         started.elapsed().as_secs_f64()

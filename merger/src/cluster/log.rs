@@ -110,6 +110,16 @@ impl FrameLog {
         }
     }
 
+    /// The JetStream context (for the cluster's key-value buckets).
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.cfg.stream
+    }
+
     /// The subject of `partition`.
     pub fn subject(&self, partition: u32) -> String {
         format!("{}.{partition}", self.cfg.prefix)

@@ -11,10 +11,14 @@
 //! frame trackers and fact index as the single process, so any node that reads a
 //! partition from the same point decides exactly as any other.
 //!
+//! Which node reads which partition is decided by leases in a JetStream key-value
+//! bucket ([`lease::Leases`]); a lease's revision is its fencing token.
+//!
 //! Built so far: the partitioned log (publish, deduplicated resends, ordered reads from
-//! a sequence). Still to come: partition leases in a JetStream key-value bucket,
-//! checkpoints in object storage, fan-out reads, and `tally merger --cluster`.
+//! a sequence) and the leases with their balancing. Still to come: checkpoints in object
+//! storage, the partition workers and fan-out reads behind `tally merger --cluster`.
 
+pub mod lease;
 pub mod log;
 
 /// Why a cluster operation failed.
