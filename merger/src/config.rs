@@ -85,6 +85,18 @@ pub struct MergerConfig {
     /// Delete log segments behind the checkpoints and the tiers. Off: the log keeps
     /// every frame (and `tally merger rebuild` can re-create all history from it).
     pub compact_log: bool,
+    /// Cluster mode: the NATS servers of the cluster's frame log (any of them); empty:
+    /// the single process with its local log.
+    pub cluster: Vec<String>,
+    /// This node's id in the cluster (unique per running merger).
+    pub node_id: String,
+    /// Partitions of the cluster's log, fixed when it is created.
+    pub partitions: u32,
+    /// Copies of the cluster's log and lease buckets in the NATS cluster.
+    pub cluster_replicas: usize,
+    /// How long a partition lease lasts without renewal (ms); a dead node's partitions
+    /// move after this.
+    pub lease_ms: u64,
 }
 
 impl Default for MergerConfig {
@@ -114,6 +126,11 @@ impl Default for MergerConfig {
             checkpoint_interval_ms: 5 * 60_000,
             log_segment_bytes: 64 << 20,
             compact_log: true,
+            cluster: Vec::new(),
+            node_id: String::new(),
+            partitions: 256,
+            cluster_replicas: 3,
+            lease_ms: 6_000,
         }
     }
 }

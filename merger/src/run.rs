@@ -22,6 +22,12 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The cluster's log or leases could not be reached.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// Cluster mode was asked for without a node id.
+    #[error("cluster mode needs a node id (--node-id), unique per merger")]
+    NoNodeId,
     /// The TLS identity could not be loaded or made.
     #[error("TLS: {0}")]
     Tls(#[from] tally_link::tls::TlsError),
@@ -242,14 +248,23 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         compact: cfg.compact_log,
         tiers: Some(tier_watermark),
     };
-    let ingest = ingest::Ingest::start(
-        log,
-        state,
-        cfg.edge_policy(),
-        Some(tier_tx),
-        Some(plan),
-        metrics,
-    )?;
+    let cluster_log = if cfg.cluster.is_empty() {
+        None
+    } else {
+        if cfg.node_id.is_empty() {
+            return Err(RunError::NoNodeId);
+        }
+        let mut lc = crate::cluster::log::LogConfig::new(cfg.cluster.clone());
+        lc.partitions = cfg.partitions.max(1);
+        lc.replicas = cfg.cluster_replicas.max(1);
+        Some(crate::cluster::log::FrameLog::open(lc).await?)
+    };
+    let ingest = match &cluster_log {
+        // a cluster node's frames go to the cluster's log; its partitions' states are
+        // the node's (see crate::cluster::node)
+        Some(l) => ingest::Ingest::cluster(l.clone(), state, cfg.edge_policy(), metrics),
+        None => ingest::Ingest::start(log, state, cfg.edge_policy(), Some(tier_tx), Some(plan), metrics)?,
+    };
     tracing::info!(
         frames = replayed,
         checkpoint = ?mark.map(|m| m.pos),
@@ -267,7 +282,23 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         .await
         .map_err(bind_err("HTTP", cfg.http_listen))?;
     let http_addr = http_listener.local_addr().map_err(bind_err("HTTP", cfg.http_listen))?;
+    let cluster = match cluster_log {
+        Some(l) => Some(
+            crate::cluster::node::Node::start(
+                l,
+                &cfg.node_id,
+                http_addr.to_string(),
+                cfg.facts(),
+                cfg.live_timeout_ms,
+                std::time::Duration::from_millis(cfg.lease_ms.max(300)),
+                cfg.cluster_replicas.max(1),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let api = api::Api {
+        cluster,
         ingest: ingest.clone(),
         operator_token: cfg.operator_token.as_deref().map(Arc::from),
         live_timeout_ms: cfg.live_timeout_ms,

@@ -55,6 +55,22 @@ pub(crate) struct MergerArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Cluster mode: the NATS servers of the cluster's frame log, comma-separated
+    /// (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`). Without it: one process, local log.
+    #[arg(long, value_delimiter = ',', value_name = "NATS_URLS")]
+    cluster: Vec<String>,
+    /// This merger's id in the cluster (unique per running merger).
+    #[arg(long, requires = "cluster")]
+    node_id: Option<String>,
+    /// Partitions of the cluster's log, used when it is first created.
+    #[arg(long, requires = "cluster")]
+    partitions: Option<u32>,
+    /// Copies of the cluster's log in the NATS cluster (3; 1 for a single NATS server).
+    #[arg(long, requires = "cluster")]
+    replicas: Option<usize>,
+    /// How long a partition lease lasts without renewal, e.g. `6s`.
+    #[arg(long, requires = "cluster", value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
 }
 
 pub(crate) fn run(a: MergerArgs) -> Result<()> {
@@ -103,6 +119,27 @@ pub(crate) fn run(a: MergerArgs) -> Result<()> {
     if a.tls_cert.is_some() {
         cfg.tls_cert = a.tls_cert;
         cfg.tls_key = a.tls_key;
+    }
+    if !a.cluster.is_empty() {
+        cfg.cluster = a.cluster;
+    }
+    if let Some(n) = a.node_id {
+        cfg.node_id = n;
+    }
+    if let Some(p) = a.partitions {
+        if p == 0 {
+            bail!("--partitions must be at least 1");
+        }
+        cfg.partitions = p;
+    }
+    if let Some(r) = a.replicas {
+        if !(1..=5).contains(&r) {
+            bail!("--replicas must be between 1 and 5");
+        }
+        cfg.cluster_replicas = r;
+    }
+    if let Some(d) = a.lease {
+        cfg.lease_ms = d.as_millis() as u64;
     }
     if let Some(d) = a.publish_interval {
         cfg.publish_interval_ms = d.as_millis() as u64;

@@ -5,8 +5,8 @@
 //! leases balance across nodes, move when a node stops renewing, and fence a node that
 //! was frozen past its lease.
 
-use crate::common::loop_until;
-use std::collections::BTreeSet;
+use crate::common::{Agent, Merger, event_signed, loop_until, token};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -322,4 +322,120 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
         truth.values().sum::<u64>()
     );
     assert_eq!(counted, truth, "views per video equal the truth");
+}
+
+/// Plays of `sessions` new sessions (numbered from `first`) of videos `c0`..`c29`,
+/// alternating between `agents`; returns how many were acknowledged (`202`).
+async fn plays(
+    http: &reqwest::Client,
+    agents: &[&Agent],
+    first: usize,
+    sessions: usize,
+    truth: &mut BTreeMap<String, u64>,
+) -> usize {
+    let mut acked = 0;
+    for s in first..first + sessions {
+        let (video, session) = (format!("c{}", s % 30), format!("cs{s}"));
+        let ev = event_signed(&format!("ce{s}"), &session, &video, "play", &token(&video, &session));
+        let r = http
+            .post(agents[s % agents.len()].url("/v1/events"))
+            .header("x-forwarded-for", format!("198.51.{}.{}", s / 250, s % 250))
+            .json(&serde_json::json!({ "events": [ev] }))
+            .send()
+            .await
+            .expect("the edge answers");
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+        acked += 1;
+        *truth.entry(video).or_insert(0) += 1;
+    }
+    acked
+}
+
+/// Views of every video in `truth` as `node` answers them (forwarding to owners);
+/// `None` for a video it cannot answer now.
+async fn views_at(node: &Merger, truth: &BTreeMap<String, u64>) -> BTreeMap<String, Option<u64>> {
+    let mut out = BTreeMap::new();
+    for video in truth.keys() {
+        let (status, j) = node.get(&format!("/v1/videos/{video}/stats")).await;
+        out.insert(video.clone(), (status == 200).then(|| j["views"].as_u64()).flatten());
+    }
+    out
+}
+
+/// Waits until every node in `nodes` answers the truth for every video; else says what
+/// differed last.
+async fn agree(nodes: &[&Merger], truth: &BTreeMap<String, u64>) -> Result<(), String> {
+    let want: BTreeMap<String, Option<u64>> = truth.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut off = None;
+        for (i, n) in nodes.iter().enumerate() {
+            let got = views_at(n, truth).await;
+            if got != want {
+                let diff: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(5).collect();
+                off = Some(format!("node {i}: {diff:?}"));
+                break;
+            }
+        }
+        match off {
+            None => return Ok(()),
+            Some(o) if Instant::now() > deadline => return Err(o),
+            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_mergers_on_jetstream_count_exactly_through_a_merger_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), 3);
+    // the stream made before the mergers start (they would wait for the cluster too)
+    let _log = open_log(&nats, 16).await;
+    let urls = nats.urls().join(",");
+    let node = |i: usize| {
+        let id = format!("m{i}");
+        Merger::start_with(
+            &dir.path().join(&id),
+            &[
+                "--cluster",
+                &urls,
+                "--node-id",
+                &id,
+                "--partitions",
+                "16",
+                "--lease",
+                "2s",
+            ],
+        )
+    };
+    let (m1, m2, mut m3) = (node(1), node(2), node(3));
+    let fra = Agent::start((m1.quic, &m1.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let ams = Agent::start((m2.quic, &m2.fingerprint), "ams", &dir.path().join("ams"), &[]);
+    let http = reqwest::Client::new();
+    let mut truth = BTreeMap::new();
+
+    let started = Instant::now();
+    let mut acked = plays(&http, &[&fra, &ams], 0, 300, &mut truth).await;
+    agree(&[&m1, &m2, &m3], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("the nodes did not agree with the truth: {off}"));
+    println!(
+        "three mergers: {acked} plays acknowledged, every node answers the truth after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // kill -9 a merger that owns partitions; more plays meanwhile
+    m3.kill();
+    let killed = Instant::now();
+    acked += plays(&http, &[&fra, &ams], 300, 300, &mut truth).await;
+    agree(&[&m1, &m2], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("after the kill the nodes did not agree with the truth: {off}"));
+    let counted: u64 = views_at(&m1, &truth).await.values().flatten().sum();
+    println!(
+        "after kill -9 of m3: sent {} plays, acknowledged {acked}, counted {counted}; its partitions moved and caught up in {:.1} s",
+        truth.values().sum::<u64>(),
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(counted, truth.values().sum::<u64>());
 }

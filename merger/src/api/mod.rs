@@ -49,6 +49,8 @@ pub struct Api {
     pub keys: Arc<crate::keys::KeyStore>,
     /// Live-gauge event streams open per client address.
     pub sse_slots: Arc<tally_link::listener::Slots>,
+    /// The cluster node, in cluster mode: video reads go to the partition's owner.
+    pub cluster: Option<Arc<crate::cluster::node::Node>>,
     /// Whether `POST /v1/frames` is served on this listener (it carries an edge's
     /// secret: HTTPS only, unless plain HTTP is allowed for local tests).
     pub frames_allowed: bool,

@@ -4,6 +4,7 @@
 
 use super::docs::Problem;
 use super::{Api, ApiError, err};
+use crate::cluster::node::Place;
 use crate::state::LiveState;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -123,10 +124,64 @@ impl LiveGauge {
 
 /// A video's all-time counts.
 #[utoipa::path(get, path = "/v1/videos/{id}/stats", tag = "public", summary = "A video's all-time counts (public; a blocked video shows only `blocked`)", params(("id" = String, Path, description = "Video id")), responses((status = 200, description = "the counts, or only `blocked`", body = VideoStats), (status = 404, description = "no views recorded", body = Problem)))]
-pub async fn video_stats(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let body = VideoStats::of(&api.ingest.read(), &id)
-        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}")))?;
+pub async fn video_stats(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || err(StatusCode::NOT_FOUND, format!("no views recorded for video {id}"));
+    let body = match &api.cluster {
+        None => VideoStats::of(&api.ingest.read(), &id).ok_or_else(not_found)?,
+        Some(node) => {
+            let forwarded = headers.contains_key(FORWARDED);
+            match node.place(&id).await.map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))? {
+                Place::Local(state) => VideoStats::of(&crate::ingest::read(&state), &id).ok_or_else(not_found)?,
+                Place::Remote(addr) if !forwarded => return forward(&addr, &id).await,
+                Place::CatchingUp | Place::Remote(_) | Place::Unowned => {
+                    return Err(err(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the partition of video {id} is moving between nodes; retry in a second"),
+                    ));
+                }
+            }
+        }
+    };
     Ok(([(header::CACHE_CONTROL, "public, max-age=1")], Json(body)).into_response())
+}
+
+/// Marks a request one node forwarded to another (never forwarded again).
+const FORWARDED: &str = "x-tally-forwarded";
+
+/// Asks the node at `addr` for a video's stats and passes its answer on.
+async fn forward(addr: &str, id: &str) -> Result<Response, ApiError> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap_or_default()
+    });
+    let url = format!("http://{addr}/v1/videos/{}/stats", urlencoding(id));
+    let unavailable = |e: reqwest::Error| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the node that owns video {id} did not answer ({e}); retry in a second"),
+        )
+    };
+    let r = client.get(url).header(FORWARDED, "1").send().await.map_err(unavailable)?;
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = r.bytes().await.map_err(unavailable)?;
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn urlencoding(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A stream's live gauge.

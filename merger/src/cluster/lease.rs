@@ -152,6 +152,17 @@ impl Leases {
         }
     }
 
+    /// Who holds `partition` now.
+    pub async fn holders_of(&self, partition: u32) -> Result<Option<String>, ClusterError> {
+        match self.leases.entry(key(partition)).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                Ok(Some(String::from_utf8_lossy(&e.value).into_owned()))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(kv_error("leases", e)),
+        }
+    }
+
     /// Who holds each held partition.
     pub async fn holders(&self) -> Result<BTreeMap<u32, String>, ClusterError> {
         let mut out = BTreeMap::new();

@@ -20,6 +20,7 @@
 
 pub mod lease;
 pub mod log;
+pub mod node;
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]

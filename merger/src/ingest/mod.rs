@@ -83,10 +83,19 @@ pub struct StartError {
     source: std::io::Error,
 }
 
+/// Where accepted frames go.
+#[derive(Clone)]
+enum Sink {
+    /// The local frame log's thread (the single process).
+    Local(mpsc::Sender<Job>),
+    /// The cluster's replicated log: published by partition, applied by their owners.
+    Cluster(crate::cluster::log::FrameLog),
+}
+
 /// Accepts frames; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<Job>,
+    sink: Sink,
     state: Arc<RwLock<LiveState>>,
     edges: Arc<EdgePolicy>,
     throttle: Arc<AuthThrottle>,
@@ -126,12 +135,31 @@ impl Ingest {
             source,
         })?;
         Ok(Ingest {
-            tx,
+            sink: Sink::Local(tx),
             state,
             edges: Arc::new(edges),
             throttle: Default::default(),
             metrics,
         })
+    }
+
+    /// The front of a cluster node: frames are checked as here and published to the
+    /// cluster's log ([`crate::cluster::log::FrameLog::publish`]); `Applied` is answered
+    /// once every part is acknowledged by the log. `state` is what the API reads (the
+    /// cluster node keeps its partitions' states apart).
+    pub fn cluster(
+        log: crate::cluster::log::FrameLog,
+        state: Arc<RwLock<LiveState>>,
+        edges: EdgePolicy,
+        metrics: Arc<Metrics>,
+    ) -> Ingest {
+        Ingest {
+            sink: Sink::Cluster(log),
+            state,
+            edges: Arc::new(edges),
+            throttle: Default::default(),
+            metrics,
+        }
     }
 
     /// Checks an edge's secret (see [`EdgePolicy::authenticate`]) for a client at `ip`.
@@ -182,6 +210,26 @@ impl Ingest {
             tracing::warn!(edge = edge_id, reason = %why, "frame refused");
             return Ok(Ack::Rejected(why.to_string()));
         }
+        let tx = match &self.sink {
+            Sink::Local(tx) => tx,
+            Sink::Cluster(log) => {
+                // the partitions' owners catch copies the log's window did not
+                return match log.publish(&frame).await {
+                    Ok(p) if p.stored == 0 => {
+                        self.metrics.frames(Outcome::Duplicate, 1);
+                        Ok(Ack::Duplicate)
+                    }
+                    Ok(_) => {
+                        self.metrics.frames(Outcome::Applied, 1);
+                        Ok(Ack::Applied)
+                    }
+                    Err(e) => {
+                        tracing::warn!(edge = edge_id, error = %e, "frame not acknowledged by the cluster log");
+                        Err(IngestError::NotDurable)
+                    }
+                };
+            }
+        };
         {
             let s = self.read();
             if s.conflicts(&frame.header.id, frame_digest(&bytes)) {
@@ -194,8 +242,7 @@ impl Ingest {
             }
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { frame, bytes, reply })
+        tx.send(Job { frame, bytes, reply })
             .await
             .map_err(|_| IngestError::ShuttingDown)?;
         rx.await.map_err(|_| IngestError::NotDurable)

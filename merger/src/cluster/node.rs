@@ -1,0 +1,223 @@
+//! A cluster node: takes its share of the partitions, applies them, answers for them.
+//!
+//! Every few seconds (a third of the lease time) the node announces itself with its
+//! HTTP address and runs a balancing round ([`Leases::balance`]). For each partition it
+//! gains it starts a reader that applies the partition's frames, in log order from the
+//! start, to a [`LiveState`] of the partition's own (frame trackers, fact index,
+//! counters: exactly what the single process keeps, for this partition's videos only).
+//! A partition is *ready* once its reader has applied everything the log held when the
+//! lease was taken; until then its counts are not served (they could be lower than what
+//! readers saw from the previous owner). For each partition it loses it stops the reader
+//! and drops the state: a node answers only for partitions whose lease it renewed in the
+//! last round, so a node that was frozen past its lease stops answering when it wakes.
+//!
+//! Reads for a video of another node's partition are forwarded to that node's HTTP
+//! address, once (a forwarded request is never forwarded again).
+
+use super::ClusterError;
+use super::lease::{Lease, Leases};
+use super::log::FrameLog;
+use crate::ingest;
+use crate::state::LiveState;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tally_delta::{FactConfig, now_ms, partition_of};
+
+/// One partition this node owns.
+struct Owned {
+    lease: Lease,
+    state: Arc<RwLock<LiveState>>,
+    ready: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Where a video's counts are.
+pub enum Place {
+    /// Here, ready.
+    Local(Arc<RwLock<LiveState>>),
+    /// Here, still catching up with the log.
+    CatchingUp,
+    /// At another node (its HTTP address).
+    Remote(String),
+    /// Nobody holds the partition now (a lease is moving).
+    Unowned,
+}
+
+/// A running cluster node.
+pub struct Node {
+    log: FrameLog,
+    leases: Leases,
+    owned: Mutex<BTreeMap<u32, Owned>>,
+    facts: FactConfig,
+    live_timeout_ms: u64,
+}
+
+impl Node {
+    /// Joins the cluster as `node` (announcing `http_addr`) and starts balancing.
+    pub async fn start(
+        log: FrameLog,
+        node: &str,
+        http_addr: String,
+        facts: FactConfig,
+        live_timeout_ms: u64,
+        lease_ttl: Duration,
+        replicas: usize,
+    ) -> Result<Arc<Node>, ClusterError> {
+        let leases = Leases::open(
+            log.context(),
+            log.stream_name(),
+            node,
+            log.partitions(),
+            lease_ttl,
+            replicas,
+        )
+        .await?;
+        leases.announce(&http_addr).await?;
+        let n = Arc::new(Node {
+            log,
+            leases,
+            owned: Mutex::new(BTreeMap::new()),
+            facts,
+            live_timeout_ms,
+        });
+        let tick = lease_ttl / 3;
+        let me = n.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = me.round(&http_addr).await {
+                    tracing::warn!(error = %e, "cluster balancing round failed; retrying");
+                }
+                tokio::time::sleep(tick).await;
+            }
+        });
+        Ok(n)
+    }
+
+    fn owned(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Owned>> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One round: announce, renew, give up and take leases, start and stop readers.
+    async fn round(&self, http_addr: &str) -> Result<(), ClusterError> {
+        self.leases.announce(http_addr).await?;
+        let mut held: BTreeMap<u32, Lease> = self.owned().iter().map(|(p, o)| (*p, o.lease)).collect();
+        let result = self.leases.balance(&mut held).await;
+        // whatever happened, act only for what is held now
+        let mut owned = self.owned();
+        owned.retain(|p, o| match held.get(p) {
+            Some(l) => {
+                o.lease = *l;
+                true
+            }
+            None => {
+                o.reader.abort();
+                tracing::info!(partition = p, "partition lease lost or given up");
+                false
+            }
+        });
+        for (p, lease) in held {
+            if owned.contains_key(&p) {
+                continue;
+            }
+            let state = Arc::new(RwLock::new(LiveState::new(self.facts, self.live_timeout_ms)));
+            let ready = Arc::new(AtomicBool::new(false));
+            let reader = tokio::spawn(read_partition(self.log.clone(), p, state.clone(), ready.clone()));
+            tracing::info!(partition = p, token = lease.token, "partition lease taken");
+            owned.insert(
+                p,
+                Owned {
+                    lease,
+                    state,
+                    ready,
+                    reader,
+                },
+            );
+        }
+        result.map(|_| ())
+    }
+
+    /// The partitions this node owns, and whether each is ready.
+    pub fn partitions(&self) -> BTreeMap<u32, bool> {
+        self.owned()
+            .iter()
+            .map(|(p, o)| (*p, o.ready.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Where the counts of `video` are.
+    pub async fn place(&self, video: &str) -> Result<Place, ClusterError> {
+        let p = partition_of(video, self.log.partitions());
+        if let Some(o) = self.owned().get(&p) {
+            return Ok(if o.ready.load(Ordering::Acquire) {
+                Place::Local(o.state.clone())
+            } else {
+                Place::CatchingUp
+            });
+        }
+        let Some(holder) = self.leases.holders_of(p).await? else {
+            return Ok(Place::Unowned);
+        };
+        Ok(match self.leases.nodes().await?.remove(&holder) {
+            Some(addr) if holder != self.leases.node() => Place::Remote(addr),
+            _ => Place::Unowned,
+        })
+    }
+}
+
+/// Applies partition `p` from the start of the log, following it; marks it ready once
+/// it reached what the log held when it started.
+async fn read_partition(log: FrameLog, p: u32, state: Arc<RwLock<LiveState>>, ready: Arc<AtomicBool>) {
+    let mut next = 1;
+    let target = loop {
+        match log.last_sequence().await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot read the log's end; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    if target == 0 {
+        ready.store(true, Ordering::Release);
+    }
+    loop {
+        let mut reader = match log.read(p, next).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot read the partition; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            // a partition may have nothing up to the target: wait a little, then it is
+            // caught up with whatever it had
+            let waited = tokio::time::timeout(Duration::from_secs(1), reader.next()).await;
+            match waited {
+                Err(_) => {
+                    ready.store(true, Ordering::Release);
+                }
+                Ok(Some(Ok((seq, mut frame)))) => {
+                    ingest::write(&state).apply(&mut frame, now_ms());
+                    next = seq + 1;
+                    if seq >= target {
+                        ready.store(true, Ordering::Release);
+                    }
+                }
+                Ok(Some(Err(ClusterError::Corrupt { sequence, message }))) => {
+                    // not a frame (no edge can have been told it was applied): skip it
+                    tracing::error!(partition = p, sequence, error = %message, "log message is not a frame; skipped");
+                    next = sequence + 1;
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::error!(partition = p, error = %e, "partition read failed; reading again from where it stopped");
+                    break;
+                }
+                Ok(None) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
