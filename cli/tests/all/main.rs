@@ -7,8 +7,8 @@ mod common;
 
 mod abuse;
 mod analytics;
-mod cluster;
 mod browser;
+mod cluster;
 mod edge;
 mod exact;
 mod faults;

@@ -134,7 +134,11 @@ pub async fn video_stats(
         None => VideoStats::of(&api.ingest.read(), &id).ok_or_else(not_found)?,
         Some(node) => {
             let forwarded = headers.contains_key(FORWARDED);
-            match node.place(&id).await.map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))? {
+            match node
+                .place(&id)
+                .await
+                .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+            {
                 Place::Local(state) => VideoStats::of(&crate::ingest::read(&state), &id).ok_or_else(not_found)?,
                 Place::Remote(addr) if !forwarded => return forward(&addr, &id).await,
                 Place::CatchingUp | Place::Remote(_) | Place::Unowned => {
@@ -168,7 +172,12 @@ async fn forward(addr: &str, id: &str) -> Result<Response, ApiError> {
             format!("the node that owns video {id} did not answer ({e}); retry in a second"),
         )
     };
-    let r = client.get(url).header(FORWARDED, "1").send().await.map_err(unavailable)?;
+    let r = client
+        .get(url)
+        .header(FORWARDED, "1")
+        .send()
+        .await
+        .map_err(unavailable)?;
     let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = r.bytes().await.map_err(unavailable)?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
