@@ -386,7 +386,7 @@ async fn agree(nodes: &[&Merger], truth: &BTreeMap<String, u64>) -> Result<(), S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_mergers_on_jetstream_count_exactly_through_a_merger_kill() {
+async fn three_mergers_on_jetstream_count_exactly_through_a_frozen_merger_and_a_killed_one() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path(), 3);
     // the stream made before the mergers start (they would wait for the cluster too)
@@ -424,10 +424,48 @@ async fn three_mergers_on_jetstream_count_exactly_through_a_merger_kill() {
         started.elapsed().as_secs_f64()
     );
 
+    // freeze m3 past its leases (SIGSTOP); its partitions move and more plays arrive
+    let signal = |sig: &str, pid: u32| {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP", m3.child.id());
+    acked += plays(&http, &[&fra, &ams], 300, 150, &mut truth).await;
+    let moved = agree(&[&m1, &m2], &truth).await;
+    // woken, m3 must not answer a count from the partitions it lost: every answer it
+    // gives is the truth (forwarded or its own), or a 503 while it finds out
+    signal("-CONT", m3.child.id());
+    let mut stale = Vec::new();
+    let mut answered = 0;
+    for _ in 0..8 {
+        for (video, got) in views_at(&m3, &truth).await {
+            match got {
+                Some(v) if v != truth[&video] => stale.push((video, v)),
+                Some(_) => answered += 1,
+                None => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    moved.unwrap_or_else(|off| panic!("m3's partitions did not move while it was frozen: {off}"));
+    println!("m3 frozen past its leases and resumed: {answered} answers, all the truth; stale: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "a frozen-then-resumed node answered stale counts: {stale:?}"
+    );
+    agree(&[&m1, &m2, &m3], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("m3 did not rejoin: {off}"));
+
     // kill -9 a merger that owns partitions; more plays meanwhile
     m3.kill();
     let killed = Instant::now();
-    acked += plays(&http, &[&fra, &ams], 300, 300, &mut truth).await;
+    acked += plays(&http, &[&fra, &ams], 450, 150, &mut truth).await;
     agree(&[&m1, &m2], &truth)
         .await
         .unwrap_or_else(|off| panic!("after the kill the nodes did not agree with the truth: {off}"));

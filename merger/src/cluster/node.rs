@@ -8,8 +8,9 @@
 //! A partition is *ready* once its reader has applied everything the log held when the
 //! lease was taken; until then its counts are not served (they could be lower than what
 //! readers saw from the previous owner). For each partition it loses it stops the reader
-//! and drops the state: a node answers only for partitions whose lease it renewed in the
-//! last round, so a node that was frozen past its lease stops answering when it wakes.
+//! and drops the state; and it answers for a partition only while the round that last
+//! renewed its lease began less than a lease time ago, so a node frozen past its lease
+//! answers nothing for it when it wakes (its next renewal is refused).
 //!
 //! Reads for a video of another node's partition are forwarded to that node's HTTP
 //! address, once (a forwarded request is never forwarded again).
@@ -22,12 +23,16 @@ use crate::state::LiveState;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tally_delta::{FactConfig, now_ms, partition_of};
 
 /// One partition this node owns.
 struct Owned {
     lease: Lease,
+    /// When the round that last renewed the lease began: past the lease time the node
+    /// no longer knows it owns the partition (it may have been frozen) and serves nothing
+    /// for it until a round renews it.
+    renewed: Instant,
     state: Arc<RwLock<LiveState>>,
     ready: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
@@ -52,6 +57,7 @@ pub struct Node {
     owned: Mutex<BTreeMap<u32, Owned>>,
     facts: FactConfig,
     live_timeout_ms: u64,
+    lease_ttl: Duration,
 }
 
 impl Node {
@@ -81,6 +87,7 @@ impl Node {
             owned: Mutex::new(BTreeMap::new()),
             facts,
             live_timeout_ms,
+            lease_ttl,
         });
         let tick = lease_ttl / 3;
         let me = n.clone();
@@ -102,6 +109,7 @@ impl Node {
     /// One round: announce, renew, give up and take leases, start and stop readers.
     async fn round(&self, http_addr: &str) -> Result<(), ClusterError> {
         self.leases.announce(http_addr).await?;
+        let began = Instant::now();
         let mut held: BTreeMap<u32, Lease> = self.owned().iter().map(|(p, o)| (*p, o.lease)).collect();
         let result = self.leases.balance(&mut held).await;
         // whatever happened, act only for what is held now
@@ -109,6 +117,7 @@ impl Node {
         owned.retain(|p, o| match held.get(p) {
             Some(l) => {
                 o.lease = *l;
+                o.renewed = began;
                 true
             }
             None => {
@@ -129,6 +138,7 @@ impl Node {
                 p,
                 Owned {
                     lease,
+                    renewed: began,
                     state,
                     ready,
                     reader,
@@ -150,11 +160,13 @@ impl Node {
     pub async fn place(&self, video: &str) -> Result<Place, ClusterError> {
         let p = partition_of(video, self.log.partitions());
         if let Some(o) = self.owned().get(&p) {
-            return Ok(if o.ready.load(Ordering::Acquire) {
-                Place::Local(o.state.clone())
-            } else {
-                Place::CatchingUp
-            });
+            return Ok(
+                if o.ready.load(Ordering::Acquire) && o.renewed.elapsed() < self.lease_ttl {
+                    Place::Local(o.state.clone())
+                } else {
+                    Place::CatchingUp
+                },
+            );
         }
         let Some(holder) = self.leases.holders_of(p).await? else {
             return Ok(Place::Unowned);
