@@ -477,3 +477,67 @@ async fn three_mergers_on_jetstream_count_exactly_through_a_frozen_merger_and_a_
     );
     assert_eq!(counted, truth.values().sum::<u64>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mergers_count_exactly_through_a_jetstream_leader_kill_and_a_whole_nats_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), 3);
+    let _log = open_log(&nats, 16).await;
+    let urls = nats.urls().join(",");
+    let node = |i: usize| {
+        let id = format!("m{i}");
+        Merger::start_with(
+            &dir.path().join(&id),
+            &[
+                "--cluster",
+                &urls,
+                "--node-id",
+                &id,
+                "--partitions",
+                "16",
+                "--lease",
+                "2s",
+            ],
+        )
+    };
+    let (m1, m2) = (node(1), node(2));
+    let fra = Agent::start((m1.quic, &m1.fingerprint), "fra", &dir.path().join("fra"), &[]);
+    let ams = Agent::start((m2.quic, &m2.fingerprint), "ams", &dir.path().join("ams"), &[]);
+    let http = reqwest::Client::new();
+    let mut truth = BTreeMap::new();
+    let mut acked = plays(&http, &[&fra, &ams], 0, 200, &mut truth).await;
+    agree(&[&m1, &m2], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("before the faults: {off}"));
+
+    // kill -9 the frame stream's leader while plays flow
+    let lead = leader(&nats.urls(), "TALLY_FRAMES").await.expect("a leader");
+    let i = (0..3).find(|&i| Nats::name(i) == lead).unwrap();
+    nats.kill(i);
+    acked += plays(&http, &[&fra, &ams], 200, 200, &mut truth).await;
+    agree(&[&m1, &m2], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("after the leader's kill: {off}"));
+    nats.spawn(i);
+
+    // the whole NATS cluster goes down: beacons are still taken (the edges spool their
+    // frames until a merger acknowledges them) and nothing is lost when it is back
+    for j in 0..3 {
+        nats.kill(j);
+    }
+    acked += plays(&http, &[&fra, &ams], 400, 100, &mut truth).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for j in 0..3 {
+        nats.spawn(j);
+    }
+    acked += plays(&http, &[&fra, &ams], 500, 100, &mut truth).await;
+    agree(&[&m1, &m2], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("after the whole NATS cluster restarted: {off}"));
+    let counted: u64 = views_at(&m1, &truth).await.values().flatten().sum();
+    println!(
+        "leader {lead} killed, then all three NATS nodes restarted: sent {}, acknowledged {acked}, counted {counted}",
+        truth.values().sum::<u64>()
+    );
+    assert_eq!(counted, truth.values().sum::<u64>());
+}

@@ -152,6 +152,26 @@ impl Shipping {
     }
 }
 
+/// Waits `d` while taking frames into the backlog, so the queue drains; `false` when
+/// the agent stops meanwhile.
+async fn wait_draining(
+    d: Duration,
+    rx: &mut mpsc::UnboundedReceiver<Arc<Outgoing>>,
+    backlog: &mut VecDeque<Arc<Outgoing>>,
+) -> bool {
+    let wait = tokio::time::sleep(d);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            _ = &mut wait => return true,
+            o = rx.recv() => match o {
+                Some(o) => backlog.push_back(o),
+                None => return false,
+            },
+        }
+    }
+}
+
 fn done(spool: &Spool, o: &Outgoing, st: &MergerStatus) {
     st.backlog.fetch_sub(1, Ordering::Relaxed);
     if o.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -185,17 +205,8 @@ impl Link {
                     } else {
                         tracing::debug!(merger = %addr, error = %e, "cannot reach merger; frames stay spooled");
                     }
-                    // Keep taking frames while waiting, so the queue drains into the backlog.
-                    let wait = tokio::time::sleep(backoff);
-                    tokio::pin!(wait);
-                    loop {
-                        tokio::select! {
-                            _ = &mut wait => break,
-                            o = rx.recv() => match o {
-                                Some(o) => backlog.push_back(o),
-                                None => return,
-                            },
-                        }
+                    if !wait_draining(backoff, &mut rx, &mut backlog).await {
+                        return;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -204,16 +215,29 @@ impl Link {
             tracing::info!(merger = %addr, "connected to merger");
             *self.status.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.status.connected.store(true, Ordering::Relaxed);
-            backoff = Duration::from_millis(100);
+            let acked_before = self.status.acked.load(Ordering::Relaxed);
             let client = Arc::new(client);
             let sub = tokio::spawn(reads::subscribe(client.connection().clone(), self.cache.clone()));
             let closed = self.deliver(&client, &mut rx, &mut backlog).await;
             sub.abort();
+            // close it now rather than when the last handle goes, so the merger gives
+            // its place back at once
+            client.connection().close(0u32.into(), b"resending on a new connection");
             self.status.connected.store(false, Ordering::Relaxed);
             if closed {
                 return;
             }
             tracing::warn!(merger = %addr, backlog = backlog.len(), "lost the merger; resending after reconnect");
+            if self.status.acked.load(Ordering::Relaxed) == acked_before {
+                // nothing acknowledged on that connection (the merger cannot make frames
+                // durable now): back off instead of reconnecting at once
+                if !wait_draining(backoff, &mut rx, &mut backlog).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            } else {
+                backoff = Duration::from_millis(100);
+            }
         }
     }
 

@@ -192,6 +192,20 @@ impl FrameLog {
         Ok(PartitionReader { messages })
     }
 
+    /// The stream sequence of the newest message of `partition` (0 when it has none).
+    pub async fn last_of(&self, partition: u32) -> Result<u64, ClusterError> {
+        let stream = self
+            .js
+            .get_stream(&self.cfg.stream)
+            .await
+            .map_err(|e| self.stream_error(e))?;
+        match stream.get_last_raw_message_by_subject(&self.subject(partition)).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(self.stream_error(e)),
+        }
+    }
+
     /// The stream's last sequence number (0 when empty).
     pub async fn last_sequence(&self) -> Result<u64, ClusterError> {
         let mut stream = self

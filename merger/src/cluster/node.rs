@@ -5,8 +5,8 @@
 //! gains it starts a reader that applies the partition's frames, in log order from the
 //! start, to a [`LiveState`] of the partition's own (frame trackers, fact index,
 //! counters: exactly what the single process keeps, for this partition's videos only).
-//! A partition is *ready* once its reader has applied everything the log held when the
-//! lease was taken; until then its counts are not served (they could be lower than what
+//! A partition is *ready* once its reader has applied what was the partition's newest
+//! message when the lease was taken; until then its counts are not served (they could be lower than what
 //! readers saw from the previous owner). For each partition it loses it stops the reader
 //! and drops the state; and it answers for a partition only while the round that last
 //! renewed its lease began less than a lease time ago, so a node frozen past its lease
@@ -179,14 +179,17 @@ impl Node {
 }
 
 /// Applies partition `p` from the start of the log, following it; marks it ready once
-/// it reached what the log held when it started.
+/// it has applied what was the partition's newest message when it started. A reader that stops getting messages
+/// while the partition has newer ones (its consumer was lost with a stream leader) reads
+/// again from where it stopped.
 async fn read_partition(log: FrameLog, p: u32, state: Arc<RwLock<LiveState>>, ready: Arc<AtomicBool>) {
     let mut next = 1;
+    // the partition's newest message when the lease was taken: ready once applied
     let target = loop {
-        match log.last_sequence().await {
+        match log.last_of(p).await {
             Ok(s) => break s,
             Err(e) => {
-                tracing::warn!(partition = p, error = %e, "cannot read the log's end; retrying");
+                tracing::warn!(partition = p, error = %e, "cannot read the partition's end; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -208,9 +211,19 @@ async fn read_partition(log: FrameLog, p: u32, state: Arc<RwLock<LiveState>>, re
             // caught up with whatever it had
             let waited = tokio::time::timeout(Duration::from_secs(1), reader.next()).await;
             match waited {
-                Err(_) => {
-                    ready.store(true, Ordering::Release);
-                }
+                Err(_) => match log.last_of(p).await {
+                    Ok(last) if last < next => ready.store(true, Ordering::Release),
+                    Ok(last) => {
+                        tracing::warn!(
+                            partition = p,
+                            next,
+                            last,
+                            "partition reader stalled; reading again from where it stopped"
+                        );
+                        break;
+                    }
+                    Err(e) => tracing::debug!(partition = p, error = %e, "cannot read the partition's end"),
+                },
                 Ok(Some(Ok((seq, mut frame)))) => {
                     ingest::write(&state).apply(&mut frame, now_ms());
                     next = seq + 1;
