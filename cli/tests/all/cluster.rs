@@ -423,6 +423,41 @@ async fn three_mergers_on_jetstream_count_exactly_through_a_frozen_merger_and_a_
         "three mergers: {acked} plays acknowledged, every node answers the truth after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // a live viewer through one edge is seen watching from every node
+    let now = crate::common::now_ms() / 1000;
+    let live_token = tally_collector::token::mint(
+        crate::common::KEY.as_bytes(),
+        &tally_collector::Claims {
+            video: "live-1".into(),
+            channel: "ch1".into(),
+            category: "music".into(),
+            live: true,
+            session: "lv1".into(),
+            user: None,
+            issued_s: now - 60,
+            expires_s: now + 3_600,
+        },
+    );
+    let ev = event_signed("lv1-play", "lv1", "live-1", "play", &live_token);
+    let r = http
+        .post(fra.url("/v1/events"))
+        .json(&serde_json::json!({ "events": [ev] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    for (i, n) in [&m1, &m2, &m3].iter().enumerate() {
+        let seen = loop_until(Duration::from_secs(20), || async {
+            let (s, j) = n.get("/v1/live/live-1").await;
+            (s == 200 && j["watching"] == 1).then_some(())
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "node {i} does not see the live viewer: {:?}",
+            n.get("/v1/live/live-1").await
+        );
+    }
 
     // freeze m3 past its leases (SIGSTOP); its partitions move and more plays arrive
     let signal = |sig: &str, pid: u32| {

@@ -123,7 +123,7 @@ impl LiveGauge {
 }
 
 /// A video's all-time counts.
-#[utoipa::path(get, path = "/v1/videos/{id}/stats", tag = "public", summary = "A video's all-time counts (public; a blocked video shows only `blocked`)", params(("id" = String, Path, description = "Video id")), responses((status = 200, description = "the counts, or only `blocked`", body = VideoStats), (status = 404, description = "no views recorded", body = Problem)))]
+#[utoipa::path(get, path = "/v1/videos/{id}/stats", tag = "public", summary = "A video's all-time counts (public; a blocked video shows only `blocked`)", params(("id" = String, Path, description = "Video id")), responses((status = 200, description = "the counts, or only `blocked`", body = VideoStats), (status = 404, description = "no views recorded", body = Problem), (status = 503, description = "cluster mode: the video's partition is moving between nodes", body = Problem)))]
 pub async fn video_stats(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -140,7 +140,9 @@ pub async fn video_stats(
                 .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
             {
                 Place::Local(state) => VideoStats::of(&crate::ingest::read(&state), &id).ok_or_else(not_found)?,
-                Place::Remote(addr) if !forwarded => return forward(&addr, &id).await,
+                Place::Remote(addr) if !forwarded => {
+                    return forward(&addr, &format!("/v1/videos/{}/stats", urlencoding(&id)), &id).await;
+                }
                 Place::CatchingUp | Place::Remote(_) | Place::Unowned => {
                     return Err(err(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -156,8 +158,9 @@ pub async fn video_stats(
 /// Marks a request one node forwarded to another (never forwarded again).
 const FORWARDED: &str = "x-tally-forwarded";
 
-/// Asks the node at `addr` for a video's stats and passes its answer on.
-async fn forward(addr: &str, id: &str) -> Result<Response, ApiError> {
+/// Asks the node at `addr` for `path` (about video or stream `id`) and passes its
+/// answer on.
+async fn forward(addr: &str, path: &str, id: &str) -> Result<Response, ApiError> {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(|| {
         reqwest::Client::builder()
@@ -165,11 +168,11 @@ async fn forward(addr: &str, id: &str) -> Result<Response, ApiError> {
             .build()
             .unwrap_or_default()
     });
-    let url = format!("http://{addr}/v1/videos/{}/stats", urlencoding(id));
+    let url = format!("http://{addr}{path}");
     let unavailable = |e: reqwest::Error| {
         err(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the node that owns video {id} did not answer ({e}); retry in a second"),
+            format!("the node that owns {id} did not answer ({e}); retry in a second"),
         )
     };
     let r = client
@@ -194,10 +197,30 @@ fn urlencoding(s: &str) -> String {
 }
 
 /// A stream's live gauge.
-#[utoipa::path(get, path = "/v1/live/{stream}", tag = "public", summary = "Concurrent viewers of a live stream now (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "the gauge", body = LiveGauge)))]
-pub async fn live(State(api): State<Api>, Path(stream): Path<String>) -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "public, max-age=1")],
-        Json(LiveGauge::of(&api.ingest.read(), &stream, api.live_timeout_ms)),
-    )
+#[utoipa::path(get, path = "/v1/live/{stream}", tag = "public", summary = "Concurrent viewers of a live stream now (public)", params(("stream" = String, Path, description = "Stream id")), responses((status = 200, description = "the gauge", body = LiveGauge), (status = 503, description = "cluster mode: the stream's partition is moving between nodes", body = Problem)))]
+pub async fn live(
+    State(api): State<Api>,
+    Path(stream): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let gauge = match &api.cluster {
+        None => LiveGauge::of(&api.ingest.read(), &stream, api.live_timeout_ms),
+        Some(node) => match node
+            .place(&stream)
+            .await
+            .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        {
+            Place::Local(state) => LiveGauge::of(&crate::ingest::read(&state), &stream, api.live_timeout_ms),
+            Place::Remote(addr) if !headers.contains_key(FORWARDED) => {
+                return forward(&addr, &format!("/v1/live/{}", urlencoding(&stream)), &stream).await;
+            }
+            Place::CatchingUp | Place::Remote(_) | Place::Unowned => {
+                return Err(err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the partition of stream {stream} is moving between nodes; retry in a second"),
+                ));
+            }
+        },
+    };
+    Ok(([(header::CACHE_CONTROL, "public, max-age=1")], Json(gauge)).into_response())
 }
