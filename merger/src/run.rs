@@ -248,6 +248,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         compact: cfg.compact_log,
         tiers: Some(tier_watermark),
     };
+    let front = state.clone();
     let cluster_log = if cfg.cluster.is_empty() {
         None
     } else {
@@ -262,7 +263,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
     let ingest = match &cluster_log {
         // a cluster node's frames go to the cluster's log; its partitions' states are
         // the node's (see crate::cluster::node)
-        Some(l) => ingest::Ingest::cluster(l.clone(), state, cfg.edge_policy(), metrics),
+        Some(l) => ingest::Ingest::cluster(l.clone(), state.clone(), cfg.edge_policy(), metrics),
         None => ingest::Ingest::start(log, state, cfg.edge_policy(), Some(tier_tx), Some(plan), metrics)?,
     };
     tracing::info!(
@@ -286,6 +287,7 @@ pub async fn start(cfg: MergerConfig) -> Result<Running> {
         Some(l) => Some(
             crate::cluster::node::Node::start(
                 l,
+                front,
                 &cfg.node_id,
                 http_addr.to_string(),
                 cfg.facts(),

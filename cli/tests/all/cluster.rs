@@ -459,6 +459,50 @@ async fn three_mergers_on_jetstream_count_exactly_through_a_frozen_merger_and_a_
         );
     }
 
+    // a block through one node takes effect on every node, and so does the unblock
+    assert_eq!(m2.block("c5", true).await, 200);
+    for (i, n) in [&m1, &m2, &m3].iter().enumerate() {
+        let hidden = loop_until(Duration::from_secs(15), || async {
+            let (s, j) = n.get("/v1/videos/c5/stats").await;
+            (s == 200 && j["blocked"] == true && j.get("views").is_none()).then_some(())
+        })
+        .await;
+        assert!(
+            hidden.is_some(),
+            "node {i} still shows the blocked video: {:?}",
+            n.get("/v1/videos/c5/stats").await
+        );
+    }
+    assert_eq!(m3.block("c5", false).await, 200);
+    // the edges learn it from the nodes they are connected to: a play of c5 is refused
+    // (`video is blocked`) until then, and then counts once
+    for (k, agent) in [&fra, &ams].iter().enumerate() {
+        let session = format!("probe-{k}");
+        let ev = event_signed(
+            &format!("{session}-play"),
+            &session,
+            "c5",
+            "play",
+            &token("c5", &session),
+        );
+        let took = loop_until(Duration::from_secs(15), || async {
+            let r = http
+                .post(agent.url("/v1/events"))
+                .json(&serde_json::json!({ "events": [ev.clone()] }))
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 202).then_some(())
+        })
+        .await;
+        assert!(took.is_some(), "edge {k} still refuses the unblocked video");
+        *truth.get_mut("c5").unwrap() += 1;
+        acked += 1;
+    }
+    agree(&[&m1, &m2, &m3], &truth)
+        .await
+        .unwrap_or_else(|off| panic!("after the unblock: {off}"));
+
     // freeze m3 past its leases (SIGSTOP); its partitions move and more plays arrive
     let signal = |sig: &str, pid: u32| {
         let ok = Command::new("kill")

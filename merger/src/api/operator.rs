@@ -33,16 +33,16 @@ pub struct Health {
 /// Blocks a video.
 #[utoipa::path(put, path = "/v1/videos/{id}/block", tag = "operator", summary = "Blocks a video: edges refuse its events, its counts are hidden", params(("id" = String, Path, description = "Video id")), security(("operator" = [])), responses((status = 200, description = "blocked", body = BlockState), (status = 401, description = "operator token required", body = Problem)))]
 pub async fn block(api: State<Api>, headers: HeaderMap, id: Path<String>) -> Result<Json<BlockState>, ApiError> {
-    set_blocked(api, headers, id, true)
+    set_blocked(api, headers, id, true).await
 }
 
 /// Unblocks a video.
 #[utoipa::path(delete, path = "/v1/videos/{id}/block", tag = "operator", summary = "Unblocks a video", params(("id" = String, Path, description = "Video id")), security(("operator" = [])), responses((status = 200, description = "unblocked", body = BlockState), (status = 401, description = "operator token required", body = Problem)))]
 pub async fn unblock(api: State<Api>, headers: HeaderMap, id: Path<String>) -> Result<Json<BlockState>, ApiError> {
-    set_blocked(api, headers, id, false)
+    set_blocked(api, headers, id, false).await
 }
 
-fn set_blocked(
+async fn set_blocked(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -51,6 +51,16 @@ fn set_blocked(
     operator(&api, &headers)?;
     if id.is_empty() || id.len() > 256 {
         return Err(err(StatusCode::BAD_REQUEST, "video id must be 1 to 256 bytes"));
+    }
+    if let Some(node) = &api.cluster {
+        // cluster-wide: recorded in the cluster's replicated bucket before the answer
+        node.set_blocked(&id, blocked).await.map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot record the block in the cluster ({e}); nothing changed, retry"),
+            )
+        })?;
+        return Ok(Json(BlockState { video: id, blocked }));
     }
     // Durable before it is answered; the state changes only if the file could be written.
     let mut s = api.ingest.write();

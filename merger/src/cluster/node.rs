@@ -20,7 +20,7 @@ use super::lease::{Lease, Leases};
 use super::log::FrameLog;
 use crate::ingest;
 use crate::state::LiveState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -54,6 +54,12 @@ pub enum Place {
 pub struct Node {
     log: FrameLog,
     leases: Leases,
+    /// Blocked videos, shared by every node: key the hex of the video id, value the id.
+    blocks: async_nats::jetstream::kv::Store,
+    /// The blocked set as last read, applied to every owned partition's state and to
+    /// `front` (whose blocked list the push to this node's edges sends).
+    blocked: Mutex<BTreeSet<String>>,
+    front: Arc<RwLock<LiveState>>,
     owned: Mutex<BTreeMap<u32, Owned>>,
     facts: FactConfig,
     live_timeout_ms: u64,
@@ -62,8 +68,10 @@ pub struct Node {
 
 impl Node {
     /// Joins the cluster as `node` (announcing `http_addr`) and starts balancing.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         log: FrameLog,
+        front: Arc<RwLock<LiveState>>,
         node: &str,
         http_addr: String,
         facts: FactConfig,
@@ -81,14 +89,36 @@ impl Node {
         )
         .await?;
         leases.announce(&http_addr).await?;
+        let bucket = format!("{}_BLOCKED", log.stream_name());
+        let js = log.context();
+        let blocks = match js.get_key_value(bucket.clone()).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    num_replicas: replicas,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClusterError::Stream {
+                    stream: bucket.clone(),
+                    message: e.to_string(),
+                })?,
+        };
         let n = Arc::new(Node {
             log,
             leases,
+            blocks,
+            blocked: Mutex::new(BTreeSet::new()),
+            front,
             owned: Mutex::new(BTreeMap::new()),
             facts,
             live_timeout_ms,
             lease_ttl,
         });
+        tokio::spawn(n.clone().follow_blocked());
         let tick = lease_ttl / 3;
         let me = n.clone();
         tokio::spawn(async move {
@@ -130,7 +160,11 @@ impl Node {
             if owned.contains_key(&p) {
                 continue;
             }
-            let state = Arc::new(RwLock::new(LiveState::new(self.facts, self.live_timeout_ms)));
+            let mut fresh = LiveState::new(self.facts, self.live_timeout_ms);
+            for v in self.blocked_now().iter() {
+                fresh.set_blocked(v, true);
+            }
+            let state = Arc::new(RwLock::new(fresh));
             let ready = Arc::new(AtomicBool::new(false));
             let reader = tokio::spawn(read_partition(self.log.clone(), p, state.clone(), ready.clone()));
             tracing::info!(partition = p, token = lease.token, "partition lease taken");
@@ -145,7 +179,86 @@ impl Node {
                 },
             );
         }
+        drop(owned);
         result.map(|_| ())
+    }
+
+    fn blocked_now(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows the blocked bucket (current entries first, then changes, read through a
+    /// consumer of the bucket's stream leader) and applies it; for ever.
+    async fn follow_blocked(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        let mut set = BTreeSet::new();
+        loop {
+            match self.blocks.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    while let Some(e) = entries.next().await {
+                        let Ok(e) = e else { break };
+                        let Some(video) = unhex(&e.key) else { continue };
+                        if e.operation == async_nats::jetstream::kv::Operation::Put {
+                            set.insert(video);
+                        } else {
+                            set.remove(&video);
+                        }
+                        self.apply_blocked(set.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow the blocked videos; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Makes `set` the blocked videos of every owned partition and of the front state.
+    fn apply_blocked(&self, set: BTreeSet<String>) {
+        // locks in the order `round` takes them: owned, then blocked
+        let owned = self.owned();
+        let mut now = self.blocked_now();
+        let changes: Vec<(String, bool)> = set
+            .difference(&now)
+            .map(|v| (v.clone(), true))
+            .chain(now.difference(&set).map(|v| (v.clone(), false)))
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        let states: Vec<Arc<RwLock<LiveState>>> = owned.values().map(|o| o.state.clone()).collect();
+        for state in states.iter().chain(std::iter::once(&self.front)) {
+            let mut s = ingest::write(state);
+            for (v, b) in &changes {
+                s.set_blocked(v, *b);
+            }
+        }
+        *now = set;
+    }
+
+    /// Blocks or unblocks a video cluster-wide: recorded in the replicated bucket before
+    /// it returns, applied here at once and by every node as it follows the bucket.
+    pub async fn set_blocked(&self, video: &str, blocked: bool) -> Result<(), ClusterError> {
+        let key: String = video.bytes().map(|b| format!("{b:02x}")).collect();
+        let err = |e: &dyn std::fmt::Display| ClusterError::Stream {
+            stream: "blocked".into(),
+            message: e.to_string(),
+        };
+        if blocked {
+            self.blocks
+                .put(key, video.to_owned().into())
+                .await
+                .map_err(|e| err(&e))?;
+        } else {
+            self.blocks.delete(key).await.map_err(|e| err(&e))?;
+        }
+        let mut set = self.blocked_now().clone();
+        if blocked {
+            set.insert(video.to_owned());
+        } else {
+            set.remove(video);
+        }
+        self.apply_blocked(set);
+        Ok(())
     }
 
     /// The partitions this node owns, and whether each is ready.
@@ -176,6 +289,15 @@ impl Node {
             _ => Place::Unowned,
         })
     }
+}
+
+/// A video id from its bucket key (the hex of its bytes).
+fn unhex(key: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..key.len())
+        .step_by(2)
+        .map(|i| key.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 /// Applies partition `p` from the start of the log, following it; marks it ready once
