@@ -162,6 +162,32 @@ async fn open_log(nats: &Nats, partitions: u32) -> FrameLog {
 
 type Held = std::collections::BTreeMap<u32, Lease>;
 
+/// `tally merger --cluster` node `m<i>` on `nats`, 16 partitions, 2 s leases.
+fn cluster_merger(dir: &Path, nats: &Nats, i: usize) -> Merger {
+    let (id, urls) = (format!("m{i}"), nats.urls().join(","));
+    Merger::start_with(
+        &dir.join(&id),
+        &[
+            "--cluster",
+            &urls,
+            "--node-id",
+            &id,
+            "--partitions",
+            "16",
+            "--lease",
+            "2s",
+        ],
+    )
+}
+
+/// Kills (-9) the NATS node leading `stream`; returns its name and index.
+async fn kill_leader(nats: &mut Nats, stream: &str) -> (String, usize) {
+    let lead = leader(&nats.urls(), stream).await.expect("the stream has a leader");
+    let i = (0..3).find(|&i| Nats::name(i) == lead).expect("a known node");
+    nats.kill(i);
+    (lead, i)
+}
+
 /// Balancing rounds of every node until each holds its share and every partition is held.
 async fn settle(nodes: &[&Leases], held: &mut [Held], partitions: u32) -> Vec<usize> {
     for _ in 0..40 {
@@ -251,8 +277,6 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
     let mut nats = Nats::start(dir.path(), 3);
     let started = Instant::now();
     let log = open_log(&nats, 8).await;
-    let mut cfg = LogConfig::new(nats.urls());
-    cfg.partitions = 8;
     println!(
         "three NATS nodes and an R3 stream ready in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -265,11 +289,7 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
         stored += log.publish(f).await.expect("published").stored;
     }
     // kill -9 the stream's leader while frames flow; the rest go through the others
-    let lead = leader(&nats.urls(), &cfg.stream)
-        .await
-        .expect("the stream has a leader");
-    let i = (0..3).find(|&i| Nats::name(i) == lead).expect("a known node");
-    nats.kill(i);
+    let (lead, i) = kill_leader(&mut nats, log.stream_name()).await;
     let mut acked = half;
     for f in &frames[half..] {
         // a publish in flight when the leader went may fail: the edge resends it
@@ -277,7 +297,7 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
         stored += r.expect("published after the leader's death").stored;
         acked += 1;
     }
-    let new_lead = leader(&nats.urls(), &cfg.stream).await;
+    let new_lead = leader(&nats.urls(), log.stream_name()).await;
     // every frame resent (an edge that did not hear the answers): all duplicates
     let mut dup = 0;
     for f in &frames {
@@ -293,7 +313,7 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
     // read every partition from the start and apply it, as a partition's owner would
     let last = log.last_sequence().await.unwrap();
     let mut counted = std::collections::BTreeMap::new();
-    for p in 0..cfg.partitions {
+    for p in 0..log.partitions() {
         let mut reader = log.read(p, 1).await.unwrap();
         let mut state = MergedDeltas::default();
         let mut parts = 0;
@@ -302,7 +322,7 @@ async fn frames_through_a_three_node_jetstream_count_once_through_a_leader_kill_
             let Ok(Some(Ok((seq, frame)))) = next else { break };
             state.apply(&frame).unwrap();
             for r in &frame.counters {
-                assert_eq!(tally_delta::partition_of(frame.str(r.video), cfg.partitions), p);
+                assert_eq!(tally_delta::partition_of(frame.str(r.video), log.partitions()), p);
             }
             parts += 1;
             if seq == last {
@@ -391,23 +411,7 @@ async fn three_mergers_on_jetstream_count_exactly_through_a_frozen_merger_and_a_
     let nats = Nats::start(dir.path(), 3);
     // the stream made before the mergers start (they would wait for the cluster too)
     let _log = open_log(&nats, 16).await;
-    let urls = nats.urls().join(",");
-    let node = |i: usize| {
-        let id = format!("m{i}");
-        Merger::start_with(
-            &dir.path().join(&id),
-            &[
-                "--cluster",
-                &urls,
-                "--node-id",
-                &id,
-                "--partitions",
-                "16",
-                "--lease",
-                "2s",
-            ],
-        )
-    };
+    let node = |i: usize| cluster_merger(dir.path(), &nats, i);
     let (m1, m2, mut m3) = (node(1), node(2), node(3));
     let fra = Agent::start((m1.quic, &m1.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let ams = Agent::start((m2.quic, &m2.fingerprint), "ams", &dir.path().join("ams"), &[]);
@@ -562,23 +566,7 @@ async fn mergers_count_exactly_through_a_jetstream_leader_kill_and_a_whole_nats_
     let dir = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(dir.path(), 3);
     let _log = open_log(&nats, 16).await;
-    let urls = nats.urls().join(",");
-    let node = |i: usize| {
-        let id = format!("m{i}");
-        Merger::start_with(
-            &dir.path().join(&id),
-            &[
-                "--cluster",
-                &urls,
-                "--node-id",
-                &id,
-                "--partitions",
-                "16",
-                "--lease",
-                "2s",
-            ],
-        )
-    };
+    let node = |i: usize| cluster_merger(dir.path(), &nats, i);
     let (m1, m2) = (node(1), node(2));
     let fra = Agent::start((m1.quic, &m1.fingerprint), "fra", &dir.path().join("fra"), &[]);
     let ams = Agent::start((m2.quic, &m2.fingerprint), "ams", &dir.path().join("ams"), &[]);
@@ -590,9 +578,7 @@ async fn mergers_count_exactly_through_a_jetstream_leader_kill_and_a_whole_nats_
         .unwrap_or_else(|off| panic!("before the faults: {off}"));
 
     // kill -9 the frame stream's leader while plays flow
-    let lead = leader(&nats.urls(), "TALLY_FRAMES").await.expect("a leader");
-    let i = (0..3).find(|&i| Nats::name(i) == lead).unwrap();
-    nats.kill(i);
+    let (lead, i) = kill_leader(&mut nats, "TALLY_FRAMES").await;
     acked += plays(&http, &[&fra, &ams], 200, 200, &mut truth).await;
     agree(&[&m1, &m2], &truth)
         .await

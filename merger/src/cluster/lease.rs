@@ -45,7 +45,33 @@ fn key(partition: u32) -> String {
     format!("p{partition}")
 }
 
-fn kv_error(bucket: &str, e: impl std::fmt::Display) -> ClusterError {
+/// Opens the key-value bucket `name`, creating it if it does not exist: one revision
+/// per key, file storage, `replicas` copies, entries aging out after `max_age` (zero:
+/// never).
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    name: String,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    match js.get_key_value(name.clone()).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.clone(),
+                history: 1,
+                max_age,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| kv_error(&name, e)),
+    }
+}
+
+/// A key-value bucket's failure as a [`ClusterError`].
+pub(crate) fn kv_error(bucket: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Stream {
         stream: bucket.to_owned(),
         message: e.to_string(),
@@ -62,26 +88,9 @@ impl Leases {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Leases, ClusterError> {
-        let bucket = |name: String| kv::Config {
-            bucket: name,
-            history: 1,
-            max_age: ttl,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let open = |name: String| async move {
-            match js.get_key_value(name.clone()).await {
-                Ok(s) => Ok(s),
-                Err(_) => js
-                    .create_key_value(bucket(name.clone()))
-                    .await
-                    .map_err(|e| kv_error(&name, e)),
-            }
-        };
         Ok(Leases {
-            leases: open(format!("{stream}_LEASES")).await?,
-            nodes: open(format!("{stream}_NODES")).await?,
+            leases: open_bucket(js, format!("{stream}_LEASES"), ttl, replicas).await?,
+            nodes: open_bucket(js, format!("{stream}_NODES"), ttl, replicas).await?,
             node: node.to_owned(),
             partitions,
         })
@@ -153,7 +162,7 @@ impl Leases {
     }
 
     /// Who holds `partition` now.
-    pub async fn holders_of(&self, partition: u32) -> Result<Option<String>, ClusterError> {
+    pub async fn holder(&self, partition: u32) -> Result<Option<String>, ClusterError> {
         match self.leases.entry(key(partition)).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => {
                 Ok(Some(String::from_utf8_lossy(&e.value).into_owned()))
@@ -167,10 +176,8 @@ impl Leases {
     pub async fn holders(&self) -> Result<BTreeMap<u32, String>, ClusterError> {
         let mut out = BTreeMap::new();
         for p in 0..self.partitions {
-            if let Ok(Some(e)) = self.leases.entry(key(p)).await
-                && e.operation == kv::Operation::Put
-            {
-                out.insert(p, String::from_utf8_lossy(&e.value).into_owned());
+            if let Ok(Some(node)) = self.holder(p).await {
+                out.insert(p, node);
             }
         }
         Ok(out)

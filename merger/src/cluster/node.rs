@@ -16,7 +16,7 @@
 //! address, once (a forwarded request is never forwarded again).
 
 use super::ClusterError;
-use super::lease::{Lease, Leases};
+use super::lease::{Lease, Leases, kv_error};
 use super::log::FrameLog;
 use crate::ingest;
 use crate::state::LiveState;
@@ -89,24 +89,13 @@ impl Node {
         )
         .await?;
         leases.announce(&http_addr).await?;
-        let bucket = format!("{}_BLOCKED", log.stream_name());
-        let js = log.context();
-        let blocks = match js.get_key_value(bucket.clone()).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    num_replicas: replicas,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClusterError::Stream {
-                    stream: bucket.clone(),
-                    message: e.to_string(),
-                })?,
-        };
+        let blocks = super::lease::open_bucket(
+            log.context(),
+            format!("{}_BLOCKED", log.stream_name()),
+            Duration::ZERO,
+            replicas,
+        )
+        .await?;
         let n = Arc::new(Node {
             log,
             leases,
@@ -238,18 +227,14 @@ impl Node {
     /// Blocks or unblocks a video cluster-wide: recorded in the replicated bucket before
     /// it returns, applied here at once and by every node as it follows the bucket.
     pub async fn set_blocked(&self, video: &str, blocked: bool) -> Result<(), ClusterError> {
-        let key: String = video.bytes().map(|b| format!("{b:02x}")).collect();
-        let err = |e: &dyn std::fmt::Display| ClusterError::Stream {
-            stream: "blocked".into(),
-            message: e.to_string(),
-        };
+        let key = hex(video);
         if blocked {
             self.blocks
                 .put(key, video.to_owned().into())
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(|e| kv_error("blocked", e))?;
         } else {
-            self.blocks.delete(key).await.map_err(|e| err(&e))?;
+            self.blocks.delete(key).await.map_err(|e| kv_error("blocked", e))?;
         }
         let mut set = self.blocked_now().clone();
         if blocked {
@@ -259,14 +244,6 @@ impl Node {
         }
         self.apply_blocked(set);
         Ok(())
-    }
-
-    /// The partitions this node owns, and whether each is ready.
-    pub fn partitions(&self) -> BTreeMap<u32, bool> {
-        self.owned()
-            .iter()
-            .map(|(p, o)| (*p, o.ready.load(Ordering::Acquire)))
-            .collect()
     }
 
     /// Where the counts of `video` are.
@@ -281,7 +258,7 @@ impl Node {
                 },
             );
         }
-        let Some(holder) = self.leases.holders_of(p).await? else {
+        let Some(holder) = self.leases.holder(p).await? else {
             return Ok(Place::Unowned);
         };
         Ok(match self.leases.nodes().await?.remove(&holder) {
@@ -291,7 +268,12 @@ impl Node {
     }
 }
 
-/// A video id from its bucket key (the hex of its bytes).
+/// The bucket key of a video id: the hex of its bytes (any id makes a valid key).
+fn hex(video: &str) -> String {
+    video.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A video id from its bucket key (see [`hex`]).
 fn unhex(key: &str) -> Option<String> {
     let bytes: Option<Vec<u8>> = (0..key.len())
         .step_by(2)

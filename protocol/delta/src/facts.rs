@@ -238,6 +238,16 @@ impl<K: Eq + Hash + Copy, V> Windowed<K, V> {
         self.buckets.get_mut(&held)?.get_mut(key)
     }
 
+    /// The entry of `key` as [`Windowed::get_mut_at`] finds it, or `new()` stored in
+    /// `bucket` when absent.
+    fn at_or_insert(&mut self, key: K, bucket: u64, new: impl FnOnce() -> V) -> &mut V {
+        if self.held(&key).is_none() {
+            self.put(key, bucket, new());
+        }
+        self.get_mut_at(&key, bucket)
+            .unwrap_or_else(|| unreachable!("held or stored just now"))
+    }
+
     /// Stores `v` for `key` in `bucket` (the caller knows no other bucket holds it).
     fn put(&mut self, key: K, bucket: u64, v: V) {
         self.buckets.entry(bucket).or_default().insert(key, v);
@@ -524,21 +534,13 @@ impl FactIndex {
             return false;
         }
         let cap = if i == 0 { MAX_SHARES } else { MAX_COMMENTS };
-        let counter = &mut self.engaged[i];
-        match counter.get_mut_at(&e.owner.0, bucket) {
-            Some(n) if *n >= cap => {
-                self.stats.over_cap[i] += 1;
-                false
-            }
-            Some(n) => {
-                *n += 1;
-                true
-            }
-            None => {
-                counter.put(e.owner.0, bucket, 1);
-                true
-            }
+        let n = self.engaged[i].at_or_insert(e.owner.0, bucket, || 0);
+        if *n >= cap {
+            self.stats.over_cap[i] += 1;
+            return false;
         }
+        *n += 1;
+        true
     }
 
     /// Unites one view's watched spans; returns the watch time newly credited: what the
@@ -553,16 +555,7 @@ impl FactIndex {
             alone.unite(&w.spans);
             return alone.measure().min(age);
         }
-        let state = match self.watched.get_mut_at(&w.view.0, bucket) {
-            Some(s) => s,
-            None => {
-                self.watched.put(w.view.0, bucket, Watched::default());
-                match self.watched.get_mut_at(&w.view.0, bucket) {
-                    Some(s) => s,
-                    None => return 0,
-                }
-            }
-        };
+        let state = self.watched.at_or_insert(w.view.0, bucket, Watched::default);
         state.unite(&w.spans);
         let target = state.measure().min(age);
         let credit = target.saturating_sub(state.credited_ms);
@@ -612,10 +605,8 @@ impl FactIndex {
     }
 
     fn tombstone(&mut self, key: (u32, u64), ts_ms: u64, bucket: u64) {
-        match self.unliked.get_mut_at(&key, bucket) {
-            Some(t) => *t = (*t).max(ts_ms),
-            None => self.unliked.put(key, bucket, ts_ms),
-        }
+        let t = self.unliked.at_or_insert(key, bucket, || ts_ms);
+        *t = (*t).max(ts_ms);
     }
 }
 
@@ -751,14 +742,6 @@ mod tests {
         let mut ix = FactIndex::new(FactConfig::default());
         let now = 1_000 * H;
         let m = (now / 60_000) as u32;
-        let like = |user, ts_ms, liked| RowFacts {
-            likes: vec![LikeFact {
-                user: FactKey(user),
-                ts_ms,
-                liked,
-            }],
-            ..RowFacts::default()
-        };
         let mut net = 0;
         let steps = [
             (like(1, now, true), 1),        // u1 likes
@@ -777,6 +760,17 @@ mod tests {
         }
         assert_eq!(net, 2);
         assert_eq!(ix.likers("v"), 2);
+    }
+
+    fn like(user: u64, ts_ms: u64, liked: bool) -> RowFacts {
+        RowFacts {
+            likes: vec![LikeFact {
+                user: FactKey(user),
+                ts_ms,
+                liked,
+            }],
+            ..RowFacts::default()
+        }
     }
 
     fn engaged(owner: u64, keys: &[u64]) -> RowFacts {
@@ -822,14 +816,6 @@ mod tests {
         let mut ix = FactIndex::new(FactConfig::default());
         let now = 1_000 * H;
         let m = (now / 60_000) as u32;
-        let like = |user, ts_ms, liked| RowFacts {
-            likes: vec![LikeFact {
-                user: FactKey(user),
-                ts_ms,
-                liked,
-            }],
-            ..RowFacts::default()
-        };
         // many unlikes of viewers who never liked: no register, nothing counted
         for u in 0..100 {
             let mut f = frame(u + 1, now, vec![(m, like(u, now, false))]);

@@ -99,74 +99,30 @@ impl DeltaFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CounterRow, Country, Counts, Device, FactKey, FrameHeader, FrameId, MergedDeltas, RowFacts, Source};
-
-    fn frame(videos: usize) -> DeltaFrame {
-        let mut strings = vec!["chan".to_string(), "music".to_string()];
-        let mut counters = Vec::new();
-        for i in 0..videos {
-            strings.push(format!("video-{i}"));
-            counters.push(CounterRow {
-                minute: 29_000_000,
-                video: (i + 2) as u32,
-                channel: 0,
-                category: 1,
-                country: Country(*b"DE"),
-                device: Device::Mobile,
-                source: Source::Search,
-                live: false,
-                counts: Counts {
-                    views: 1,
-                    ..Counts::default()
-                },
-                facts: Some(RowFacts {
-                    views: vec![FactKey(i as u64)],
-                    ..RowFacts::default()
-                }),
-            });
-        }
-        DeltaFrame {
-            header: FrameHeader {
-                id: FrameId {
-                    edge_id: "fra-1".into(),
-                    epoch: 3,
-                    seq: 7,
-                },
-                pop_id: "fra".into(),
-                interval_start_ms: 1,
-                interval_end_ms: 2,
-            },
-            strings,
-            counters,
-            uniques: vec![],
-            live: vec![],
-            live_beats: vec![],
-            intake: crate::EdgeCounts {
-                accepted: 9,
-                duplicates: 1,
-                rejected: 0,
-                bots: 0,
-            },
-        }
-    }
+    use crate::MergedDeltas;
+    use crate::split::tests::big_frame;
 
     #[test]
     fn every_row_lands_in_its_videos_partition_once_and_the_parts_add_up_to_the_frame() {
-        let f = frame(200);
+        let f = big_frame(200, 1);
         let parts = f.by_partition(16);
         assert!(parts.len() > 8, "{} parts", parts.len());
-        let mut seen = 0;
+        let (mut rows, mut sketches) = (0, 0);
         for (p, part) in &parts {
             assert_eq!(part.header, f.header, "each part keeps the frame's id");
             for r in &part.counters {
                 assert_eq!(partition_of(part.str(r.video), 16), *p);
-                seen += 1;
+                rows += 1;
+            }
+            for u in &part.uniques {
+                assert_eq!(partition_of(part.str(u.video), 16), *p);
+                sketches += 1;
             }
         }
-        assert_eq!(seen, 200);
+        assert_eq!((rows, sketches), (200, 200));
         assert_eq!(
             parts.iter().map(|(_, p)| p.intake.accepted).sum::<u64>(),
-            9,
+            f.intake.accepted,
             "intake once"
         );
         let mut whole = MergedDeltas::default();
@@ -186,10 +142,11 @@ mod tests {
 
     #[test]
     fn a_frame_without_rows_goes_to_its_edges_partition() {
-        let f = frame(0);
+        let f = big_frame(0, 0);
         let parts = f.by_partition(256);
         assert_eq!(parts.len(), 1);
-        assert_eq!(parts[0].0, partition_of("fra-1", 256));
-        assert_eq!(parts[0].1.intake.accepted, 9);
+        assert_eq!(parts[0].0, partition_of(&f.header.id.edge_id, 256));
+        assert_eq!(parts[0].1.intake.accepted, f.intake.accepted);
+        assert!(f.intake.accepted > 0);
     }
 }

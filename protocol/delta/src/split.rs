@@ -72,30 +72,23 @@ fn cut_row(row: CounterRow, budget: usize) -> Vec<CounterRow> {
         r
     };
     let per = |size: usize| (budget / size).max(1);
-    for c in facts.views.chunks(per(8)) {
-        out.push(piece(RowFacts {
-            views: c.to_vec(),
-            ..RowFacts::default()
-        }));
-    }
-    for c in facts.completions.chunks(per(8)) {
-        out.push(piece(RowFacts {
-            completions: c.to_vec(),
-            ..RowFacts::default()
-        }));
-    }
-    for c in facts.shares.chunks(per(16)) {
-        out.push(piece(RowFacts {
-            shares: c.to_vec(),
-            ..RowFacts::default()
-        }));
-    }
-    for c in facts.comments.chunks(per(16)) {
-        out.push(piece(RowFacts {
-            comments: c.to_vec(),
-            ..RowFacts::default()
-        }));
-    }
+    let keyed = chunked(&facts.views, per(8), |views| RowFacts {
+        views,
+        ..RowFacts::default()
+    })
+    .chain(chunked(&facts.completions, per(8), |completions| RowFacts {
+        completions,
+        ..RowFacts::default()
+    }))
+    .chain(chunked(&facts.shares, per(16), |shares| RowFacts {
+        shares,
+        ..RowFacts::default()
+    }))
+    .chain(chunked(&facts.comments, per(16), |comments| RowFacts {
+        comments,
+        ..RowFacts::default()
+    }));
+    out.extend(keyed.map(piece));
     let mut watch = Vec::new();
     let mut bytes = 0;
     for w in facts.watch {
@@ -117,6 +110,15 @@ fn cut_row(row: CounterRow, budget: usize) -> Vec<CounterRow> {
         }));
     }
     out
+}
+
+/// `list` in chunks of `per`, each made into the facts of one row by `wrap`.
+fn chunked<'a, T: Clone>(
+    list: &'a [T],
+    per: usize,
+    wrap: impl Fn(Vec<T>) -> RowFacts + 'a,
+) -> impl Iterator<Item = RowFacts> + 'a {
+    list.chunks(per).map(move |c| wrap(c.to_vec()))
 }
 
 /// Builds parts one at a time, re-interning strings per part.
@@ -236,11 +238,13 @@ impl DeltaFrame {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Country, Counts, Device, FactKey, FrameHeader, LikeFact, MergedDeltas, Source, UniqueRow};
 
-    fn big_frame(rows: usize, keys_per_row: usize) -> DeltaFrame {
+    /// A frame of `rows` rows (each its own video, with `keys_per_row` view keys and a
+    /// like) and a unique-viewer sketch per video.
+    pub(crate) fn big_frame(rows: usize, keys_per_row: usize) -> DeltaFrame {
         let mut strings = vec!["chan".to_string(), "music".to_string()];
         let mut counters = Vec::new();
         for i in 0..rows {
